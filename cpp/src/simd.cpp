@@ -1,0 +1,110 @@
+#include "vsr/simd.hpp"
+
+#include "vsr/kernels.hpp"
+
+namespace vsr {
+
+std::string_view isa_name(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::scalar: return "scalar";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::neon: return "neon";
+  }
+  return "unknown";
+}
+
+std::optional<Isa> isa_from_name(std::string_view name) noexcept {
+  if (name == "scalar") return Isa::scalar;
+  if (name == "avx2") return Isa::avx2;
+  if (name == "avx512") return Isa::avx512;
+  if (name == "neon") return Isa::neon;
+  return std::nullopt;
+}
+
+namespace {
+
+CpuFeatures detect() noexcept {
+  CpuFeatures f;
+#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_cpu_init();
+  // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.f16c = __builtin_cpu_supports("f16c");
+  f.avx512f = __builtin_cpu_supports("avx512f");
+  f.avx512bw = __builtin_cpu_supports("avx512bw");
+  f.avx512vl = __builtin_cpu_supports("avx512vl");
+  f.avx512dq = __builtin_cpu_supports("avx512dq");
+  f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+  f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
+#endif
+#elif defined(__aarch64__)
+  f.neon = true;  // Advanced SIMD is mandatory on AArch64.
+#endif
+  return f;
+}
+
+}  // namespace
+
+const CpuFeatures& cpu_features() noexcept {
+  static const CpuFeatures features = detect();
+  return features;
+}
+
+bool isa_compiled(Isa isa) noexcept { return kernels_for(isa) != nullptr; }
+
+bool isa_available(Isa isa) noexcept {
+  if (!isa_compiled(isa)) return false;
+  const CpuFeatures& f = cpu_features();
+  switch (isa) {
+    case Isa::scalar: return true;
+    case Isa::avx2: return f.avx2 && f.fma && f.f16c;
+    case Isa::avx512:
+      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx512bf16 && f.fma &&
+             f.f16c;
+    case Isa::neon: return f.neon;
+  }
+  return false;
+}
+
+Isa best_isa() noexcept {
+  static const Isa best = [] {
+    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::neon}) {
+      if (isa_available(isa)) return isa;
+    }
+    return Isa::scalar;
+  }();
+  return best;
+}
+
+const Kernels* kernels_for(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::scalar: return detail::scalar_kernels();
+    case Isa::avx2: return detail::avx2_kernels();
+    case Isa::avx512: return detail::avx512_kernels();
+    case Isa::neon: return detail::neon_kernels();
+  }
+  return nullptr;
+}
+
+const Kernels& default_kernels() noexcept {
+  static const Kernels* k = kernels_for(best_isa());
+  return *k;
+}
+
+// Weak fallbacks: a kernel file that was not compiled leaves its table absent.
+namespace detail {
+#if !defined(VSR_HAVE_AVX2)
+const Kernels* avx2_kernels() noexcept { return nullptr; }
+#endif
+#if !defined(VSR_HAVE_AVX512)
+const Kernels* avx512_kernels() noexcept { return nullptr; }
+#endif
+#if !defined(VSR_HAVE_NEON)
+const Kernels* neon_kernels() noexcept { return nullptr; }
+#endif
+}  // namespace detail
+
+}  // namespace vsr

@@ -1,0 +1,7 @@
+#include "common.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "vsr_index C++ core";
+  vsr_py::bind_common(m);
+  vsr_py::bind_flat(m);
+}
