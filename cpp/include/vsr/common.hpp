@@ -30,6 +30,7 @@ enum class ErrorCode : std::uint8_t {
   io_error,
   corrupt_file,
   unsupported,
+  out_of_memory,
 };
 
 struct Error {

@@ -13,6 +13,7 @@ void raise_error(const vsr::Error& e) {
     case vsr::ErrorCode::io_error: PyErr_SetString(PyExc_OSError, e.message.c_str()); throw py::error_already_set();
     case vsr::ErrorCode::corrupt_file: throw py::value_error("corrupt index file: " + e.message);
     case vsr::ErrorCode::unsupported: PyErr_SetString(PyExc_NotImplementedError, e.message.c_str()); throw py::error_already_set();
+    case vsr::ErrorCode::out_of_memory: PyErr_SetString(PyExc_MemoryError, e.message.c_str()); throw py::error_already_set();
   }
   throw std::runtime_error(e.message);
 }

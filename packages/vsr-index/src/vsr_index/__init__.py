@@ -8,6 +8,6 @@
 
 __version__ = "0.1.0"
 
-from vsr_index._core import FlatIndex, simd_info
+from vsr_index._core import DeviceArray, FlatIndex, GpuFlatIndex, cuda_info, simd_info
 
-__all__ = ["FlatIndex", "__version__", "simd_info"]
+__all__ = ["DeviceArray", "FlatIndex", "GpuFlatIndex", "__version__", "cuda_info", "simd_info"]
