@@ -30,7 +30,7 @@ def test_cuda_info_is_well_formed():
 
 @pytest.mark.skipif(INFO["device_count"] > 0, reason="a GPU is present")
 def test_gpu_index_without_gpu_raises_clear_error():
-    with pytest.raises(NotImplementedError, match="without CUDA|no CUDA device"):
+    with pytest.raises(NotImplementedError, match=r"without CUDA|no CUDA device"):
         vsr_index.GpuFlatIndex(16)
 
 
