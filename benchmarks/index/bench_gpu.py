@@ -18,10 +18,15 @@ import statistics
 import sys
 from pathlib import Path
 
-
 import vsr_index
 
-NOMINAL_BANDWIDTH_GBS = {"H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H100 NVL": 3900.0, "H200": 4800.0, "A100": 2039.0}
+NOMINAL_BANDWIDTH_GBS = {
+    "H100 SXM": 3350.0,
+    "H100 PCIe": 2000.0,
+    "H100 NVL": 3900.0,
+    "H200": 4800.0,
+    "A100": 2039.0,
+}
 
 
 def nominal_bandwidth(name: str) -> float | None:
@@ -44,7 +49,9 @@ def cuda_time_ms(torch, fn, reps: int) -> list[float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256, 4096])
@@ -56,7 +63,10 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available() or vsr_index.cuda_info()["device_count"] == 0:
-        print(f"no usable GPU: torch={torch.cuda.is_available()} vsr_index={vsr_index.cuda_info()}", file=sys.stderr)
+        print(
+            f"no usable GPU: torch={torch.cuda.is_available()} vsr_index={vsr_index.cuda_info()}",
+            file=sys.stderr,
+        )
         return 2
     props = torch.cuda.get_device_properties(0)
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -89,12 +99,15 @@ def main() -> int:
     }
     print(json.dumps(header))
     rows = []
-    print(f"{'batch':>6} {'k':>4} {'vsr ms':>9} {'torch ms':>9} {'speedup':>8} {'vsr GB/s':>9} {'% copy bw':>9} {'% nominal':>9}")
+    print(
+        f"{'batch':>6} {'k':>4} {'vsr ms':>9} {'torch ms':>9} {'speedup':>8} {'vsr GB/s':>9} {'% copy bw':>9} {'% nominal':>9}"
+    )
     for batch in args.batches:
         queries = torch.nn.functional.normalize(
             torch.randn(batch, args.dim, device="cuda", generator=gen), dim=1
         ).half()
         for k in args.ks:
+
             def run_vsr(q=queries, k=k):
                 index.search(q, k)
 
@@ -120,8 +133,10 @@ def main() -> int:
             }
             rows.append(row)
             nominal = f"{100 * gbs / peak:8.1f}%" if peak else "      n/a"
-            print(f"{batch:>6} {k:>4} {vsr_ms:9.3f} {torch_ms:9.3f} {torch_ms / vsr_ms:7.2f}x {gbs:9.1f} "
-                  f"{100 * gbs / copy_gbs:8.1f}% {nominal}")
+            print(
+                f"{batch:>6} {k:>4} {vsr_ms:9.3f} {torch_ms:9.3f} {torch_ms / vsr_ms:7.2f}x {gbs:9.1f} "
+                f"{100 * gbs / copy_gbs:8.1f}% {nominal}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"setup": header, "results": rows}, indent=2))
