@@ -62,8 +62,8 @@ bool isa_available(Isa isa) noexcept {
     case Isa::scalar: return true;
     case Isa::avx2: return f.avx2 && f.fma && f.f16c;
     case Isa::avx512:
-      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx512bf16 && f.fma &&
-             f.f16c;
+      // The kernels use F/BW/VL/DQ only, so Skylake-X class CPUs qualify too.
+      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
     case Isa::neon: return f.neon;
   }
   return false;
