@@ -57,9 +57,10 @@ struct StorageKernels;
 // copy; the kernel table is chosen once at construction.
 class Codec {
  public:
-  // isa must be available (isa_available); the default is the best one for this CPU.
+  // An isa that is not available here falls back to scalar (isa() tells which is used); the
+  // default is default_isa().
   Codec(Storage storage, std::size_t dim, Isa isa);
-  Codec(Storage storage, std::size_t dim) : Codec(storage, dim, best_isa()) {}
+  Codec(Storage storage, std::size_t dim) : Codec(storage, dim, default_isa()) {}
 
   Storage storage() const noexcept { return storage_; }
   std::size_t dim() const noexcept { return dim_; }

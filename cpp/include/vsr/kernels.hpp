@@ -39,7 +39,7 @@ struct Kernels {
 
 // Kernel table for an ISA; nullptr when that ISA was not compiled in.
 const Kernels* kernels_for(Isa isa) noexcept;
-// Kernel table of best_isa().
+// Kernel table of default_isa().
 const Kernels& default_kernels() noexcept;
 
 namespace detail {
