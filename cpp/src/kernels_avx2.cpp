@@ -9,7 +9,7 @@ namespace {
 struct Avx2Traits {
   using V = __m256;
   // 3 queries x 4 rows = 12 accumulators + 3 query vectors + 1 row vector = the 16 ymm registers.
-  static constexpr std::size_t W = 8, NQ = 3, NR = 4, NR1 = 8;
+  static constexpr std::size_t W = 8, NQ = 3, NR = 4;
   static V zero() noexcept { return _mm256_setzero_ps(); }
   static V set1(float x) noexcept { return _mm256_set1_ps(x); }
   static V fma(V a, V b, V c) noexcept { return _mm256_fmadd_ps(a, b, c); }

@@ -9,7 +9,7 @@ namespace {
 struct Avx512Traits {
   using V = __m512;
   // 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector, of 32 zmm registers.
-  static constexpr std::size_t W = 16, NQ = 4, NR = 4, NR1 = 8;
+  static constexpr std::size_t W = 16, NQ = 4, NR = 4;
   static V zero() noexcept { return _mm512_setzero_ps(); }
   static V set1(float x) noexcept { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) noexcept { return _mm512_fmadd_ps(a, b, c); }

@@ -11,7 +11,7 @@ namespace {
 struct NeonTraits {
   using V = float32x4_t;
   // 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector, of 32 q registers.
-  static constexpr std::size_t W = 4, NQ = 4, NR = 4, NR1 = 8;
+  static constexpr std::size_t W = 4, NQ = 4, NR = 4;
   static V zero() noexcept { return vdupq_n_f32(0.0f); }
   static V set1(float x) noexcept { return vdupq_n_f32(x); }
   static V fma(V a, V b, V c) noexcept { return vfmaq_f32(c, a, b); }

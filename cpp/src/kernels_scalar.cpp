@@ -7,7 +7,7 @@ namespace {
 
 struct ScalarTraits {
   using V = float;
-  static constexpr std::size_t W = 1, NQ = 2, NR = 4, NR1 = 4;
+  static constexpr std::size_t W = 1, NQ = 2, NR = 4;
   static V zero() noexcept { return 0.0f; }
   static V set1(float x) noexcept { return x; }
   static V fma(V a, V b, V c) noexcept { return a * b + c; }
