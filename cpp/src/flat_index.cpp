@@ -191,10 +191,11 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   std::vector<std::uint8_t> encoded(n * rb);
   Status st = codec_.encode(rows, n, encoded.data());
   if (!st.ok()) return st;
-  std::vector<float> norms;
-  if (opts_.metric == Metric::l2) {
-    norms.resize(n);
-    for (std::size_t r = 0; r < n; ++r) norms[r] = codec_.sqnorm(&encoded[r * rb]);
+  std::vector<float> norms(n);
+  double batch_max = 0;
+  for (std::size_t r = 0; r < n; ++r) {
+    norms[r] = codec_.sqnorm(&encoded[r * rb]);
+    batch_max = std::max({batch_max, double(norms[r]), sqnorm(rows + r * dim_, dim_)});
   }
 
   std::unique_lock lock(mutex_);
@@ -232,6 +233,8 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
     const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
     next_id_ = std::max(next_id_, id + 1);
   }
+  max_sq_norm_ = std::max(max_sq_norm_, batch_max);
+  generation_.fetch_add(1);
   return {};
 }
 
@@ -270,6 +273,7 @@ Status FlatIndex::remove(const idx_t* ids, std::size_t n) {
     if (!originals.empty()) originals.resize(last * dim_);
     if (!norms.empty()) norms.resize(last);
   }
+  generation_.fetch_add(1);
   return {};
 }
 
@@ -374,6 +378,13 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
       for (std::size_t c = 0; c < chunks; ++c) tops[qi].merge(part[c][qi]);
   }
 
+  if (params.stats != nullptr) {
+    const std::size_t scanned = filter != nullptr && filter->mode == IdFilter::Mode::allow && filter->ids.size() * kGatherRatio < n
+                                    ? std::min(n, filter->ids.size())
+                                    : n;
+    params.stats->distances.fetch_add(nq * (scanned + (opts_.rerank > 0 ? cand : 0)), std::memory_order_relaxed);
+  }
+
   // Final scores: exact re-rank from originals, and l2 distances computed directly (the block
   // scan's expansion loses precision for near neighbours).
   const bool l2 = opts_.metric == Metric::l2;
@@ -454,19 +465,39 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
 }
 
 Status FlatIndex::score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
-  Status st = check_queries(query, 1);
+  return score_ids_batch(query, 1, ids, n, scores);
+}
+
+Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
+                                  float* scores) const {
+  if (n > 0 && ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
+  Status st = check_queries(queries, nq);
   if (!st.ok()) return st;
   std::vector<float> qstore;
-  const float* q = prepared(query, 1, qstore);
+  const float* q = prepared(queries, nq, qstore);
   std::shared_lock lock(mutex_);
-  for (std::size_t i = 0; i < n; ++i) {
-    auto it = row_of_.find(ids[i]);
+  std::vector<std::size_t> rows(n);
+  for (std::size_t j = 0; j < n; ++j) {
+    auto it = row_of_.find(ids[j]);
     if (it == row_of_.end())
-      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
-    const float s = exact_score(q, it->second);
-    scores[i] = opts_.metric == Metric::l2 ? -s : s;
+      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[j]) + " is not in the index");
+    rows[j] = it->second;
+  }
+  // Tiles of rows small enough to stay in cache while every query is scored against them.
+  const std::size_t tile = std::max<std::size_t>(1, 16384 / dim_);
+  const float sign = opts_.metric == Metric::l2 ? -1.0f : 1.0f;
+  for (std::size_t j0 = 0; j0 < n; j0 += tile) {
+    const std::size_t j1 = std::min(n, j0 + tile);
+    for (std::size_t i = 0; i < nq; ++i)
+      for (std::size_t j = j0; j < j1; ++j) scores[i * n + j] = sign * exact_score(q + i * dim_, rows[j]);
   }
   return {};
+}
+
+std::optional<float> FlatIndex::max_norm() const noexcept {
+  std::shared_lock lock(mutex_);
+  // Rounded up by a relative 1e-6 so float rounding of stored rows cannot exceed it.
+  return float(std::sqrt(max_sq_norm_) * (1 + 1e-6));
 }
 
 }  // namespace vsr

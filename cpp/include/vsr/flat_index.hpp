@@ -60,6 +60,13 @@ class FlatIndex final : public Index {
                       const SearchParams& params) const override;
   // Exact scores when float32 is available (f32 storage or rerank), else from the stored form.
   Status score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
+  Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
+                         float* scores) const override;
+  std::uint64_t generation() const noexcept override { return generation_.load(); }
+  // Largest norm ever added (never decreases on remove), over the vectors that exact scores use.
+  std::optional<float> max_norm() const noexcept override;
+  // Exhaustive over the vectors its scores come from; with rerank the first stage is approximate.
+  bool exact_search() const noexcept override { return opts_.rerank == 0; }
   Status save(const std::string& path) const override;
 
   // Kernel set used by this index (defaults to default_isa()).
@@ -94,6 +101,8 @@ class FlatIndex final : public Index {
   MappedArray<idx_t> ids_;           // external id of each row
   std::unordered_map<idx_t, std::size_t> row_of_;
   idx_t next_id_ = 0;
+  double max_sq_norm_ = 0;  // largest squared norm added (never decreases)
+  std::atomic<std::uint64_t> generation_{0};
   std::shared_ptr<io::FileReader> file_;  // keeps a mapping alive while views point into it
   mutable std::shared_mutex mutex_;       // searches share, writes exclude
 };
