@@ -80,8 +80,7 @@ class FlatIndex final : public Index {
   FlatIndex(std::size_t dim, const FlatOptions& options);
 
   template <class Sink>
-  void scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink,
-            float* buffer) const;
+  void scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink) const;
   // Rows of the allow-list ids present in the index, ascending.
   std::vector<std::size_t> allowed_rows(const IdFilter& filter) const;
   Status check_queries(const float* queries, std::size_t nq) const;
