@@ -392,17 +392,15 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
       for (std::size_t c = 0; c < chunks; ++c) tops[qi].merge(part[c][qi]);
   }
 
-  if (params.stats != nullptr) {
-    const std::size_t scanned = filter != nullptr && filter->mode == IdFilter::Mode::allow && filter->ids.size() * kGatherRatio < n
-                                    ? std::min(n, filter->ids.size())
-                                    : n;
-    params.stats->distances.fetch_add(nq * (scanned + (opts_.rerank > 0 ? cand : 0)), std::memory_order_relaxed);
-  }
-
   // Final scores: exact re-rank from originals, and l2 distances computed directly (the block
   // scan's expansion loses precision for near neighbours).
   const bool l2 = opts_.metric == Metric::l2;
   const bool rescore = opts_.rerank > 0 || l2;
+  if (params.stats != nullptr) {
+    const bool gathered = filter != nullptr && filter->mode == IdFilter::Mode::allow && filter->ids.size() * kGatherRatio < n;
+    const std::size_t scanned = gathered ? allowed_rows(*filter).size() : n;
+    params.stats->distances.fetch_add(nq * (scanned + (rescore ? cand : 0)), std::memory_order_relaxed);
+  }
   parallel_for_chunks(nq, rescore ? threads : 1, [&](std::size_t qb, std::size_t qe) {
     std::vector<float> cs(cand);
     std::vector<idx_t> ci(cand);
@@ -482,7 +480,8 @@ Status FlatIndex::score_ids(const float* query, const idx_t* ids, std::size_t n,
 
 Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                                   float* scores) const {
-  if (n > 0 && ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
+  if (nq == 0 || n == 0) return {};
+  if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   Status st = check_queries(queries, nq);
   if (!st.ok()) return st;
   std::vector<float> qstore;
@@ -495,14 +494,25 @@ Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const id
       return make_error(ErrorCode::not_found, "id " + std::to_string(ids[j]) + " is not in the index");
     rows[j] = it->second;
   }
-  // Tiles of rows small enough to stay in cache while every query is scored against them.
-  const std::size_t tile = std::max<std::size_t>(1, 16384 / dim_);
-  const float sign = opts_.metric == Metric::l2 ? -1.0f : 1.0f;
-  for (std::size_t j0 = 0; j0 < n; j0 += tile) {
-    const std::size_t j1 = std::min(n, j0 + tile);
-    for (std::size_t i = 0; i < nq; ++i)
-      for (std::size_t j = j0; j < j1; ++j) scores[i * n + j] = sign * exact_score(q + i * dim_, rows[j]);
+  if (opts_.metric == Metric::l2) {
+    // Direct distances (no norm expansion), tile by tile so each row serves every query from cache.
+    const std::size_t tile = std::max<std::size_t>(1, 16384 / dim_);
+    for (std::size_t j0 = 0; j0 < n; j0 += tile)
+      for (std::size_t i = 0; i < nq; ++i)
+        for (std::size_t j = j0; j < std::min(n, j0 + tile); ++j) scores[i * n + j] = -exact_score(q + i * dim_, rows[j]);
+    return {};
   }
+  // Gather the rows exact scores use into one contiguous block, then one register-tiled pass.
+  const bool originals = opts_.rerank > 0;
+  const Codec codec = originals ? Codec(Storage::f32, dim_, codec_.isa()) : codec_;
+  const std::size_t rb = codec.row_bytes();
+  std::vector<std::uint8_t> gathered(n * rb);
+  for (std::size_t j = 0; j < n; ++j) {
+    const std::uint8_t* src = originals ? reinterpret_cast<const std::uint8_t*>(originals_.data() + rows[j] * dim_)
+                                        : codes_.data() + rows[j] * rb;
+    std::memcpy(&gathered[j * rb], src, rb);
+  }
+  codec.dot_block(q, nq, gathered.data(), n, scores, n);
   return {};
 }
 

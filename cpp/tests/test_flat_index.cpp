@@ -377,6 +377,13 @@ TEST(generation_max_norm_stats_and_batch_scores) {
   CHECK(index->search(q, 2, 1, out, out_id, p).ok());
   CHECK(stats.distances.load() == 2 * (2 + 2));  // 2 queries x (2 scanned + 2 re-ranked)
   CHECK(make_index(2, Metric::l2)->exact_search());
+  CHECK(!make_index(2, Metric::l2, Storage::bf16)->exact_search());
+  SearchStats l2_stats;
+  p.stats = &l2_stats;
+  auto l2 = make_index(2, Metric::l2);
+  CHECK(l2->add(x, 2, nullptr).ok());
+  CHECK(l2->search(q, 1, 1, out, out_id, p).ok());
+  CHECK(l2_stats.distances.load() == 2 + 1);  // scanned rows + direct l2 re-scoring of k
 }
 
 VSR_TEST_MAIN

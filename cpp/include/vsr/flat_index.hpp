@@ -60,13 +60,14 @@ class FlatIndex final : public Index {
                       const SearchParams& params) const override;
   // Exact scores when float32 is available (f32 storage or rerank), else from the stored form.
   Status score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
+  // One pass over the gathered rows for all queries (sessions' group refinement).
   Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                          float* scores) const override;
   std::uint64_t generation() const noexcept override { return generation_.load(); }
   // Largest norm ever added (never decreases on remove), over the vectors that exact scores use.
   std::optional<float> max_norm() const noexcept override;
-  // Exhaustive over the vectors its scores come from; with rerank the first stage is approximate.
-  bool exact_search() const noexcept override { return opts_.rerank == 0; }
+  // Exact when the stored form is float32 (compressed storage ranks approximately, re-ranked or not).
+  bool exact_search() const noexcept override { return opts_.storage == Storage::f32; }
   Status save(const std::string& path) const override;
 
   // Kernel set used by this index (defaults to default_isa()).
