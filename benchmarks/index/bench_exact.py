@@ -85,7 +85,7 @@ class Impl:
 def build_impls(x: np.ndarray, faiss_mod, with_numpy: bool) -> list[Impl]:
     n, d = x.shape
     impls = []
-    for storage, rerank in (("f32", 0), ("f16", 0), ("bf16", 0), ("int8", 0), ("int8", 4)):
+    for storage, rerank in (("f32", 0), ("f16", 0), ("bf16", 0), ("bf16", 4), ("int8", 0), ("int8", 4)):
         index = vsr_index.FlatIndex(d, metric="ip", storage=storage, rerank=rerank)
         index.add(x)
         row = {"f32": 4 * d, "f16": 2 * d, "bf16": 2 * d, "int8": (d + 3) // 4 * 4 + 4}[storage]
