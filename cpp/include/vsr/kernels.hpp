@@ -5,9 +5,24 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "vsr/codec.hpp"
 #include "vsr/simd.hpp"
 
 namespace vsr {
+
+// Float32 queries scored against encoded rows of one storage kind (layouts in codec.hpp).
+struct StorageKernels {
+  // <q, decode(row)> over d dimensions.
+  float (*dot)(const float* q, const std::uint8_t* row, std::size_t d) noexcept;
+  // ||q - decode(row)||^2, computed directly (no norm expansion), so it is exact for f32 rows.
+  float (*l2sq)(const float* q, const std::uint8_t* row, std::size_t d) noexcept;
+  // out[i * ldo + j] = <queries_i, decode(row_j)>, i < nq, j < n (see Codec::dot_block).
+  void (*dot_block)(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n,
+                    std::size_t d, float* out, std::size_t ldo) noexcept;
+  // Decodes n rows into ceil(n / panel_rows) panels for dot_packed: panel p holds rows
+  // [p * panel_rows, ...) dimension-major (packed[k * panel_rows + r]), zero-padded.
+  void (*pack)(const std::uint8_t* rows, std::size_t n, std::size_t d, float* packed) noexcept;
+};
 
 struct Kernels {
   Isa isa;
@@ -21,11 +36,25 @@ struct Kernels {
   // out[i] = ||q - row_i||^2 for i in [0, n).
   void (*l2sq_f32_rows)(const float* q, const float* base, std::size_t n, std::size_t d,
                         float* out) noexcept;
+  // Indexed by Storage.
+  StorageKernels storage[kNumStorages];
+  // Rows per packed panel (a multiple of the vector width).
+  std::size_t panel_rows;
+  // GEMM-style batch scoring: out[i * ldo + j] = <queries_i, row_j> for n packed rows. The
+  // register tile holds many queries x one panel with no horizontal sums; for large batches,
+  // where packing a block once is repaid by every query that visits it.
+  void (*dot_packed)(const float* queries, std::size_t nq, const float* packed, std::size_t n, std::size_t d,
+                     float* out, std::size_t ldo) noexcept;
 };
+
+// Floats needed to pack n rows (whole panels).
+inline std::size_t packed_floats(const Kernels& k, std::size_t n, std::size_t d) noexcept {
+  return (n + k.panel_rows - 1) / k.panel_rows * k.panel_rows * d;
+}
 
 // Kernel table for an ISA; nullptr when that ISA was not compiled in.
 const Kernels* kernels_for(Isa isa) noexcept;
-// Kernel table of best_isa().
+// Kernel table of default_isa().
 const Kernels& default_kernels() noexcept;
 
 namespace detail {
