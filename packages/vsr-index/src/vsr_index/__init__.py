@@ -12,11 +12,6 @@ import os
 
 __version__ = "0.1.0"
 
-<<<<<<< HEAD
-from vsr_index._core import DeviceArray, FlatIndex, GpuFlatIndex, cuda_info, simd_info
-
-__all__ = ["DeviceArray", "FlatIndex", "GpuFlatIndex", "__version__", "cuda_info", "simd_info"]
-=======
 from vsr_index import _core
 from vsr_index._core import (
     DeviceArray,
@@ -55,4 +50,3 @@ __all__ = [
     "set_isa",
     "simd_info",
 ]
->>>>>>> exact
