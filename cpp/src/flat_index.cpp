@@ -1,5 +1,6 @@
 #include "vsr/flat_index.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <string>
@@ -90,6 +91,13 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
     idx_t id = ids ? ids[i] : next_id_ + idx_t(i);
     if (id + 1 > next_id_) next_id_ = id + 1;
   }
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* row = data_.data() + (old_rows + i) * dim_;
+    double s = 0;
+    for (std::size_t j = 0; j < dim_; ++j) s += double(row[j]) * row[j];
+    max_sq_norm_ = std::max(max_sq_norm_, s);
+  }
+  generation_.fetch_add(1);
   return {};
 }
 
@@ -139,6 +147,7 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
       float* s = scores + qi * k;
       // Empty slots get -inf internally, which becomes +inf distance for l2.
       top.write_sorted(s, ids + qi * k, -TopK::kInf);
+      if (params.stats) params.stats->distances.fetch_add(rows, std::memory_order_relaxed);
       if (metric_ == Metric::l2)
         for (std::size_t j = 0; j < k; ++j) s[j] = -s[j];
     }
@@ -158,6 +167,41 @@ Status FlatIndex::score_ids(const float* query, const idx_t* ids, std::size_t n,
     const float* row = data_.data() + it->second * dim_;
     scores[i] = metric_ == Metric::l2 ? kernels_->l2sq_f32(qbuf.data(), row, dim_)
                                       : kernels_->dot_f32(qbuf.data(), row, dim_);
+  }
+  return {};
+}
+
+std::optional<float> FlatIndex::max_norm() const noexcept {
+  std::shared_lock lock(mutex_);
+  // Rounded up by a relative 1e-6 so float rounding of stored rows cannot exceed it.
+  return float(std::sqrt(max_sq_norm_) * (1 + 1e-6));
+}
+
+Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
+                                  float* scores) const {
+  if (!all_finite(queries, nq * dim_))
+    return make_error(ErrorCode::invalid_argument, "queries contain NaN or infinity");
+  std::vector<float> qbuf(queries, queries + nq * dim_);
+  if (metric_ == Metric::cosine)
+    for (std::size_t i = 0; i < nq; ++i) normalize(qbuf.data() + i * dim_, dim_);
+  std::shared_lock lock(mutex_);
+  std::vector<const float*> rows(n);
+  for (std::size_t j = 0; j < n; ++j) {
+    auto it = row_of_.find(ids[j]);
+    if (it == row_of_.end())
+      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[j]) + " is not in the index");
+    rows[j] = data_.data() + it->second * dim_;
+  }
+  // Tiles of rows small enough to stay in L1/L2 while every query is scored against them.
+  const std::size_t tile = std::max<std::size_t>(1, 16384 / dim_);
+  for (std::size_t j0 = 0; j0 < n; j0 += tile) {
+    std::size_t j1 = std::min(n, j0 + tile);
+    for (std::size_t i = 0; i < nq; ++i) {
+      const float* q = qbuf.data() + i * dim_;
+      float* out = scores + i * n;
+      for (std::size_t j = j0; j < j1; ++j)
+        out[j] = metric_ == Metric::l2 ? kernels_->l2sq_f32(q, rows[j], dim_) : kernels_->dot_f32(q, rows[j], dim_);
+    }
   }
   return {};
 }

@@ -1,6 +1,7 @@
 // Exact (brute-force) search over float32 vectors, parallel over query blocks.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <shared_mutex>
 #include <unordered_map>
@@ -26,6 +27,11 @@ class FlatIndex final : public Index {
                 const SearchParams& params) const override;
   Status score_ids(const float* query, const idx_t* ids, std::size_t n,
                    float* scores) const override;
+  Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
+                         float* scores) const override;
+  std::uint64_t generation() const noexcept override { return generation_.load(); }
+  std::optional<float> max_norm() const noexcept override;
+  bool exact_search() const noexcept override { return true; }
 
   // Kernel set used by this index (defaults to the best the CPU supports).
   Status set_isa(Isa isa);
@@ -46,6 +52,8 @@ class FlatIndex final : public Index {
   std::vector<idx_t> ids_;    // external id of each row
   std::unordered_map<idx_t, std::size_t> row_of_;
   idx_t next_id_ = 0;
+  double max_sq_norm_ = 0;                 // largest squared norm added (never decreases)
+  std::atomic<std::uint64_t> generation_{0};
   mutable std::shared_mutex mutex_;  // searches share, writes exclude
 };
 

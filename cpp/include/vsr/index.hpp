@@ -2,7 +2,10 @@
 // bindings talk to indexes only through it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <unordered_set>
 
 #include "vsr/common.hpp"
@@ -25,9 +28,15 @@ struct IdFilter {
   }
 };
 
+// Work counters a caller can ask a search to add to (safe to share between threads).
+struct SearchStats {
+  std::atomic<std::uint64_t> distances{0};  // query-to-vector distances computed
+};
+
 struct SearchParams {
   const IdFilter* filter = nullptr;  // not owned; nullptr = no filtering
   int num_threads = 0;               // 0 = the index's default
+  SearchStats* stats = nullptr;      // not owned; nullptr = not counted
 };
 
 // Results of a k-NN search are written to caller buffers of nq * k. Scores follow the metric:
@@ -52,6 +61,36 @@ class Index {
   // An id not in the index is an error naming it.
   virtual Status score_ids(const float* query, const idx_t* ids, std::size_t n,
                            float* scores) const = 0;
+
+  // Exact scores of nq queries against the same n ids: scores[i * n + j] for query i, id j.
+  // Indexes override this with one blocked pass over the rows; the default scores query by query.
+  virtual Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids,
+                                 std::size_t n, float* scores) const {
+    for (std::size_t i = 0; i < nq; ++i) {
+      Status s = score_ids(queries + i * dim(), ids, n, scores + i * n);
+      if (!s.ok()) return s;
+    }
+    return {};
+  }
+
+  // Changes whenever the set of stored vectors changes (add, remove), so a cached result can
+  // tell it is stale.
+  virtual std::uint64_t generation() const noexcept = 0;
+
+  // True when search() returns the exhaustive answer (exact index), false for approximate indexes.
+  virtual bool exact_search() const noexcept { return false; }
+
+  // An upper bound on the norm of every stored vector, when the index keeps one. Sessions use it
+  // to prove inner-product refinements exact; nullopt disables that proof.
+  virtual std::optional<float> max_norm() const noexcept { return std::nullopt; }
+
+  // k-NN search that starts from known good candidates (e.g. the previous turn's results) instead
+  // of the index's usual entry point. Indexes without such a search return ErrorCode::unsupported.
+  virtual Status search_warm(const float* query, std::size_t k, const idx_t* seeds,
+                             std::size_t n_seeds, float* scores, idx_t* ids,
+                             const SearchParams& params) const {
+    return make_error(ErrorCode::unsupported, "this index kind has no warm-started search");
+  }
 };
 
 }  // namespace vsr

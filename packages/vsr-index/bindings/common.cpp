@@ -1,5 +1,6 @@
 #include "common.hpp"
 
+#include "vsr/index.hpp"
 #include "vsr/kernels.hpp"
 #include "vsr/simd.hpp"
 
@@ -49,6 +50,8 @@ py::array_t<std::int64_t, py::array::c_style> as_ids(const py::handle& obj, long
 }
 
 void bind_common(py::module_& m) {
+  // Base of every index kind; methods shared by all kinds are added to it by their binding files.
+  py::class_<vsr::Index>(m, "Index");
   m.def("simd_info", [] {
     const vsr::CpuFeatures& f = vsr::cpu_features();
     py::dict cpu;

@@ -32,5 +32,6 @@ py::array_t<std::int64_t, py::array::c_style> as_ids(const py::handle& obj, long
 
 void bind_common(py::module_& m);
 void bind_flat(py::module_& m);
+void bind_session(py::module_& m);
 
 }  // namespace vsr_py

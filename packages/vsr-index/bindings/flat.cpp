@@ -16,7 +16,7 @@ vsr::Metric parse_metric(const std::string& name) {
 }  // namespace
 
 void bind_flat(py::module_& m) {
-  py::class_<vsr::FlatIndex>(m, "FlatIndex")
+  py::class_<vsr::FlatIndex, vsr::Index>(m, "FlatIndex")
       .def(py::init([](std::size_t dim, const std::string& metric) {
              return std::unique_ptr<vsr::FlatIndex>(unwrap(vsr::FlatIndex::create(dim, parse_metric(metric))));
            }),
