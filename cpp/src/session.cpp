@@ -75,6 +75,10 @@ float missing_score(Metric m) noexcept { return higher_is_better(m) ? -TopK::kIn
 Status search_pool(const Index& index, const std::vector<float>& q, std::size_t pool_size, const IdFilter* filter,
                    const idx_t* seeds, std::size_t n_seeds, int threads, CandidatePool& pool,
                    std::uint64_t& distances) {
+  // Searches reject k > size, and a pool of every vector needs no bound.
+  const std::size_t n = index.size();
+  const bool everything = pool_size >= n;
+  pool_size = std::min(pool_size, n);
   std::vector<float> scores(pool_size);
   std::vector<idx_t> ids(pool_size);
   SearchStats stats;
@@ -84,7 +88,8 @@ Status search_pool(const Index& index, const std::vector<float>& q, std::size_t 
   params.stats = &stats;
   // Read before searching: a concurrent change then shows up as a stale pool, never a missed one.
   std::uint64_t generation = index.generation();
-  Status s = n_seeds ? index.search_warm(q.data(), pool_size, seeds, n_seeds, scores.data(), ids.data(), params)
+  Status s = pool_size == 0 ? Status()
+             : n_seeds        ? index.search_warm(q.data(), pool_size, seeds, n_seeds, scores.data(), ids.data(), params)
                      : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
   distances += stats.distances.load();
   if (!s.ok()) return s;
@@ -95,7 +100,7 @@ Status search_pool(const Index& index, const std::vector<float>& q, std::size_t 
   pool.scores.assign(scores.begin(), scores.begin() + found);
   pool.floor = found ? scores[found - 1] : missing_score(index.metric());
   pool.exact = index.exact_search();
-  pool.complete = found < pool_size && pool.exact;
+  pool.complete = pool.exact && (found < pool_size || everything);
   pool.generation = generation;
   return {};
 }

@@ -6,7 +6,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <unordered_set>
+#include <vector>
 
 #include "vsr/common.hpp"
 
@@ -39,6 +42,14 @@ struct SearchParams {
   SearchStats* stats = nullptr;      // not owned; nullptr = not counted
 };
 
+// Results of a range search in CSR form (faiss convention): query i's results are
+// [lims[i], lims[i + 1]) of scores/ids, best first. lims has nq + 1 entries.
+struct RangeResult {
+  std::vector<std::size_t> lims;
+  std::vector<float> scores;
+  std::vector<idx_t> ids;
+};
+
 // Results of a k-NN search are written to caller buffers of nq * k. Scores follow the metric:
 // inner product / cosine similarity (descending) or squared l2 distance (ascending). Missing
 // results (fewer than k candidates) are id kNoId.
@@ -61,6 +72,23 @@ class Index {
   // An id not in the index is an error naming it.
   virtual Status score_ids(const float* query, const idx_t* ids, std::size_t n,
                            float* scores) const = 0;
+
+  // The methods below have defaults that report "unsupported", so a new index kind can grow
+  // into them; FlatIndex implements all of them.
+
+  // Short name of the index kind ("flat", "graph"), used in messages and files.
+  virtual std::string_view kind_name() const noexcept { return "index"; }
+
+  // Removes the listed ids. Every id must be present and listed once; otherwise nothing is
+  // removed and the error names the offending id.
+  virtual Status remove(const idx_t* ids, std::size_t n);
+
+  // All results with score >= radius (inner product / cosine) or squared distance <= radius (l2).
+  virtual Status range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
+                              const SearchParams& params) const;
+
+  // Writes the index to one file atomically (temp file + fsync + rename); see io.hpp.
+  virtual Status save(const std::string& path) const;
 
   // Exact scores of nq queries against the same n ids: scores[i * n + j] for query i, id j.
   // Indexes override this with one blocked pass over the rows; the default scores query by query.

@@ -23,18 +23,6 @@ py::dict info_dict(const vsr::TurnInfo& info) {
   return d;
 }
 
-// allow= / deny= keyword arguments as an IdFilter (at most one of them).
-vsr::IdFilter make_filter(const py::handle& allow, const py::handle& deny) {
-  vsr::IdFilter f;
-  if (!allow.is_none() && !deny.is_none()) throw py::value_error("pass at most one of allow= and deny=");
-  const py::handle& src = allow.is_none() ? deny : allow;
-  if (src.is_none()) return f;
-  auto ids = as_ids(src, -1, allow.is_none() ? "deny" : "allow");
-  f.mode = allow.is_none() ? vsr::IdFilter::Mode::deny : vsr::IdFilter::Mode::allow;
-  f.ids.insert(ids.data(), ids.data() + ids.shape(0));
-  return f;
-}
-
 std::size_t check_k(long k) {
   if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
   return std::size_t(k);
@@ -100,7 +88,7 @@ void bind_session(py::module_& m) {
           "Searches with a refined query; returns (scores, ids, info). info['path'] is 'pool' when the "
           "cached pool provably holds the answer, 'warm' or 'cold' when a new search ran.");
 
-  auto index = py::reinterpret_borrow<py::class_<vsr::Index>>(m.attr("Index"));
+  auto index = py::reinterpret_borrow<IndexClass>(m.attr("Index"));
   index.def(
       "session",
       [](const py::object& py_self, const py::handle& query, long k, std::optional<long> pool_size,
