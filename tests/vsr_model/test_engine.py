@@ -135,7 +135,7 @@ def test_index_rejects_bad_input(tiny_engine):
         tiny_engine.search(torch.full((1, 32), float("nan")), k=1)
     with pytest.raises(KeyError, match="unknown video ids"):
         tiny_engine.video_embeddings(["zzz"])
-    with pytest.raises(ValueError, match="k must be positive"):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
         tiny_engine.search(unit_rows(1), k=0)
     with pytest.raises(ValueError, match="exclude has 2 entries"):
         tiny_engine.search(unit_rows(1), k=1, exclude=[set(), set()])
@@ -205,3 +205,29 @@ def test_fit_learns_to_retrieve_the_training_videos(tiny_benchmark, monkeypatch)
     assert after["MRR"] > before["MRR"] and after["R@1"] >= 0.9
     with pytest.raises(ValueError, match="FitConfig"):
         FitConfig(batch_size=1)
+
+
+def test_session_refine_excludes_seen_videos_and_matches_search(tiny_engine):
+    vecs = unit_rows(40, seed=5)
+    ids = [f"v{i:02d}" for i in range(40)]
+    tiny_engine.add_videos(ids, vecs)
+    q0, q1, q2 = unit_rows(3, seed=6)
+    s = tiny_engine.session(q0, k=3)
+    assert s.hits == tiny_engine.search(q0[None], k=3)[0]
+    assert s.seen == [h.video_id for h in s.hits] and s.turns == 1
+    first = set(s.seen)
+    hits = s.refine(q1, k=3)
+    assert hits == tiny_engine.search(q1[None], k=3, exclude=[first])[0]
+    hits2 = s.refine(q2)  # k defaults to the session's
+    assert len(hits2) == 3 and not {h.video_id for h in hits2} & set(s.seen[:6])
+    assert len(s.seen) == 9 and len(set(s.seen)) == 9 and s.turns == 3
+    assert s.info["exact"] is True
+    # without exclude_seen a refinement is a plain search; `exclude` holds for every turn
+    s2 = tiny_engine.session(q0, k=3, exclude_seen=False, exclude={"v00", "v01"})
+    assert s2.refine(q1, 3) == tiny_engine.search(q1[None], k=3, exclude=[{"v00", "v01"}])[0]
+    # a session can start from text
+    assert len(tiny_engine.session(TEXTS[0], k=2).hits) == 2
+    with pytest.raises(ValueError, match="one query"):
+        tiny_engine.session(unit_rows(2), k=2)
+    with pytest.raises(ValueError, match="one query embedding"):
+        s.refine(unit_rows(2))
