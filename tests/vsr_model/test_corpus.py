@@ -165,3 +165,40 @@ def test_cli_build_and_eval(tmp_path, tiny_benchmark, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["all"]["videos"] == 4 and report["all"]["chance_R@1"] == 0.25
     assert 0 <= report["all"]["R@1"] <= report["all"]["R@5"] == 1.0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_build_the_same_index(tmp_path, tiny_benchmark):
+    """`vsr corpus build --distributed` under torchrun: two ranks share the work, rank 0 merges."""
+    import shutil as sh
+    import socket
+    import subprocess
+    import sys
+
+    fresh_engine(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vsr = sh.which("vsr")
+    assert vsr is not None
+    args = [
+        "--engine",
+        str(tmp_path / "base_engine"),
+        "--videos",
+        str(tiny_benchmark / "videos.jsonl"),
+        "--split",
+        "test",
+        "--quiet",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), vsr, "corpus", "build", *args, "--out", str(tmp_path / "dist"), "--distributed"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "dist" / "embeddings").iterdir())
+    assert shards == ["shard_0000_of_0002", "shard_0001_of_0002"]
+    single = build_index(fresh_engine(tmp_path), Corpus.from_jsonl(tiny_benchmark / "videos.jsonl", split="test",
+                         sampling=tiny_dual_encoder_config().sampling), tmp_path / "one", progress=False)  # fmt: skip
+    a = SearchEngine.load(tmp_path / "one" / "engine")
+    b = SearchEngine.load(tmp_path / "dist" / "engine")
+    assert single["indexed"] == len(b) == 4 and a.video_ids == b.video_ids
+    assert torch.allclose(a.video_embeddings(a.video_ids), b.video_embeddings(a.video_ids), atol=1e-5)
