@@ -46,5 +46,6 @@ using IndexClass = py::class_<vsr::Index, std::shared_ptr<vsr::Index>>;
 void bind_common(py::module_& m);
 void bind_flat(py::module_& m);
 void bind_gpu(py::module_& m);
+void bind_session(py::module_& m);
 
 }  // namespace vsr_py
