@@ -23,6 +23,7 @@ import torch
 
 from vsr_model.metrics import temporal_iou
 from vsr_model.protocol import ParsedResponse
+from vsr_model.sqr import contrastive_logits
 
 
 class RetrievalRewardKind(str, Enum):
@@ -130,21 +131,7 @@ def ground_truth_probability(
     query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """p(gt | query) = softmax over [positive, negatives] of cosine / tau; query (B, D), negatives (B, n, D)."""
-    if query.ndim != 2 or positive.shape != query.shape:
-        raise ValueError(
-            f"query and positive must both be (B, D); got {tuple(query.shape)} and {tuple(positive.shape)}"
-        )
-    if negatives.ndim != 3 or negatives.shape[0] != query.shape[0] or negatives.shape[2] != query.shape[1]:
-        raise ValueError(
-            f"negatives must be (B, n, D) matching query {tuple(query.shape)}; got {tuple(negatives.shape)}"
-        )
-    q = torch.nn.functional.normalize(query.float(), dim=-1)
-    candidates = torch.cat([positive.unsqueeze(1), negatives], dim=1).float()
-    candidates = torch.nn.functional.normalize(candidates, dim=-1)
-    logits = torch.einsum("bd,bnd->bn", q, candidates) / temperature
-    if not torch.isfinite(logits).all():
-        raise ValueError("non-finite similarity in the retrieval reward (NaN or inf embeddings)")
-    return logits.softmax(dim=-1)[:, 0]
+    return contrastive_logits(query, positive, negatives, temperature).softmax(dim=-1)[:, 0]
 
 
 def retrieval_reward(
