@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vsr_model.protocol import REFINE_TOKEN, RefinementMode, build_verify_prompt
-from vsr_model.sqr import SQRConfig, SQRHeads
+from vsr_model.sqr import PrefillState, SQRConfig, SQRHeads
 
 POLICY_CONFIG_FILE = "vsr_policy.json"
 SQR_HEADS_FILE = "sqr_heads.safetensors"
@@ -135,6 +135,16 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids, mask
 
 
+@dataclass
+class PolicyOutput:
+    """Teacher-forced forward: next-token logits (B, L, V), last hidden states (B, L, H) and the state
+    (hidden + KV cache) that `vsr_model.sqr.latent_rollout(..., state=...)` continues from."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    state: PrefillState
+
+
 class VideoPolicy(nn.Module):
     """A video LLM that verifies a retrieved video, grounds a moment and emits <REFINE> for SQR.
 
@@ -196,6 +206,17 @@ class VideoPolicy(nn.Module):
         raise NotImplementedError
 
     # --- shared ---
+    def forward(self, batch: PolicyBatch, use_cache: bool = True) -> PolicyOutput:
+        """One forward over prompt + completion; SFT's CE, GRPO's log-probs and the SQR rollout share it."""
+        hidden, cache = self.run_backbone(
+            self.embed_inputs(batch),
+            batch.attention_mask,
+            batch.position_ids,
+            batch=batch,
+            use_cache=use_cache,
+        )
+        return PolicyOutput(logits=self.logits(hidden), hidden=hidden, state=PrefillState(hidden, cache))
+
     @property
     def refine_token_id(self) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(REFINE_TOKEN)
