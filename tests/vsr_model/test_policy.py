@@ -138,3 +138,19 @@ def test_default_composite_loads_smollm2_and_efficientnet(engine):
     assert latents.shape == (1, 2, engine.embed_dim) and torch.isfinite(latents).all()
     out = policy.generate(policy.encode(items), GenerationSettings(max_new_tokens=4))
     assert len(out.token_ids[0]) <= 4
+
+
+def test_greedy_generation_agrees_with_teacher_forced_forward_under_padding(policy):
+    """Sampling and training must see the same positions and masks, or GRPO's ratios are wrong."""
+    items = [
+        VerifyInput("q", make_clip(2)),
+        VerifyInput("a much longer query about a red circle", make_clip(5, 3)),
+    ]
+    out = policy.generate(policy.encode(items), GenerationSettings(max_new_tokens=6))
+    batch = policy.encode(items, out.token_ids)
+    with torch.no_grad():
+        logits = policy(batch, use_cache=False).logits
+    for i, ids in enumerate(out.token_ids):
+        start = batch.input_ids.shape[1] - len(ids)
+        predicted = logits[i, start - 1 : start - 1 + len(ids)].argmax(-1).tolist()
+        assert predicted == ids

@@ -23,6 +23,7 @@ import torch
 from vsr_model.policy.base import GenerationSettings, VerifyInput, VideoPolicy
 from vsr_model.protocol import QueryTrace, RefinementMode, TurnTrace, parse_response
 from vsr_model.sqr import check_engine_dims, latent_rollout, refined_query
+from vsr_model.video import FrameSampling
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class SearchEngine(Protocol):
 
 
 class Corpus(Protocol):
-    def clip(self, video_id: str, sampling: Any = None) -> Any: ...
+    def clip(self, video_id: str, sampling: FrameSampling | None = None) -> Any: ...
 
 
 @dataclass
@@ -57,12 +58,14 @@ class AgentConfig:
     top_k: int = 10
     batch_size: int = 8
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=768))
-    sampling: Any = None
+    sampling: FrameSampling | None = None
 
     def __post_init__(self) -> None:
         self.refinement = RefinementMode.parse(self.refinement)
         if isinstance(self.generation, dict):
             self.generation = GenerationSettings(**self.generation)
+        if isinstance(self.sampling, dict):
+            self.sampling = FrameSampling(**self.sampling)
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.top_k < 1 or self.batch_size < 1:
