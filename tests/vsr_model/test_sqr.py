@@ -211,3 +211,17 @@ def test_one_sft_step_trains_policy_and_heads_through_one_forward(engine):
     assert any(n.startswith("sqr.readout.out") for n in changed)  # zero-init layer learns first
     assert any(n.startswith("lm.") for n in changed) and any(n.startswith("projector.") for n in changed)
     assert not any(n.startswith("frame_encoder.") for n in changed)
+
+
+def test_bf16_policy_with_fp32_heads(engine):
+    policy = tiny_composite_policy(engine, hidden=64, num_latents=3, seed=2)
+    policy.lm.to(torch.bfloat16)
+    with torch.no_grad():
+        policy.sqr.readout.out.weight.normal_(0, 0.3)
+        batch = batch_for(policy)
+        cached = latent_rollout(policy, batch).latents
+        reference = latent_rollout_reforward(policy, batch).latents
+    assert cached.dtype == torch.float32 and torch.isfinite(cached).all()
+    assert torch.allclose(cached, reference, atol=0.1)
+    query, _ = refined_query(policy.sqr, engine, ["a", "b"], cached)
+    assert query.shape == (2, engine.embed_dim)

@@ -165,7 +165,8 @@ class VideoPolicy(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The language model's compute dtype (SQR heads may keep their own)."""
+        return self.get_input_embeddings().weight.dtype
 
     @property
     def device(self) -> torch.device:
