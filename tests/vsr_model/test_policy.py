@@ -154,3 +154,12 @@ def test_greedy_generation_agrees_with_teacher_forced_forward_under_padding(poli
         start = batch.input_ids.shape[1] - len(ids)
         predicted = logits[i, start - 1 : start - 1 + len(ids)].argmax(-1).tolist()
         assert predicted == ids
+
+
+def test_frozen_frame_encoder_stays_in_eval_mode(policy):
+    policy.train()
+    try:
+        assert policy.lm.training and policy.projector.training and not policy.frame_encoder.training
+        assert not any(m.training for m in policy.frame_encoder.modules())
+    finally:
+        policy.eval()

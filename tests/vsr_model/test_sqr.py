@@ -225,3 +225,18 @@ def test_bf16_policy_with_fp32_heads(engine):
     assert torch.allclose(cached, reference, atol=0.1)
     query, _ = refined_query(policy.sqr, engine, ["a", "b"], cached)
     assert query.shape == (2, engine.embed_dim)
+
+
+def test_gradient_checkpointing_falls_back_to_exact_reforward(engine, caplog):
+    policy = tiny_composite_policy(engine, hidden=64, num_latents=3, seed=3)
+    with torch.no_grad():
+        policy.sqr.readout.out.weight.normal_(0, 0.3)
+        expected = latent_rollout_reforward(policy, batch_for(policy)).latents
+    policy.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    with caplog.at_level("WARNING", logger="vsr_model.sqr"):
+        latents = latent_rollout(policy, batch_for(policy)).latents
+    assert "falls back to re-forwarding" in caplog.text
+    assert torch.allclose(latents, expected, atol=1e-4)
+    latents.sum().backward()
+    assert policy.sqr.rollin.proj.weight.grad is not None

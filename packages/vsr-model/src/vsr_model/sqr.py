@@ -16,6 +16,7 @@ authors' way) and exists as the reference the cached version is tested against.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -26,6 +27,8 @@ from torch import nn
 
 if TYPE_CHECKING:
     from vsr_model.policy.base import PolicyBatch, VideoPolicy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,6 +171,11 @@ def prefill(policy: VideoPolicy, batch: PolicyBatch) -> PrefillState:
     return PrefillState(hidden=hidden, cache=cache)
 
 
+def _cached_length(cache: object) -> int | None:
+    get_length = getattr(cache, "get_seq_length", None)
+    return int(get_length()) if get_length is not None else None
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), index]
 
@@ -191,6 +199,13 @@ def latent_rollout(
     refine_index = _check_refine(batch)
     if state is None:
         state = prefill(policy, batch)
+    if _cached_length(state.cache) != batch.input_ids.shape[1]:
+        # Gradient checkpointing in training mode keeps layers from writing the cache; decoding on an
+        # empty cache would silently drop the prefix, so take the exact (slower) re-forward path.
+        logger.warning(
+            "no complete KV cache (gradient checkpointing?): SQR rollout falls back to re-forwarding"
+        )
+        return latent_rollout_reforward(policy, batch, n)
     mask = _mask_after_refine(batch)
     refine_hidden = _gather_rows(state.hidden, refine_index)
     latents = [heads.read(refine_hidden)]

@@ -162,6 +162,13 @@ class CompositeVideoPolicy(VideoPolicy):
     def tokenizer(self):
         return self._tokenizer
 
+    def train(self, mode: bool = True) -> CompositeVideoPolicy:
+        super().train(mode)
+        if self.config.freeze_frame_encoder:
+            # A frozen encoder stays in eval mode: batch-norm statistics must not follow training batches.
+            self.frame_encoder.eval()
+        return self
+
     @property
     def hidden_size(self) -> int:
         return self.lm.config.get_text_config().hidden_size
