@@ -163,3 +163,12 @@ def test_frozen_frame_encoder_stays_in_eval_mode(policy):
         assert not any(m.training for m in policy.frame_encoder.modules())
     finally:
         policy.eval()
+
+
+def test_group_sampling_returns_group_size_rows_per_prompt(policy):
+    torch.manual_seed(0)
+    items = [VerifyInput("q", make_clip(2)), VerifyInput("another query", make_clip(3, 2))]
+    settings = GenerationSettings(max_new_tokens=5, do_sample=True, temperature=1.5, num_return_sequences=3)
+    out = policy.generate(policy.encode(items), settings)
+    assert len(out.token_ids) == 6 and len(out.texts) == 6
+    assert len({tuple(ids) for ids in out.token_ids[:3]}) > 1  # sampled, not copies
