@@ -172,3 +172,11 @@ def test_group_sampling_returns_group_size_rows_per_prompt(policy):
     out = policy.generate(policy.encode(items), settings)
     assert len(out.token_ids) == 6 and len(out.texts) == 6
     assert len({tuple(ids) for ids in out.token_ids[:3]}) > 1  # sampled, not copies
+
+
+def test_text_targets_end_like_generation(policy):
+    soft = policy.completion_ids(format_response("no", False))
+    hard = policy.completion_ids(format_response("no", False, mode="hard", rewritten_query="a dog"))
+    assert soft[-1] == policy.refine_token_id and policy.tokenizer.eos_token_id not in soft
+    assert hard[-1] == policy.tokenizer.eos_token_id
+    assert policy.completion_ids("x<|im_end|>").count(policy.tokenizer.eos_token_id) == 1

@@ -180,3 +180,8 @@ def test_block_runs_from_first_open_to_next_close():
 def test_huge_garbage_is_still_parsed():
     parsed = parse_response("<think>" * 50_000 + "<answer>matched</answer>")
     assert parsed.matched and "<think> is not closed" in parsed.problems
+
+
+def test_text_after_refine_is_reported():
+    assert "text after <REFINE>" in parse_response(format_response("x", False) + " and more").problems
+    assert parse_response(format_response("x", False) + "  \n").problems == ()

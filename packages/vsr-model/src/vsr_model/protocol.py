@@ -261,7 +261,10 @@ def parse_response(text: object) -> ParsedResponse:
     if answer == NOT_MATCHED and span_tags_present:
         problems.append("not_matched with a span")
 
-    refine = REFINE_TOKEN.lower() in text.lower()
+    lowered = text.lower()
+    refine = REFINE_TOKEN.lower() in lowered
+    if refine and not lowered.rstrip().endswith(REFINE_TOKEN.lower()):
+        problems.append("text after <REFINE>")
     query_raw = _single(scan, "query", problems)
     rewritten = query_raw.strip() if query_raw is not None and query_raw.strip() else None
     if query_raw is not None and rewritten is None:

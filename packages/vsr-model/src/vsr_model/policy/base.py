@@ -241,7 +241,10 @@ class VideoPolicy(nn.Module):
         items: Sequence[VerifyInput],
         completions: Sequence[Sequence[int] | str] | None = None,
     ) -> PolicyBatch:
-        """Tokenise prompts (and optional completions, as token ids or text) into a left-padded batch."""
+        """Tokenise prompts (and optional completions, as token ids or text) into a left-padded batch.
+
+        Text completions go through `completion_ids`, so a target ends as generation would end.
+        """
         if not items:
             raise ValueError("empty batch of verify inputs")
         if completions is not None and len(completions) != len(items):
@@ -284,6 +287,13 @@ class VideoPolicy(nn.Module):
                 if len(hits):
                     refine_index[i] = ids.shape[1] - n + int(hits[0])
         return PolicyBatch(ids, mask, position_ids, model_inputs, completion_mask, refine_index)
+
+    def completion_ids(self, text: str) -> list[int]:
+        """Token ids of a target response, ending the way generation ends: at <REFINE> or with EOS."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if not ids or ids[-1] not in (self.refine_token_id, self.tokenizer.eos_token_id):
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
 
     @property
     def vocab_size(self) -> int:
