@@ -112,6 +112,23 @@ class Generation:
     texts: list[str]
 
 
+def decode_completions(tokenizer, sequences: torch.Tensor, stop_ids: Sequence[int]) -> Generation:
+    """Cut each generated row after its first stop token, drop padding, keep special tokens like <REFINE>."""
+    eos = tokenizer.eos_token_id
+    token_ids, texts = [], []
+    for row in sequences.tolist():
+        kept = []
+        for t in row:
+            kept.append(t)
+            if t in stop_ids:
+                break
+        # The EOS itself is not part of the response text; <REFINE> is. Padding only follows a stop.
+        text_ids = kept[:-1] if kept and kept[-1] == eos else kept
+        token_ids.append(kept)
+        texts.append(tokenizer.decode(text_ids, skip_special_tokens=False))
+    return Generation(token_ids=token_ids, texts=texts)
+
+
 def config_from_dict(cls, values: dict):
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
