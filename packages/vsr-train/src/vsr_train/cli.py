@@ -1,0 +1,119 @@
+"""`vsr train ...` and `vsr eval` subcommands (registered through the `vsr.commands` entry points).
+
+Distributed runs start the same command under a launcher, for example::
+
+    deepspeed --num_gpus 8 $(which vsr) train grpo --config grpo.yaml
+    torchrun --nproc_per_node 8 $(which vsr) train sft --config sft.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+_OVERRIDE_HELP = "override a config value, e.g. --set optim.lr=1e-5 (repeatable; values parsed as YAML)"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file (unknown keys are an error)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_OVERRIDE_HELP
+    )
+    # The deepspeed launcher appends --local_rank; the rank is read from the launcher's environment.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from vsr_train.config import SFTConfig, load_config
+    from vsr_train.sft import run_sft
+
+    _setup_logging()
+    final = run_sft(load_config(SFTConfig, args.config, args.overrides))
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def _grpo(args: argparse.Namespace) -> int:
+    from vsr_train.config import GRPOConfig, load_config
+    from vsr_train.grpo import run_grpo
+
+    _setup_logging()
+    final = run_grpo(load_config(GRPOConfig, args.config, args.overrides))
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vsr_train.checkpoint import CheckpointError, verify_checkpoint
+
+    try:
+        verify_checkpoint(Path(args.checkpoint), checksums=True)
+    except CheckpointError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    print(f"OK: {args.checkpoint}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vsr_train.config import EvalConfig, load_config
+    from vsr_train.evaluate import run_eval
+
+    _setup_logging()
+    summary_path = run_eval(load_config(EvalConfig, args.config, args.overrides))
+    if summary_path is not None:
+        print(f"summary: {summary_path}")
+    return 0
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="Stage-1 SFT and Stage-2 GRPO on DeepSpeed",
+        description="Train the VideoSearch-R1 policy. Run directly for one process, or under the deepspeed "
+        "launcher / torchrun for many processes and nodes.",
+    )
+    sub = parser.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND")
+    sft = sub.add_parser("sft", help="Stage 1: supervised cold start (CE + lambda * InfoNCE)")
+    _add_common(sft)
+    sft.set_defaults(func=_sft)
+    grpo = sub.add_parser("grpo", help="Stage 2: GRPO with rewards from vsr_model.rewards")
+    _add_common(grpo)
+    grpo.set_defaults(func=_grpo)
+    verify = sub.add_parser("verify-checkpoint", help="check a checkpoint folder against its manifest")
+    verify.add_argument("checkpoint", help="a checkpoints/step-XXXXXXXX folder")
+    verify.set_defaults(func=_verify)
+    parser.set_defaults(func=lambda a: parser.print_help() or 2)
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="multi-turn evaluation: traces, summary, results table, per-turn plot",
+        description="Evaluate a policy with the multi-turn agent loop; shard over ranks with torchrun or the "
+        "deepspeed launcher.",
+    )
+    _add_common(parser)
+    parser.set_defaults(func=_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vsr_train`` entry (the same subcommands as ``vsr``), handy under launchers."""
+    parser = argparse.ArgumentParser(prog="python -m vsr_train")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register_train(subparsers)
+    register_eval(subparsers)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
