@@ -1,0 +1,219 @@
+"""VCMR, VR and VER metrics of VideoSearch-R1, all in percent.
+
+- VCMR IoU=m R@1 (m in 0.3/0.5/0.7), the paper's rule: a query scores iff its answer is `matched`, the
+  span parses, the video shown in that turn is the ground-truth video and IoU(pred, gt) >= m.
+  mIoU averages IoU over all queries, counting 0 where the rule's first three conditions fail.
+- VCMR R@K at IoU=m for ranked (video, span) predictions, the TVR definition: a query scores iff any
+  of its top-K predictions has the ground-truth video and IoU >= m.
+- VR R@k and MRR: the rank of the ground-truth video in a ranking. Reported for the ranking of the
+  turn the agent stopped on (its first entry is the video it verified) and for the last, post-
+  refinement ranking (what the authors report).
+- VER: verdict accuracy over every verify decision. Lenient drops unparseable verdicts from the
+  denominator (the authors' choice); strict counts them wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from vsr_model.protocol import QueryTrace, TurnTrace
+
+IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+VR_KS = (1, 5, 10)
+
+
+def temporal_iou(pred: tuple[float, float] | None, gt: tuple[float, float] | None) -> float:
+    """IoU of two [start, end] intervals in seconds; 0 for a missing or degenerate prediction."""
+    if pred is None or gt is None:
+        return 0.0
+    ps, pe = float(pred[0]), float(pred[1])
+    gs, ge = float(gt[0]), float(gt[1])
+    if not all(math.isfinite(v) for v in (ps, pe, gs, ge)):
+        raise ValueError(f"non-finite span in IoU: pred={pred!r} gt={gt!r}")
+    if ge < gs:
+        raise ValueError(f"ground-truth span {gt!r} ends before it starts")
+    if pe < ps:
+        return 0.0
+    inter = max(0.0, min(pe, ge) - max(ps, gs))
+    union = max(pe, ge) - min(ps, gs)
+    if union <= 0.0:
+        # Two identical instants: the same point is a perfect match, otherwise no overlap.
+        return 1.0 if (ps == gs and pe == ge) else 0.0
+    return inter / union
+
+
+def rank_of(ranking: Sequence[str], target: str | None) -> int | None:
+    """1-based rank of `target`, None when absent."""
+    if target is None:
+        return None
+    for i, video in enumerate(ranking):
+        if video == target:
+            return i + 1
+    return None
+
+
+def _percent(hits: int | float, total: int) -> float:
+    return 100.0 * hits / total if total else float("nan")
+
+
+def _require_ground_truth(traces: Sequence[QueryTrace]) -> None:
+    for trace in traces:
+        if trace.gt_video is None or trace.gt_span is None:
+            raise ValueError(
+                f"query {trace.query_id!r} has no ground truth; metrics need gt_video and gt_span"
+            )
+
+
+def answer_iou(trace: QueryTrace) -> float:
+    """IoU of the answer under the paper's rule: 0 unless matched, parsed and on the right video."""
+    turn = trace.answer_turn
+    if turn is None or turn.parsed.span is None or turn.shown_video != trace.gt_video:
+        return 0.0
+    return temporal_iou(turn.parsed.span, trace.gt_span)
+
+
+def vcmr_at_one(
+    traces: Sequence[QueryTrace], thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> dict[str, float]:
+    """VCMR IoU=m R@1 for each m and mIoU, in percent."""
+    _require_ground_truth(traces)
+    ious = [answer_iou(t) for t in traces]
+    out = {f"vcmr_r1_iou{m:g}": _percent(sum(iou >= m for iou in ious), len(ious)) for m in thresholds}
+    out["miou"] = _percent(sum(ious), len(ious))
+    return out
+
+
+def vcmr_recall_at_k(
+    predictions: Sequence[Sequence[tuple[str, float, float]]],
+    ground_truth: Sequence[tuple[str, float, float]],
+    ks: Sequence[int] = (1, 5, 10, 100),
+    thresholds: Sequence[float] = (0.5, 0.7),
+) -> dict[str, float]:
+    """TVR-style VCMR R@K at IoU=m over ranked (video_id, start, end) predictions, in percent."""
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truth)} queries")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"K must be >= 1, got {list(ks)}")
+    out: dict[str, float] = {}
+    for m in thresholds:
+        # Rank of the first correct prediction per query, so every K is answered in one pass.
+        first_hit: list[int | None] = []
+        for preds, (gt_video, gs, ge) in zip(predictions, ground_truth, strict=True):
+            hit = None
+            for i, (video, s, e) in enumerate(preds):
+                if video == gt_video and temporal_iou((s, e), (gs, ge)) >= m:
+                    hit = i + 1
+                    break
+            first_hit.append(hit)
+        for k in ks:
+            out[f"r{k}_iou{m:g}"] = _percent(sum(h is not None and h <= k for h in first_hit), len(first_hit))
+    return out
+
+
+def video_retrieval(
+    rankings: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = VR_KS
+) -> dict:
+    """VR R@k (percent) and MRR (percent; 0 where the target was not retrieved)."""
+    if len(rankings) != len(targets):
+        raise ValueError(f"{len(rankings)} rankings for {len(targets)} targets")
+    ranks = [rank_of(r, t) for r, t in zip(rankings, targets, strict=True)]
+    out = {f"r{k}": _percent(sum(r is not None and r <= k for r in ranks), len(ranks)) for k in ks}
+    out["mrr"] = _percent(sum(1.0 / r for r in ranks if r is not None), len(ranks))
+    return out
+
+
+def stopping_turn(trace: QueryTrace) -> TurnTrace:
+    """The turn the agent stopped on: its first matched turn, else its last turn."""
+    if not trace.turns:
+        raise ValueError(f"query {trace.query_id!r} has no turns")
+    return trace.answer_turn or trace.turns[-1]
+
+
+def verification_accuracy(turns: Iterable[TurnTrace]) -> dict[str, float]:
+    """VER lenient (unparseable verdicts excluded) and strict (counted wrong), in percent."""
+    correct = parsed = total = 0
+    for turn in turns:
+        if turn.label_matched is None:
+            raise ValueError(f"turn {turn.turn} has no verification label")
+        total += 1
+        if turn.parsed.answer is None:
+            continue
+        parsed += 1
+        correct += turn.parsed.matched == turn.label_matched
+    return {
+        "ver_lenient": _percent(correct, parsed),
+        "ver_strict": _percent(correct, total),
+        "unparsed": _percent(total - parsed, total),
+    }
+
+
+def summarize(traces: Sequence[QueryTrace], ks: Sequence[int] = VR_KS) -> dict[str, float]:
+    """The paper's table row: VCMR R@1 at IoU 0.3/0.5/0.7, mIoU, VER, VR for both rankings."""
+    if not traces:
+        raise ValueError("no traces to summarize")
+    _require_ground_truth(traces)
+    out: dict[str, float] = dict(vcmr_at_one(traces))
+    out.update(verification_accuracy(t for trace in traces for t in trace.turns))
+    targets = [t.gt_video for t in traces]
+    verified = video_retrieval([stopping_turn(t).ranking for t in traces], targets, ks)
+    post = video_retrieval([t.final_ranking or stopping_turn(t).ranking for t in traces], targets, ks)
+    out.update({f"vr_verified_{k}": v for k, v in verified.items()})
+    out.update({f"vr_post_refinement_{k}": v for k, v in post.items()})
+    out["mean_turns"] = sum(len(t.turns) for t in traces) / len(traces)
+    out["queries"] = float(len(traces))
+    return out
+
+
+def per_turn_table(traces: Sequence[QueryTrace], max_turns: int | None = None) -> list[dict[str, float]]:
+    """One row per turn t: the metrics had the agent been cut off after turn t.
+
+    A query that stopped earlier keeps its state. VCMR counts answers given at turn <= t; `vr_r1` asks
+    whether the video verified at turn min(t, last) is the ground truth; `ver_*` covers the decisions
+    made at turn t only; `active` is the percentage of queries still searching at turn t.
+    """
+    if not traces:
+        raise ValueError("no traces for a per-turn table")
+    _require_ground_truth(traces)
+    horizon = max_turns or max(len(t.turns) for t in traces)
+    rows = []
+    for t in range(1, horizon + 1):
+        ious, vr_hits = [], 0
+        for trace in traces:
+            answer = trace.answer_turn
+            if answer is not None and answer.turn <= t and answer.parsed.span is not None:
+                ious.append(
+                    temporal_iou(answer.parsed.span, trace.gt_span)
+                    if answer.shown_video == trace.gt_video
+                    else 0.0
+                )
+            else:
+                ious.append(0.0)
+            upto = [turn for turn in trace.turns if turn.turn <= t]
+            vr_hits += bool(upto) and upto[-1].shown_video == trace.gt_video
+        row: dict[str, float] = {"turn": float(t)}
+        for m in IOU_THRESHOLDS:
+            row[f"vcmr_r1_iou{m:g}"] = _percent(sum(iou >= m for iou in ious), len(ious))
+        row["miou"] = _percent(sum(ious), len(ious))
+        row["vr_r1"] = _percent(vr_hits, len(traces))
+        row.update(verification_accuracy(turn for trace in traces for turn in trace.turns if turn.turn == t))
+        row["active"] = _percent(
+            sum(any(turn.turn == t for turn in trace.turns) for trace in traces), len(traces)
+        )
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, float]], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of metric rows (one decimal place)."""
+    if not rows:
+        raise ValueError("no rows")
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row[c]
+            cells.append(f"{int(value)}" if c == "turn" else f"{value:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,330 @@
+"""The policy interface shared by both families: prompts in, hidden states, generation and SQR heads out."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vsr_model.protocol import REFINE_TOKEN, RefinementMode, build_verify_prompt
+from vsr_model.sqr import SQRConfig, SQRHeads
+
+POLICY_CONFIG_FILE = "vsr_policy.json"
+SQR_HEADS_FILE = "sqr_heads.safetensors"
+
+
+class ClipLike(Protocol):
+    """What the policy needs from a decoded clip (vsr_model.video.VideoClip)."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    timestamps: np.ndarray  # (T,) float64 seconds, true per-frame times
+    duration: float
+
+
+def check_clip(clip: ClipLike) -> None:
+    frames, times = np.asarray(clip.frames), np.asarray(clip.timestamps)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"clip frames must be (T, H, W, 3) with T >= 1, got {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"clip frames must be uint8, got {frames.dtype}")
+    if times.shape != (frames.shape[0],):
+        raise ValueError(f"clip timestamps must be ({frames.shape[0]},) seconds, got {times.shape}")
+    if not np.isfinite(times).all() or (np.diff(times) < 0).any() or (times < 0).any():
+        raise ValueError("clip timestamps must be finite, non-negative and non-decreasing")
+    if not math.isfinite(float(clip.duration)) or float(clip.duration) <= 0:
+        raise ValueError(f"clip duration must be positive, got {clip.duration!r}")
+
+
+@dataclass(frozen=True)
+class VerifyInput:
+    """One verify turn: the query and the clip of the retrieved video."""
+
+    query: str
+    clip: ClipLike
+    mode: RefinementMode = RefinementMode.SOFT
+
+
+@dataclass
+class PolicyBatch:
+    """Left-padded token batch (prompt, optionally followed by a completion) plus model-specific inputs.
+
+    `position_ids` are (B, L) for a plain LM, (3, B, L) for Qwen-VL's multimodal RoPE.
+    `completion_mask` marks completion tokens (the SFT/GRPO loss targets); `refine_index` is the
+    position of the first <REFINE> in the completion, -1 where there is none.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    model_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    completion_mask: torch.Tensor | None = None
+    refine_index: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> PolicyBatch:
+        move = lambda t: t.to(device) if torch.is_tensor(t) else t  # noqa: E731
+        return PolicyBatch(
+            input_ids=move(self.input_ids),
+            attention_mask=move(self.attention_mask),
+            position_ids=move(self.position_ids),
+            model_inputs={k: move(v) for k, v in self.model_inputs.items()},
+            completion_mask=move(self.completion_mask),
+            refine_index=move(self.refine_index),
+        )
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 768
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"sampling temperature must be > 0, got {self.temperature}")
+        if self.num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+
+
+@dataclass
+class Generation:
+    """Completions of a batch: token ids (without padding or anything after EOS) and their text."""
+
+    token_ids: list[list[int]]
+    texts: list[str]
+
+
+def config_from_dict(cls, values: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) left-padded, so every row's last real token sits in the last column."""
+    if not sequences:
+        raise ValueError("empty batch")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if len(seq) == 0:
+            raise ValueError(f"row {i} of the batch is empty")
+        ids[i, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[i, width - len(seq) :] = 1
+    return ids, mask
+
+
+class VideoPolicy(nn.Module):
+    """A video LLM that verifies a retrieved video, grounds a moment and emits <REFINE> for SQR.
+
+    Subclasses implement the family-specific parts: rendering the prompt with the video, embedding
+    the inputs, running the decoder with explicit positions and a KV cache, generating, saving.
+    """
+
+    family: str = ""
+    sqr: SQRHeads
+
+    # --- family-specific ---
+    @property
+    def tokenizer(self): ...
+
+    @property
+    def hidden_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _prompt_tokens(self, item: VerifyInput) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """Prompt token ids (chat-formatted, video rendered) and this item's model inputs."""
+        raise NotImplementedError
+
+    def _collate(
+        self, ids: torch.Tensor, mask: torch.Tensor, per_item: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Position ids and batched model inputs for a left-padded batch."""
+        raise NotImplementedError
+
+    def embed_inputs(self, batch: PolicyBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run_backbone(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: object | None = None,
+        batch: PolicyBatch | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, object | None]:
+        """Last-layer hidden states (B, L, H) and the cache. `batch` carries visual inputs on a prefill."""
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, batch: PolicyBatch, settings: GenerationSettings) -> Generation:
+        raise NotImplementedError
+
+    def _save_backbone(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    # --- shared ---
+    @property
+    def refine_token_id(self) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(REFINE_TOKEN)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"{REFINE_TOKEN} is not in the policy's vocabulary")
+        return int(token_id)
+
+    def text_position_ids(self, start: torch.Tensor, length: int) -> torch.Tensor:
+        """Positions of `length` text tokens starting at `start` (B,): (B, length) for a plain LM."""
+        return start[:, None] + torch.arange(length, device=start.device)[None, :]
+
+    def next_text_position(self, position_ids: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B,) position right after token `index` of each row."""
+        rows = torch.arange(index.shape[0], device=index.device)
+        if position_ids.ndim == 3:
+            return position_ids[:, rows, index].max(dim=0).values + 1
+        return position_ids[rows, index] + 1
+
+    def encode(
+        self,
+        items: Sequence[VerifyInput],
+        completions: Sequence[Sequence[int] | str] | None = None,
+    ) -> PolicyBatch:
+        """Tokenise prompts (and optional completions, as token ids or text) into a left-padded batch."""
+        if not items:
+            raise ValueError("empty batch of verify inputs")
+        if completions is not None and len(completions) != len(items):
+            raise ValueError(f"{len(completions)} completions for {len(items)} prompts")
+        sequences, per_item, completion_spans = [], [], []
+        for i, item in enumerate(items):
+            check_clip(item.clip)
+            prompt_ids, inputs = self._prompt_tokens(item)
+            completion: list[int] = []
+            if completions is not None:
+                raw = completions[i]
+                completion = (
+                    self.tokenizer.encode(raw, add_special_tokens=False)
+                    if isinstance(raw, str)
+                    else list(raw)
+                )
+                vocab = self.vocab_size
+                bad = [t for t in completion if not 0 <= int(t) < vocab]
+                if bad:
+                    raise ValueError(
+                        f"completion {i} has token ids outside the vocabulary (size {vocab}): {bad[:5]}"
+                    )
+            sequences.append(prompt_ids + completion)
+            per_item.append(inputs)
+            completion_spans.append(len(completion))
+        pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        ids, mask = left_pad(sequences, pad_id)
+        position_ids, model_inputs = self._collate(ids, mask, per_item)
+        completion_mask = torch.zeros_like(mask, dtype=torch.bool)
+        refine_index = torch.full((len(items),), -1, dtype=torch.long)
+        refine_id = self.refine_token_id
+        for i, n in enumerate(completion_spans):
+            if n:
+                completion_mask[i, -n:] = True
+                hits = (ids[i, -n:] == refine_id).nonzero().flatten()
+                if len(hits):
+                    refine_index[i] = ids.shape[1] - n + int(hits[0])
+        return PolicyBatch(ids, mask, position_ids, model_inputs, completion_mask, refine_index)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.get_input_embeddings().weight.shape[0]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    def render_prompt_text(self, item: VerifyInput, video_text: str) -> str:
+        """Chat-formatted prompt with the family's video rendering in the middle of the user turn."""
+        prompt = build_verify_prompt(item.query, float(item.clip.duration), item.mode)
+        messages = [
+            {"role": "system", "content": prompt.system},
+            {"role": "user", "content": prompt.before_video + video_text + prompt.after_video},
+        ]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        raise ValueError("the policy's tokenizer has no chat template; set one before building prompts")
+
+    def policy_config(self) -> dict:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Save backbone (HF format), tokenizer, SQR heads and the policy config, atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self._save_backbone(staging)
+            self.tokenizer.save_pretrained(staging)
+            state = {k: v.detach().contiguous().cpu() for k, v in self.sqr.state_dict().items()}
+            save_file(state, staging / SQR_HEADS_FILE)
+            config = {"family": self.family, **self.policy_config(), "sqr": self.sqr.config.to_dict()}
+            (staging / POLICY_CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            if directory.exists():
+                backup = directory.with_name(directory.name + ".old")
+                shutil.rmtree(backup, ignore_errors=True)
+                directory.rename(backup)
+                staging.rename(directory)
+                shutil.rmtree(backup)
+            else:
+                staging.rename(directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def load_sqr_heads(directory: Path, hidden_size: int, config: SQRConfig) -> SQRHeads:
+    heads = SQRHeads(hidden_size, config)
+    path = directory / SQR_HEADS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: not a complete vsr policy checkpoint")
+    state = load_file(str(path))
+    missing, unexpected = heads.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"SQR heads in {path} do not fit the config: missing {missing}, unexpected {unexpected}"
+        )
+    return heads
+
+
+def read_policy_config(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / POLICY_CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: not a vsr policy checkpoint")
+    return json.loads(path.read_text())

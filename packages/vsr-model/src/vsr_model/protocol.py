@@ -1,0 +1,376 @@
+"""The one prompt protocol of the agent: the verify prompt, the response format and its tolerant parser.
+
+SFT, GRPO and evaluation all build prompts and read responses through this module, so the text the
+policy is trained on is exactly the text it sees at evaluation time.
+
+A response in the Soft Query Refinement protocol looks like::
+
+    <think>...</think> <answer>matched</answer> <start>12.5</start> <end>20.0</end> <REFINE>
+    <think>...</think> <answer>not_matched</answer> <REFINE>
+
+In the hard-query-refinement baseline (the policy rewrites the query as text) a rejection reads::
+
+    <think>...</think> <answer>not_matched</answer> <query>a rewritten query</query>
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+REFINE_TOKEN = "<REFINE>"
+
+MATCHED = "matched"
+NOT_MATCHED = "not_matched"
+
+
+class RefinementMode(str, Enum):
+    """How a rejected retrieval is refined: latent soft tokens (SQR) or a rewritten text query (HQR)."""
+
+    SOFT = "soft"
+    HARD = "hard"
+
+    @classmethod
+    def parse(cls, value: str | RefinementMode) -> RefinementMode:
+        if isinstance(value, RefinementMode):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise ValueError(
+                f"unknown refinement mode {value!r}; expected one of {[m.value for m in cls]}"
+            ) from None
+
+
+_SYSTEM_SOFT = (
+    "You are a video search agent. A search engine retrieved one video for the user's query. "
+    "Watch the video and decide whether it contains the moment the query describes. "
+    "First reason inside <think></think>. Then answer inside <answer></answer> with exactly "
+    "'matched' or 'not_matched'. If matched, give the moment's start and end in seconds as decimals "
+    "inside <start></start> and <end></end>. Always finish with <REFINE>."
+)
+
+_SYSTEM_HARD = (
+    "You are a video search agent. A search engine retrieved one video for the user's query. "
+    "Watch the video and decide whether it contains the moment the query describes. "
+    "First reason inside <think></think>. Then answer inside <answer></answer> with exactly "
+    "'matched' or 'not_matched'. If matched, give the moment's start and end in seconds as decimals "
+    "inside <start></start> and <end></end>. If not matched, write a better search query for the "
+    "engine inside <query></query>."
+)
+
+
+@dataclass(frozen=True)
+class VerifyPrompt:
+    """A verify-turn prompt, split around the place where the policy inserts the video.
+
+    The policy family decides how frames are rendered (vision tokens with timestamps for Qwen-VL,
+    projected frame features with timestamp text for the composite model); the words are fixed here.
+    """
+
+    system: str
+    before_video: str
+    after_video: str
+
+
+def build_verify_prompt(
+    query: str, duration: float, mode: RefinementMode | str = RefinementMode.SOFT
+) -> VerifyPrompt:
+    """The verify prompt for one (query, retrieved video) pair. Each turn is a fresh prompt: no history."""
+    mode = RefinementMode.parse(mode)
+    if not isinstance(query, str) or not query.strip():
+        raise ValueError("query must be a non-empty string")
+    if not math.isfinite(duration) or duration <= 0:
+        raise ValueError(f"video duration must be a positive finite number of seconds, got {duration!r}")
+    system = _SYSTEM_SOFT if mode is RefinementMode.SOFT else _SYSTEM_HARD
+    before = f"Video ({duration:.1f} seconds long; each frame is labelled with its time in seconds):\n"
+    after = f"\nQuery: {query.strip()}\nDoes this video contain the moment described by the query?"
+    return VerifyPrompt(system=system, before_video=before, after_video=after)
+
+
+def format_seconds(value: float) -> str:
+    """Seconds as the decimal text used in responses (one decimal place is below frame resolution)."""
+    return f"{value:.1f}"
+
+
+def format_response(
+    think: str,
+    matched: bool,
+    span: tuple[float, float] | None = None,
+    mode: RefinementMode | str = RefinementMode.SOFT,
+    rewritten_query: str | None = None,
+) -> str:
+    """A well-formed target response, used for supervised targets and tests; the parser reads it back."""
+    mode = RefinementMode.parse(mode)
+    if matched and span is None:
+        raise ValueError("a matched response needs a (start, end) span")
+    if not matched and span is not None:
+        raise ValueError("a not_matched response has no span")
+    parts = [f"<think>{think.strip()}</think>", f"<answer>{MATCHED if matched else NOT_MATCHED}</answer>"]
+    if span is not None:
+        start, end = span
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or end < start:
+            raise ValueError(f"invalid span {span!r}: need 0 <= start <= end, finite")
+        parts += [f"<start>{format_seconds(start)}</start>", f"<end>{format_seconds(end)}</end>"]
+    if mode is RefinementMode.SOFT:
+        parts.append(REFINE_TOKEN)
+    elif not matched:
+        if not rewritten_query or not rewritten_query.strip():
+            raise ValueError("a not_matched response in hard-refinement mode needs a rewritten query")
+        parts.append(f"<query>{rewritten_query.strip()}</query>")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """What could be read from one response; `problems` lists everything that could not.
+
+    `answer` is None when no single valid verdict was found. `span` is set only when both times parse
+    as finite, non-negative numbers with start <= end; `span_tags_present` records that the tags were
+    written at all (the time-format reward looks at presence, the metrics at validity).
+    """
+
+    think: str | None
+    answer: str | None
+    span: tuple[float, float] | None
+    span_tags_present: bool
+    refine: bool
+    rewritten_query: str | None
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def matched(self) -> bool:
+        return self.answer == MATCHED
+
+    @property
+    def not_matched(self) -> bool:
+        return self.answer == NOT_MATCHED
+
+    @property
+    def parsed_answer(self) -> bool:
+        return self.answer is not None
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _blocks(text: str, tag: str) -> list[str]:
+    """Contents of every closed <tag>...</tag> block, case-insensitive, non-greedy."""
+    pattern = re.compile(rf"<\s*{tag}\s*>(.*?)<\s*/\s*{tag}\s*>", re.IGNORECASE | re.DOTALL)
+    return [m.group(1) for m in pattern.finditer(text)]
+
+
+def _has_open_tag(text: str, tag: str) -> bool:
+    return re.search(rf"<\s*{tag}\s*>", text, re.IGNORECASE) is not None
+
+
+def _parse_time(raw: str | None, name: str, problems: list[str]) -> float | None:
+    if raw is None:
+        return None
+    match = _NUMBER.search(raw)
+    if match is None:
+        problems.append(f"<{name}> holds no number: {raw.strip()[:40]!r}")
+        return None
+    try:
+        value = float(match.group(0))
+    except (OverflowError, ValueError):
+        problems.append(f"<{name}> number unreadable: {match.group(0)[:40]!r}")
+        return None
+    if not math.isfinite(value):
+        problems.append(f"<{name}> is not finite")
+        return None
+    if value < 0:
+        problems.append(f"<{name}> is negative ({value})")
+        return None
+    return value
+
+
+def _single(text: str, tag: str, problems: list[str]) -> str | None:
+    blocks = _blocks(text, tag)
+    if not blocks:
+        if _has_open_tag(text, tag):
+            problems.append(f"<{tag}> is not closed")
+        return None
+    if len(blocks) > 1:
+        problems.append(f"{len(blocks)} <{tag}> blocks; the first is used")
+    return blocks[0]
+
+
+def parse_response(text: object) -> ParsedResponse:
+    """Read a policy response. Never raises: anything unreadable is reported in `problems`."""
+    problems: list[str] = []
+    if not isinstance(text, str):
+        problems.append(f"response is not text but {type(text).__name__}")
+        text = ""
+    if not text.strip():
+        problems.append("empty response")
+
+    think_raw = _single(text, "think", problems)
+    think = think_raw.strip() if think_raw is not None else None
+    if think_raw is None:
+        problems.append("missing <think>")
+    elif think == "":
+        problems.append("empty <think>")
+
+    answer: str | None = None
+    answer_raw = _single(text, "answer", problems)
+    if answer_raw is None:
+        problems.append("missing <answer>")
+    else:
+        verdict = re.sub(r"[\s\-]+", "_", answer_raw.strip().lower())
+        if verdict in (MATCHED, NOT_MATCHED):
+            answer = verdict
+        else:
+            problems.append(f"<answer> is neither matched nor not_matched: {answer_raw.strip()[:40]!r}")
+
+    start_raw = _single(text, "start", problems)
+    end_raw = _single(text, "end", problems)
+    span_tags_present = start_raw is not None and end_raw is not None
+    if (start_raw is None) != (end_raw is None):
+        problems.append("only one of <start>/<end> present")
+    start = _parse_time(start_raw, "start", problems)
+    end = _parse_time(end_raw, "end", problems)
+    span: tuple[float, float] | None = None
+    if start is not None and end is not None:
+        if start <= end:
+            span = (start, end)
+        else:
+            problems.append(f"start {start} is after end {end}")
+    if answer == MATCHED and span is None:
+        problems.append("matched without a valid span")
+    if answer == NOT_MATCHED and span_tags_present:
+        problems.append("not_matched with a span")
+
+    refine = REFINE_TOKEN.lower() in text.lower()
+    query_raw = _single(text, "query", problems)
+    rewritten = query_raw.strip() if query_raw is not None and query_raw.strip() else None
+    if query_raw is not None and rewritten is None:
+        problems.append("empty <query>")
+
+    return ParsedResponse(
+        think=think,
+        answer=answer,
+        span=span,
+        span_tags_present=span_tags_present,
+        refine=refine,
+        rewritten_query=rewritten,
+        problems=tuple(problems),
+    )
+
+
+@dataclass
+class TurnTrace:
+    """One verify turn of one query: what was retrieved, what was shown, what the policy said."""
+
+    turn: int
+    ranking: list[str]
+    scores: list[float]
+    response: str
+    parsed: ParsedResponse
+    label_matched: bool | None = None
+    rewritten_query: str | None = None
+    refinement_tokens: int = 0
+
+    @property
+    def shown_video(self) -> str:
+        return self.ranking[0]
+
+    def to_dict(self) -> dict:
+        parsed = self.parsed
+        return {
+            "turn": self.turn,
+            "shown_video": self.shown_video,
+            "ranking": list(self.ranking),
+            "scores": [float(s) for s in self.scores],
+            "response": self.response,
+            "answer": parsed.answer,
+            "span": list(parsed.span) if parsed.span is not None else None,
+            "think": parsed.think,
+            "refine": parsed.refine,
+            "span_tags_present": parsed.span_tags_present,
+            "problems": list(parsed.problems),
+            "label_matched": self.label_matched,
+            "rewritten_query": self.rewritten_query,
+            "refinement_tokens": self.refinement_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, row: dict) -> TurnTrace:
+        parsed = ParsedResponse(
+            think=row.get("think"),
+            answer=row.get("answer"),
+            span=tuple(row["span"]) if row.get("span") is not None else None,
+            span_tags_present=bool(row.get("span_tags_present", False)),
+            refine=bool(row.get("refine", False)),
+            rewritten_query=row.get("rewritten_query"),
+            problems=tuple(row.get("problems", ())),
+        )
+        return cls(
+            turn=int(row["turn"]),
+            ranking=list(row["ranking"]),
+            scores=[float(s) for s in row["scores"]],
+            response=row["response"],
+            parsed=parsed,
+            label_matched=row.get("label_matched"),
+            rewritten_query=row.get("rewritten_query"),
+            refinement_tokens=int(row.get("refinement_tokens", 0)),
+        )
+
+
+@dataclass
+class QueryTrace:
+    """The full multi-turn record of one query; evaluation writes one per line (jsonl).
+
+    `final_ranking` is the last retrieval performed: after a rejection on the last turn the agent
+    still refines and searches once more, and that post-refinement ranking is what the authors report
+    as VR. The answer is the first matched turn's (video, span); None when every turn rejected.
+    """
+
+    query_id: str
+    query: str
+    gt_video: str | None
+    gt_span: tuple[float, float] | None
+    turns: list[TurnTrace] = field(default_factory=list)
+    final_ranking: list[str] = field(default_factory=list)
+
+    @property
+    def answer_turn(self) -> TurnTrace | None:
+        for turn in self.turns:
+            if turn.parsed.matched:
+                return turn
+        return None
+
+    @property
+    def answer_video(self) -> str | None:
+        turn = self.answer_turn
+        return turn.shown_video if turn is not None else None
+
+    @property
+    def answer_span(self) -> tuple[float, float] | None:
+        turn = self.answer_turn
+        return turn.parsed.span if turn is not None else None
+
+    def to_dict(self) -> dict:
+        return {
+            "query_id": self.query_id,
+            "query": self.query,
+            "gt_video": self.gt_video,
+            "gt_span": list(self.gt_span) if self.gt_span is not None else None,
+            "answer_video": self.answer_video,
+            "answer_span": list(self.answer_span) if self.answer_span is not None else None,
+            "turns": [t.to_dict() for t in self.turns],
+            "final_ranking": list(self.final_ranking),
+        }
+
+    @classmethod
+    def from_dict(cls, row: dict) -> QueryTrace:
+        return cls(
+            query_id=str(row["query_id"]),
+            query=row["query"],
+            gt_video=row.get("gt_video"),
+            gt_span=tuple(row["gt_span"]) if row.get("gt_span") is not None else None,
+            turns=[TurnTrace.from_dict(t) for t in row["turns"]],
+            final_ranking=list(row.get("final_ranking", [])),
+        )
