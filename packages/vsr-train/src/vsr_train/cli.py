@@ -1,9 +1,10 @@
 """`vsr train ...` and `vsr eval` subcommands (registered through the `vsr.commands` entry points).
 
-Distributed runs start the same command under a launcher, for example::
+Distributed runs start the same subcommands under a launcher through ``python -m vsr_train``::
 
-    deepspeed --num_gpus 8 $(which vsr) train grpo --config grpo.yaml
-    torchrun --nproc_per_node 8 $(which vsr) train sft --config sft.yaml
+    deepspeed --num_gpus 8 --module vsr_train train grpo --config grpo.yaml
+    deepspeed --hostfile hosts --module vsr_train train grpo --config grpo.yaml
+    torchrun --nproc_per_node 8 -m vsr_train train sft --config sft.yaml
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def register_eval(subparsers: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m vsr_train`` entry (the same subcommands as ``vsr``), handy under launchers."""
     parser = argparse.ArgumentParser(prog="python -m vsr_train")
+    # `deepspeed --module vsr_train ...` puts --local_rank before the subcommand.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     register_train(subparsers)
     register_eval(subparsers)

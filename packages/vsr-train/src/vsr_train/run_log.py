@@ -34,20 +34,22 @@ class RunLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def start(self, first_step: int) -> None:
-        """Open sinks; drop records of steps >= first_step left by an interrupted run."""
+        """Open sinks; ``first_step`` steps are done. Records past it (left by an interrupted run) are dropped."""
         if not self.dist.is_main:
             return
         if self.path.exists():
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] < first_step
+                if line and json.loads(line)["step"] <= first_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         if self._tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path.parent / "tensorboard"), purge_step=first_step)
+            self._writer = SummaryWriter(
+                log_dir=str(self.path.parent / "tensorboard"), purge_step=first_step + 1
+            )
         if self._progress:
             from tqdm.auto import tqdm
 
