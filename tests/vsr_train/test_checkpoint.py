@@ -62,7 +62,7 @@ def test_flipped_byte_fails_the_checksum(tmp_path):
 def test_missing_file_and_garbage_manifest(tmp_path):
     folder = fake_checkpoint(tmp_path / "step-00000001")
     (folder / "trainer_state.json").unlink()
-    with pytest.raises(CheckpointError, match="trainer_state.json listed in the manifest is missing"):
+    with pytest.raises(CheckpointError, match=r"trainer_state\.json listed in the manifest is missing"):
         verify_checkpoint(folder)
     (folder / MANIFEST).write_text("{not json")
     with pytest.raises(CheckpointError, match="unreadable"):

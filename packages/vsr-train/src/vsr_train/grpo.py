@@ -78,12 +78,16 @@ def sequence_logprobs(
     return torch.cat(out)
 
 
-def build_reference(cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel):
-    """The frozen reference policy: a second load of the starting weights (ZeRO-3 partitions it too)."""
+def build_reference(cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel, init_rng: torch.Tensor):
+    """The frozen reference policy with the starting weights. ZeRO-3 cannot copy a partitioned model,
+    so it loads the model again (partitioned too), replaying the RNG state of the policy's construction
+    so that a randomly initialised policy and its reference start identical."""
     if cfg.grpo.beta == 0:
         return None
     if zero_stage(ds_config) == 3:
-        reference = load_policy(cfg.model, ds_config, cfg.deepspeed.precision)
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(init_rng)
+            reference = load_policy(cfg.model, ds_config, cfg.deepspeed.precision)
         return frozen_engine(reference.model, ds_config), reference
     return frozen_engine(copy.deepcopy(loaded.model), ds_config), None
 
@@ -93,8 +97,9 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     dist = init_distributed(cfg.deepspeed)
     seed_everything(cfg.seed, dist.rank)
     ds_config = build_deepspeed_config(cfg.deepspeed, dist.world_size)
+    init_rng = torch.get_rng_state()
     loaded = load_policy(cfg.model, ds_config, cfg.deepspeed.precision)
-    reference = build_reference(cfg, ds_config, loaded)
+    reference = build_reference(cfg, ds_config, loaded, init_rng)
     task = build_grpo_task(cfg, loaded, dist)
     n_prompts = prompts_per_step(cfg)
     order = ShardedOrder(task.num_prompts, n_prompts, dist.rank, dist.world_size, cfg.seed)
