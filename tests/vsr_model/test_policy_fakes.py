@@ -145,3 +145,82 @@ class FakeEngine:
             out.append(hits[:k])
         self.calls.append(("search", scores.shape[0]))
         return out
+
+
+QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
+
+
+def tiny_qwen_policy(model_type: str, engine: FakeEngine, num_latents: int = 3, seed: int = 0):
+    """A randomly initialised Qwen2.5-VL or Qwen3-VL (real classes, tiny sizes) as a QwenVLPolicy."""
+    from vsr_model.policy.qwen_vl import QwenVLPolicy, QwenVLPolicyConfig
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    text = dict(
+        vocab_size=len(tokenizer) + 1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    common = dict(
+        video_token_id=ids["<|video_pad|>"],
+        image_token_id=ids["<|image_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    if model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=14,
+            out_hidden_size=64,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+        )
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        model = Qwen2_5_VLForConditionalGeneration(
+            Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+        )
+        pixels = (4 * 28 * 28, 16 * 28 * 28)
+    else:
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=16,
+            out_hidden_size=64,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
+        )
+        text["head_dim"] = 16
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+            "mrope_interleaved": True,
+        }
+        model = Qwen3VLForConditionalGeneration(
+            Qwen3VLConfig(text_config=text, vision_config=vision, **common)
+        )
+        pixels = (4 * 32 * 32, 16 * 32 * 32)
+    sqr = SQRConfig(
+        embed_dim=engine.embed_dim, query_input_dim=engine.query_input_dim, num_latents=num_latents
+    )
+    config = QwenVLPolicyConfig(model="tiny", min_pixels=pixels[0], max_pixels=pixels[1], dtype="float32")
+    return QwenVLPolicy(model.eval(), tokenizer, config, sqr).eval()

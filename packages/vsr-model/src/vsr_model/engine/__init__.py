@@ -1,0 +1,6 @@
+"""Search engines: one interface (`SearchEngine`), two families (dual encoder; HF embedding VLM)."""
+
+from vsr_model.engine.base import Hit, SearchEngine
+from vsr_model.engine.dual import DualEncoderConfig, DualEncoderEngine
+
+__all__ = ["DualEncoderConfig", "DualEncoderEngine", "Hit", "SearchEngine"]

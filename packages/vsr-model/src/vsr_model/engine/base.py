@@ -1,0 +1,238 @@
+"""The search-engine interface both families implement, and the index bookkeeping they share.
+
+An engine embeds queries (optionally with SQR soft tokens spliced into the text encoder's input
+embeddings) and whole videos into one D-dimensional, L2-normalised space, and keeps a vsr_index
+index of video embeddings keyed by string video ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from vsr_model.fileio import atomic_save_npy, atomic_write_json
+from vsr_model.video import FrameSampling, VideoClip
+
+logger = logging.getLogger(__name__)
+
+INDEX_VECTORS = "index_vectors.npy"
+INDEX_IDS = "index_ids.json"
+ENGINE_META = "engine.json"
+
+
+@dataclass(frozen=True)
+class Hit:
+    video_id: str
+    score: float
+
+
+def as_query_matrix(queries: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
+    """Validate query embeddings and return float32 C-contiguous (nq, dim) numpy."""
+    if isinstance(queries, torch.Tensor):
+        queries = queries.detach().to("cpu", torch.float32).numpy()
+    arr = np.asarray(queries)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"query embeddings must have shape (n, {dim}), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"query embeddings must be floating point, got {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("query embeddings contain NaN or infinity")
+    return arr
+
+
+class VideoIndex:
+    """vsr_index FlatIndex of video embeddings with a string id map; rows are never reused."""
+
+    def __init__(self, dim: int, metric: str = "cosine"):
+        import vsr_index
+
+        self.dim, self.metric = int(dim), metric
+        self.index = vsr_index.FlatIndex(self.dim, metric)
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self._vectors: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, video_ids: Sequence[str], embeddings: torch.Tensor | np.ndarray) -> None:
+        vectors = as_query_matrix(embeddings, self.dim)
+        video_ids = [str(v) for v in video_ids]
+        if len(video_ids) != vectors.shape[0]:
+            raise ValueError(f"{len(video_ids)} video ids for {vectors.shape[0]} embeddings")
+        dup = [v for v in video_ids if v in self.rows]
+        if dup or len(set(video_ids)) != len(video_ids):
+            raise ValueError(
+                f"video ids already in the index or repeated: {sorted(set(dup))[:5] or 'repeated in batch'}"
+            )
+        start = len(self.ids)
+        self.index.add(vectors, ids=np.arange(start, start + len(video_ids), dtype=np.int64))
+        for i, v in enumerate(video_ids):
+            self.rows[v] = start + i
+        self.ids.extend(video_ids)
+        self._vectors.append(vectors)
+
+    def vectors(self) -> np.ndarray:
+        if len(self._vectors) > 1:
+            self._vectors = [np.concatenate(self._vectors)]
+        return self._vectors[0] if self._vectors else np.zeros((0, self.dim), np.float32)
+
+    def rows_of(self, video_ids: Sequence[str]) -> np.ndarray:
+        missing = [v for v in video_ids if v not in self.rows]
+        if missing:
+            raise KeyError(f"unknown video ids (not in the index): {missing[:5]}")
+        return np.array([self.rows[v] for v in video_ids], dtype=np.int64)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[list[Hit]]:
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if exclude is not None and len(exclude) != queries.shape[0]:
+            raise ValueError(f"exclude has {len(exclude)} entries for {queries.shape[0]} queries")
+        if not self.ids:
+            raise RuntimeError("the engine's index is empty: add videos before searching")
+        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
+        fetch = min(k + extra, len(self.ids))
+        scores, rows = self.index.search(queries, fetch)
+        out = []
+        for q in range(queries.shape[0]):
+            skip = set(exclude[q]) if exclude is not None else ()
+            hits = []
+            for s, r in zip(scores[q], rows[q], strict=True):
+                if r < 0:
+                    break
+                vid = self.ids[r]
+                if vid not in skip:
+                    hits.append(Hit(vid, float(s)))
+                    if len(hits) == k:
+                        break
+            out.append(hits)
+        return out
+
+    def save(self, directory: Path) -> None:
+        atomic_save_npy(directory / INDEX_VECTORS, self.vectors())
+        atomic_write_json(directory / INDEX_IDS, self.ids)
+
+    def load_into(self, directory: Path) -> None:
+        ids = json.loads((directory / INDEX_IDS).read_text())
+        vectors = np.load(directory / INDEX_VECTORS, allow_pickle=False)
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"{directory}: index vectors {vectors.shape} do not match {len(ids)} ids x dim {self.dim}"
+            )
+        if ids:
+            self.add(ids, vectors)
+
+
+class SearchEngine(ABC):
+    """Query encoder + video encoder + index. Subclasses implement the encoders and their storage."""
+
+    family: ClassVar[str]
+    embed_dim: int  # D
+    query_input_dim: int  # H_e: width of the text encoder's input embeddings (soft tokens arrive at it)
+    sampling: FrameSampling  # how this engine wants videos sampled (corpus indexing uses it)
+
+    def __init__(self, embed_dim: int, query_input_dim: int, metric: str = "cosine"):
+        self.embed_dim, self.query_input_dim = int(embed_dim), int(query_input_dim)
+        self.index = VideoIndex(self.embed_dim, metric)
+
+    # --- encoders (family-specific) -------------------------------------------------------
+    @abstractmethod
+    def encode_query(self, texts: Sequence[str], soft_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D) float32, L2-normalised; soft_tokens (B, N, H_e) spliced after the query content."""
+
+    @abstractmethod
+    def encode_videos(self, clips: Sequence[VideoClip]) -> torch.Tensor:
+        """(B, D) float32, L2-normalised, one embedding per whole clip."""
+
+    @abstractmethod
+    def _save_model(self, directory: Path) -> dict[str, Any]:
+        """Write the family's weights/config; return what `_load_model` needs (JSON-able)."""
+
+    @classmethod
+    @abstractmethod
+    def _load_model(cls, directory: Path, meta: dict[str, Any]) -> SearchEngine:
+        """Rebuild the engine (without index contents) from `directory`."""
+
+    # --- index (shared) -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def video_ids(self) -> list[str]:
+        return list(self.index.ids)
+
+    def add_videos(self, video_ids: Sequence[str], embeddings: torch.Tensor | np.ndarray) -> None:
+        self.index.add(video_ids, embeddings)
+
+    def _query_matrix(self, queries: torch.Tensor | np.ndarray | Sequence[str]) -> np.ndarray:
+        if isinstance(queries, (list, tuple)) and queries and isinstance(queries[0], str):
+            with torch.no_grad():
+                queries = self.encode_query(list(queries))
+        return as_query_matrix(queries, self.embed_dim)
+
+    def search(
+        self,
+        queries: torch.Tensor | np.ndarray | Sequence[str],
+        k: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k videos per query (texts or (nq, D) embeddings), best first; exclude = ids to skip."""
+        return self.index.search(self._query_matrix(queries), k, exclude)
+
+    def video_embeddings(self, video_ids: Sequence[str]) -> torch.Tensor:
+        """Stored (L2-normalised) embeddings of indexed videos, in the order asked (InfoNCE negatives)."""
+        return torch.from_numpy(self.index.vectors()[self.index.rows_of(list(video_ids))].copy())
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"family": self.family, "embed_dim": self.embed_dim, "query_input_dim": self.query_input_dim,
+                "metric": self.index.metric, "model": self._save_model(directory)}  # fmt: skip
+        self.index.save(directory)
+        atomic_write_json(directory / ENGINE_META, meta)  # last: its presence marks a complete save
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SearchEngine:
+        """Load any family's saved engine (dispatching on the family recorded in engine.json)."""
+        directory = Path(directory)
+        meta_path = directory / ENGINE_META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved engine (no {ENGINE_META})")
+        meta = json.loads(meta_path.read_text())
+        family = _FAMILIES.get(meta.get("family"))
+        if family is None:
+            raise ValueError(
+                f"{meta_path}: unknown engine family {meta.get('family')!r}; known: {sorted(_FAMILIES)}"
+            )
+        if cls is not SearchEngine and not issubclass(family, cls):
+            raise TypeError(f"{directory} holds a {meta['family']} engine, not {cls.__name__}")
+        engine = family._load_model(directory, meta["model"])
+        if engine.embed_dim != meta["embed_dim"]:
+            raise ValueError(
+                f"{meta_path}: embed_dim {meta['embed_dim']} but the model gives {engine.embed_dim}"
+            )
+        engine.index.load_into(directory)
+        return engine
+
+
+_FAMILIES: dict[str, type[SearchEngine]] = {}
+
+
+def register_family(cls: type[SearchEngine]) -> type[SearchEngine]:
+    _FAMILIES[cls.family] = cls
+    return cls

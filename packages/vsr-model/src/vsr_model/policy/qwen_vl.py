@@ -1,0 +1,288 @@
+"""Hugging Face Qwen2.5-VL and Qwen3-VL as the policy, with frames and true timestamps fed directly.
+
+No processor object is needed (the HF video processors require torchvision): frames are resized,
+normalised and cut into the checkpoint's patch layout here (`vsr_model.policy.qwen_frames`), and the
+video placeholder text is written with the real per-frame times:
+
+- Qwen3-VL: each temporal patch (pair of frames) is `<t seconds><|vision_start|><|video_pad|>...
+  <|vision_end|>` with t the mean true time of its frames, the format the model was trained on.
+- Qwen2.5-VL: one `<|vision_start|>...<|vision_end|>` block whose temporal RoPE spacing
+  (second_per_grid_ts) is the mean true interval between temporal patches; the true times are also
+  listed as text, since irregular sampling cannot be expressed by one spacing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel
+
+from vsr_model.policy.base import (
+    Generation,
+    GenerationSettings,
+    PolicyBatch,
+    VerifyInput,
+    VideoPolicy,
+    config_from_dict,
+    load_sqr_heads,
+    read_policy_config,
+)
+from vsr_model.policy.composite import decode_completions
+from vsr_model.policy.qwen_frames import FramePatches, PatchLayout, patchify_frames
+from vsr_model.protocol import REFINE_TOKEN
+from vsr_model.sqr import SQRConfig, SQRHeads
+
+QWEN2_5_VL = "qwen2_5_vl"
+QWEN3_VL = "qwen3_vl"
+# Normalisation each family's released processor uses (preprocessor_config.json overrides these).
+_DEFAULT_MEAN_STD = {
+    QWEN2_5_VL: ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    QWEN3_VL: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def _model_class(model_type: str) -> type[PreTrainedModel]:
+    if model_type == QWEN2_5_VL:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+    if model_type == QWEN3_VL:
+        from transformers import Qwen3VLForConditionalGeneration
+
+        return Qwen3VLForConditionalGeneration
+    raise ValueError(f"unsupported Qwen-VL model type {model_type!r}; supported: {QWEN2_5_VL}, {QWEN3_VL}")
+
+
+@dataclass
+class QwenVLPolicyConfig:
+    """`model`: HF name or local path. `min_pixels`/`max_pixels`: per-frame pixel budget after resizing.
+    `image_mean`/`image_std`: None to read the checkpoint's preprocessor_config.json or the family default."""
+
+    model: str = "Qwen/Qwen3-VL-2B-Instruct"
+    min_pixels: int = 16 * 32 * 32
+    max_pixels: int = 256 * 32 * 32
+    image_mean: tuple[float, float, float] | None = None
+    image_std: tuple[float, float, float] | None = None
+    dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 3:
+                    raise ValueError(f"{name} needs 3 channel values, got {value!r}")
+                setattr(self, name, tuple(float(v) for v in value))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> QwenVLPolicyConfig:
+        return config_from_dict(cls, values)
+
+
+def _read_normalisation(location: str, model_type: str) -> tuple[tuple, tuple]:
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        path = Path(location) / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if "image_mean" in data and "image_std" in data:
+                return tuple(data["image_mean"]), tuple(data["image_std"])
+    return _DEFAULT_MEAN_STD[model_type]
+
+
+class QwenVLPolicy(VideoPolicy):
+    family = "qwen_vl"
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer, config: QwenVLPolicyConfig, sqr_config: SQRConfig, sqr=None
+    ):
+        super().__init__()
+        self.model_type = model.config.model_type
+        _model_class(self.model_type)  # validates the type
+        self.config = config
+        self._tokenizer = tokenizer
+        if REFINE_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": [REFINE_TOKEN]}, replace_extra_special_tokens=False
+            )
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        self.model = model
+        vision = model.config.vision_config
+        if config.image_mean is None or config.image_std is None:
+            mean, std = _read_normalisation(config.model, self.model_type)
+            config.image_mean = config.image_mean or tuple(mean)
+            config.image_std = config.image_std or tuple(std)
+        self.layout = PatchLayout(
+            patch_size=int(vision.patch_size),
+            temporal_patch_size=int(vision.temporal_patch_size),
+            merge_size=int(vision.spatial_merge_size),
+            min_pixels=config.min_pixels,
+            max_pixels=config.max_pixels,
+            mean=config.image_mean,
+            std=config.image_std,
+        )
+        cfg = model.config
+        self.video_token_id = int(cfg.video_token_id)
+        self.vision_start = tokenizer.convert_ids_to_tokens(int(cfg.vision_start_token_id))
+        self.vision_end = tokenizer.convert_ids_to_tokens(int(cfg.vision_end_token_id))
+        self.video_token = tokenizer.convert_ids_to_tokens(self.video_token_id)
+        hidden = cfg.get_text_config().hidden_size
+        self.sqr = sqr if sqr is not None else SQRHeads(hidden, sqr_config)
+        if self.sqr.hidden_size != hidden:
+            raise ValueError(
+                f"SQR heads built for hidden size {self.sqr.hidden_size}, the model has {hidden}"
+            )
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def video_text(self, patches: FramePatches) -> str:
+        tokens_per_group = patches.grid_h * patches.grid_w // self.layout.merge_size**2
+        if self.model_type == QWEN3_VL:
+            return "".join(
+                f"<{t:.1f} seconds>{self.vision_start}{self.video_token * tokens_per_group}{self.vision_end}"
+                for t in patches.group_times
+            )
+        times = ", ".join(f"{t:.1f}" for t in patches.group_times)
+        pads = self.video_token * (tokens_per_group * patches.grid_t)
+        return f"{self.vision_start}{pads}{self.vision_end}\nFrame times (seconds): {times}"
+
+    def _prompt_tokens(self, item: VerifyInput):
+        patches = patchify_frames(np.asarray(item.clip.frames), np.asarray(item.clip.timestamps), self.layout)
+        text = self.render_prompt_text(item, self.video_text(patches))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        expected = patches.grid_t * patches.grid_h * patches.grid_w // self.layout.merge_size**2
+        found = sum(1 for t in ids if t == self.video_token_id)
+        if found != expected:
+            raise ValueError(f"prompt has {found} video tokens, the frames need {expected}")
+        inputs = {
+            "pixel_values_videos": patches.pixel_values,
+            "video_grid_thw": torch.tensor([[patches.grid_t, patches.grid_h, patches.grid_w]]),
+            "second_per_grid_ts": torch.tensor([patches.seconds_per_group], dtype=torch.float32),
+        }
+        return ids, inputs
+
+    def _collate(self, ids, mask, per_item):
+        inputs = {
+            "pixel_values_videos": torch.cat([p["pixel_values_videos"] for p in per_item]),
+            "video_grid_thw": torch.cat([p["video_grid_thw"] for p in per_item]),
+            "mm_token_type_ids": (ids == self.video_token_id).int() * 2,
+        }
+        rope_kwargs = {}
+        if self.model_type == QWEN2_5_VL:
+            inputs["second_per_grid_ts"] = torch.cat([p["second_per_grid_ts"] for p in per_item])
+            rope_kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
+        position_ids, _ = self.model.model.get_rope_index(
+            ids,
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            video_grid_thw=inputs["video_grid_thw"],
+            attention_mask=mask,
+            **rope_kwargs,
+        )
+        return position_ids, inputs
+
+    def text_position_ids(self, start: torch.Tensor, length: int) -> torch.Tensor:
+        # After the vision block every text token advances all three M-RoPE axes together.
+        return super().text_position_ids(start, length).unsqueeze(0).expand(3, -1, -1)
+
+    def embed_inputs(self, batch: PolicyBatch) -> torch.Tensor:
+        return self.get_input_embeddings()(batch.input_ids)
+
+    def run_backbone(
+        self, inputs_embeds, attention_mask, position_ids, cache=None, batch=None, use_cache=False
+    ):
+        visual = {}
+        if batch is not None:
+            visual = {
+                "pixel_values_videos": batch.model_inputs["pixel_values_videos"].to(self.device, self.dtype),
+                "video_grid_thw": batch.model_inputs["video_grid_thw"].to(self.device),
+            }
+        out = self.model.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            **visual,
+        )
+        return out.last_hidden_state, (out.cache if use_cache else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(hidden)
+
+    def generate(self, batch: PolicyBatch, settings: GenerationSettings) -> Generation:
+        batch = batch.to(self.device)
+        stop = [self.tokenizer.eos_token_id, self.refine_token_id]
+        inputs = dict(batch.model_inputs)
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                temperature=settings.temperature if settings.do_sample else None,
+                top_p=settings.top_p if settings.do_sample else None,
+                num_return_sequences=settings.num_return_sequences,
+                eos_token_id=stop,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **inputs,
+            )
+        return decode_completions(self.tokenizer, out[:, batch.input_ids.shape[1] :], stop)
+
+    def policy_config(self) -> dict:
+        return {"qwen_vl": asdict(self.config)}
+
+    def _save_backbone(self, directory: Path) -> None:
+        self.model.save_pretrained(directory / "model")
+
+    @classmethod
+    def build(
+        cls,
+        config: QwenVLPolicyConfig,
+        sqr_config: SQRConfig,
+        model: PreTrainedModel | None = None,
+        tokenizer=None,
+    ) -> QwenVLPolicy:
+        """Load `config.model` (or wrap the given model/tokenizer) with fresh SQR heads."""
+        if model is None:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(config.model).model_type
+            model = _model_class(model_type).from_pretrained(config.model, dtype=getattr(torch, config.dtype))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model)
+        return cls(model, tokenizer, config, sqr_config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> QwenVLPolicy:
+        directory = Path(directory)
+        saved = read_policy_config(directory)
+        if saved.get("family") != cls.family:
+            raise ValueError(f"{directory} holds a {saved.get('family')!r} policy, not a Qwen-VL one")
+        config = QwenVLPolicyConfig.from_dict(saved["qwen_vl"])
+        sqr_config = SQRConfig.from_dict(saved["sqr"])
+        model_dir = directory / "model"
+        model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
+        model = _model_class(model_type).from_pretrained(model_dir, dtype=getattr(torch, config.dtype))
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        heads = load_sqr_heads(directory, model.config.get_text_config().hidden_size, sqr_config)
+        return cls(model, tokenizer, config, sqr_config, sqr=heads)
