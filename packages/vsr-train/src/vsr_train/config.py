@@ -293,30 +293,40 @@ class GRPOConfig:
 class EvalConfig:
     output_dir: str = "runs/eval"
     seed: int = 0
-    # Policy checkpoint (a Hugging Face folder, or a training checkpoint folder containing hf/).
+    # Policy: a saved vsr policy folder, or a training checkpoint folder (its hf/ sub-folder is used).
     policy: str = ""
     engine_dir: str = ""
-    # Annotation file of the split to evaluate (read with vsr_model.data readers).
+    # Videos of the search corpus: a jsonl of {"video_id", "path"[, "split"]} rows (vsr corpus format).
+    corpus: str = ""
+    corpus_split: str | None = None
+    # Annotation file of the split to evaluate (read with vsr_model.data.read_moments).
     queries: str = ""
-    queries_format: str = "auto"
+    queries_format: str | None = None
     max_queries: int | None = None
     batch_size: int = 8
     max_turns: int = 2
     exclude_seen_videos: bool = True
     accumulate_soft_tokens: bool = False
+    # sqr: Soft Query Refinement; hqr: the policy rewrites the query; none: single-shot retrieval + grounding.
     refinement: Literal["sqr", "hqr", "none"] = "sqr"
     max_new_tokens: int = 768
-    # A label for the results table row.
-    name: str = "VideoSearch-R1"
+    top_k: int = 10
+    # The row label in the results table.
+    name: str = "VideoSearch-R1 (SQR)"
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
 
     def validate(self, where: str) -> None:
-        for key in ("policy", "engine_dir", "queries"):
+        for key in ("policy", "engine_dir", "corpus", "queries"):
             if not getattr(self, key):
                 raise ConfigError(f"{where}: '{key}' is required")
         _positive(where, "batch_size", self.batch_size)
         _positive(where, "max_turns", self.max_turns)
+        _positive(where, "max_new_tokens", self.max_new_tokens)
+        _positive(where, "top_k", self.top_k)
         if self.max_queries is not None:
             _positive(where, "max_queries", self.max_queries)
+        if self.refinement == "none" and self.max_turns != 1:
+            raise ConfigError(f"{where}: refinement 'none' is single-shot; set max_turns: 1")
 
 
 # ----------------------------------------------------------------------------------------------------------
