@@ -67,15 +67,10 @@ def prompts_per_step(cfg: GRPOConfig) -> int:
     return sequences // cfg.grpo.group_size
 
 
-def sequence_logprobs(
-    task: GRPOTask, model, rollouts: Rollouts, micro: int, temperature: float
-) -> torch.Tensor:
-    """Log-probabilities of all rows without gradient, micro-batch by micro-batch."""
-    out = []
+def frozen_logprobs(task: GRPOTask, model, rollouts: Rollouts, temperature: float) -> list[torch.Tensor]:
+    """Log-probabilities of every micro-batch without gradient (reference or old policy)."""
     with torch.no_grad():
-        for start in range(0, rollouts.input_ids.shape[0], micro):
-            out.append(task.logprobs(model, rollouts, slice(start, start + micro), temperature).detach())
-    return torch.cat(out)
+        return [task.logprobs(model, mb, temperature).detach() for mb in rollouts.micro_batches]
 
 
 def build_reference(cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel, init_rng: torch.Tensor):
@@ -129,34 +124,38 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     logger.start(step)
     save_hf = loaded.save_hf if cfg.checkpoint.save_hf_model else None
     trainer_state = {"stage": "grpo", "config": config_to_dict(cfg)}
-    settings, micro = cfg.grpo, cfg.deepspeed.micro_batch_size
+    settings, grad_accum = cfg.grpo, cfg.deepspeed.gradient_accumulation_steps
     last_saved = step if resume_from is not None else -1
 
     while step < cfg.max_steps:
         step_start = time.perf_counter()
         # 1. Rollouts with the current policy.
         engine.eval()
-        rollouts = task.rollout(engine.module, order.next_batch(), settings, dist.device, synced)
+        rollouts = task.rollout(engine.module, order.next_batch(), settings, grad_accum, dist.device, synced)
         advantages = group_advantages(
             rollouts.rewards, settings.group_size, settings.scale_rewards, settings.advantage_eps
         )
-        advantages = advantages.to(dist.device)
+        # Every row (one turn of one trajectory) carries its trajectory's advantage.
+        row_advantages = advantages[rollouts.row_trajectory].to(dist.device)
         # 2. Frozen log-probabilities: reference, and old policy when several updates reuse the rollouts.
         logprob_start = time.perf_counter()
-        ref_logprobs = (
-            sequence_logprobs(task, ref_model, rollouts, micro, settings.temperature) if ref_model else None
-        )
+        ref_logprobs = frozen_logprobs(task, ref_model, rollouts, settings.temperature) if ref_model else None
         old_logprobs = (
-            sequence_logprobs(task, engine, rollouts, micro, settings.temperature)
+            frozen_logprobs(task, engine, rollouts, settings.temperature)
             if settings.num_iterations > 1
             else None
         )
-        loss_mask = rollouts.loss_mask.to(dist.device)
+        loss_masks = [m.to(dist.device) for m in rollouts.loss_masks]
+        if len(loss_masks) != cfg.deepspeed.gradient_accumulation_steps:
+            raise RuntimeError(
+                f"the rollout produced {len(loss_masks)} micro-batches; DeepSpeed accumulates "
+                f"{cfg.deepspeed.gradient_accumulation_steps} per optimizer step"
+            )
         # DAPO normalises by the tokens of the whole step on all ranks; DeepSpeed averages gradients over
         # ranks and accumulation steps, so each micro-batch scales its token sum by world x accumulation.
         total_tokens = None
         if settings.loss_type == "dapo":
-            global_tokens = all_reduce_sum(float(loss_mask.sum()), dist.device)
+            global_tokens = all_reduce_sum(float(sum(m.sum() for m in loss_masks)), dist.device)
             total_tokens = global_tokens / (dist.world_size * cfg.deepspeed.gradient_accumulation_steps)
         frozen_seconds = time.perf_counter() - logprob_start
 
@@ -166,15 +165,14 @@ def run_grpo(cfg: GRPOConfig) -> Path:
         sums: dict[str, float] = {}
         num_micro = 0
         for _ in range(settings.num_iterations):
-            for start in range(0, rollouts.input_ids.shape[0], micro):
-                rows = slice(start, start + micro)
-                logprobs = task.logprobs(engine, rollouts, rows, settings.temperature)
+            for i, rows in enumerate(rollouts.row_slices()):
+                logprobs = task.logprobs(engine, rollouts.micro_batches[i], settings.temperature)
                 out = grpo_loss(
                     logprobs,
-                    old_logprobs[rows] if old_logprobs is not None else logprobs.detach(),
-                    ref_logprobs[rows] if ref_logprobs is not None else None,
-                    advantages[rows],
-                    loss_mask[rows],
+                    old_logprobs[i] if old_logprobs is not None else logprobs.detach(),
+                    ref_logprobs[i] if ref_logprobs is not None else None,
+                    row_advantages[rows],
+                    loss_masks[i],
                     beta=settings.beta,
                     clip_eps_low=settings.clip_eps_low,
                     clip_eps_high=settings.clip_eps_high,
@@ -201,8 +199,8 @@ def run_grpo(cfg: GRPOConfig) -> Path:
             seconds = time.perf_counter() - step_start
             metrics = {k: v / num_micro for k, v in sums.items()}
             metrics.update(_reward_metrics(rollouts, advantages))
-            generated = float(rollouts.loss_mask.sum())
-            metrics["completion_tokens_mean"] = generated / rollouts.input_ids.shape[0]
+            generated = float(sum(m.sum() for m in rollouts.loss_masks))
+            metrics["completion_tokens_mean"] = generated / rollouts.num_rows
             metrics["tokens_per_s"] = all_reduce_sum(generated, dist.device) / max(seconds, 1e-9)
             metrics["lr"] = engine.get_lr()[0]
             grad_norm = engine.get_global_grad_norm()
