@@ -96,7 +96,9 @@ def deepspeed_cmd(num_procs: int, *args: str, extra: tuple[str, ...] = ()) -> li
     ]
 
 
-def tiny_video_policy(embed_dim: int, query_input_dim: int, num_latents: int = 3, seed: int = 0):
+def tiny_video_policy(
+    embed_dim: int, query_input_dim: int, num_latents: int = 3, seed: int = 0, num_negatives: int = 24
+):
     """A randomly initialised composite video policy (tiny Llama + tiny frame encoder + SQR heads)
     with a byte-level BPE tokenizer trained on the protocol's own words."""
     import torch
@@ -142,8 +144,14 @@ def tiny_video_policy(embed_dim: int, query_input_dim: int, num_latents: int = 3
             tie_word_embeddings=False,
         )
     )
-    sqr = SQRConfig(embed_dim=embed_dim, query_input_dim=query_input_dim, num_latents=num_latents)
-    config = CompositePolicyConfig(llm="tiny", frame_encoder="tiny", frame_size=32)
+    sqr = SQRConfig(
+        embed_dim=embed_dim,
+        query_input_dim=query_input_dim,
+        num_latents=num_latents,
+        num_negatives=num_negatives,
+    )
+    # The EfficientNet-Lite0 architecture (random weights) under its real name, so a saved policy reloads.
+    config = CompositePolicyConfig(llm="tiny", frame_size=32)
     return CompositeVideoPolicy(
         lm, tokenizer, tiny_frame_encoder(image_size=32, seed=seed), config, sqr
     ).eval()

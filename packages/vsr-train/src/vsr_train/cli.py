@@ -65,6 +65,30 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_data(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vsr_model.data import read_moments
+    from vsr_model.engine.base import SearchEngine
+    from vsr_train.vsr_adapter import build_examples
+
+    _setup_logging()
+    moments = read_moments(args.annotations, args.format).moments
+    engine = SearchEngine.load(args.engine)
+    rows = build_examples(
+        moments, engine, args.per_class, seed=args.seed, num_hard_negatives=args.hard_negatives
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out)
+    matched = sum(r["matched"] for r in rows)
+    print(f"wrote {len(rows)} examples ({matched} matched, {len(rows) - matched} not matched) to {out}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from vsr_train.config import EvalConfig, load_config
     from vsr_train.evaluate import run_eval
@@ -90,6 +114,18 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     grpo = sub.add_parser("grpo", help="Stage 2: GRPO with rewards from vsr_model.rewards")
     _add_common(grpo)
     grpo.set_defaults(func=_grpo)
+    data = sub.add_parser(
+        "build-data",
+        help="Stage-1/2 examples: each query with the engine's top-1 video, matched / not matched, balanced",
+    )
+    data.add_argument("--annotations", required=True, help="annotation file of the training split")
+    data.add_argument("--format", default=None, help="annotation format (default: inferred)")
+    data.add_argument("--engine", required=True, help="saved search engine folder (with its index)")
+    data.add_argument("--out", required=True, help="output jsonl")
+    data.add_argument("--per-class", type=int, default=1000, help="examples per label (paper: 1000)")
+    data.add_argument("--hard-negatives", type=int, default=24, help="engine-ranked negatives kept per query")
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=_build_data)
     verify = sub.add_parser("verify-checkpoint", help="check a checkpoint folder against its manifest")
     verify.add_argument("checkpoint", help="a checkpoints/step-XXXXXXXX folder")
     verify.set_defaults(func=_verify)

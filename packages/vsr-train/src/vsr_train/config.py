@@ -48,7 +48,10 @@ class ModelConfig:
     load_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     def validate(self, where: str) -> None:
-        if (self.name_or_path is None) == (self.random_init is None):
+        if self.name_or_path is not None and self.random_init is not None:
+            raise ConfigError(f"{where}: set only one of model.name_or_path or model.random_init")
+        # A vsr_policy without a path starts from the default composite LLM (SmolLM2-135M-Instruct).
+        if self.kind == "hf_causal_lm" and self.name_or_path is None and self.random_init is None:
             raise ConfigError(f"{where}: set exactly one of model.name_or_path or model.random_init")
         if self.random_init is not None and "model_type" not in self.random_init:
             raise ConfigError(f"{where}: model.random_init needs a 'model_type' key (e.g. 'llama')")
@@ -141,6 +144,9 @@ class DataConfig:
     kind: Literal["vsr_jsonl", "synthetic_tokens"] = "vsr_jsonl"
     path: str | None = None
     engine_dir: str | None = None
+    # Videos: a jsonl of {"video_id", "path"[, "split"]} rows (the format `vsr data synth` writes).
+    corpus: str | None = None
+    corpus_split: str | None = None
     # synthetic_tokens only
     num_examples: int = 64
     prompt_length: int = 8
@@ -148,8 +154,10 @@ class DataConfig:
     vocab_size: int | None = None
 
     def validate(self, where: str) -> None:
-        if self.kind == "vsr_jsonl" and self.path is None:
-            raise ConfigError(f"{where}: data.path is required for data.kind 'vsr_jsonl'")
+        if self.kind == "vsr_jsonl":
+            for key in ("path", "engine_dir", "corpus"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"{where}: data.{key} is required for data.kind 'vsr_jsonl'")
         _positive(where, "data.num_examples", self.num_examples)
         _positive(where, "data.prompt_length", self.prompt_length)
         _positive(where, "data.completion_length", self.completion_length)

@@ -82,7 +82,7 @@ def build_reference(cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel, init_
     if zero_stage(ds_config) == 3:
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(init_rng)
-            reference = load_policy(cfg.model, ds_config, cfg.deepspeed.precision)
+            reference = load_policy(cfg.model, ds_config, cfg.deepspeed.precision, cfg.data.engine_dir)
         return frozen_engine(reference.model, ds_config), reference
     return frozen_engine(copy.deepcopy(loaded.model), ds_config), None
 
@@ -93,7 +93,7 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     seed_everything(cfg.seed, dist.rank)
     ds_config = build_deepspeed_config(cfg.deepspeed, dist.world_size)
     init_rng = torch.get_rng_state()
-    loaded = load_policy(cfg.model, ds_config, cfg.deepspeed.precision)
+    loaded = load_policy(cfg.model, ds_config, cfg.deepspeed.precision, cfg.data.engine_dir)
     reference = build_reference(cfg, ds_config, loaded, init_rng)
     task = build_grpo_task(cfg, loaded, dist)
     n_prompts = prompts_per_step(cfg)

@@ -7,6 +7,7 @@ shard. The returned ``LoadedModel`` keeps that reference alive for the model's l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,15 @@ class LoadedModel:
     tokenizer: Any | None
     # Parameter-name prefixes of the SQR heads (their own learning rate); empty for a plain LM.
     sqr_prefixes: tuple[str, ...] = ()
+    # Custom export (model, folder, full state dict or None); default: transformers' save_pretrained.
+    save_fn: Callable[[torch.nn.Module, Path, dict[str, torch.Tensor] | None], None] | None = None
     _keepalive: list[Any] = field(default_factory=list)
 
     def save_hf(self, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
         """Hugging Face folder: config + safetensors weights (+ tokenizer when there is one)."""
+        if self.save_fn is not None:
+            self.save_fn(self.model, folder, state_dict)
+            return
         self.model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
@@ -59,9 +65,11 @@ def load_causal_lm(cfg: ModelConfig, ds_config: dict[str, Any], precision: str) 
     return LoadedModel(model=model, tokenizer=tokenizer, _keepalive=keepalive)
 
 
-def load_policy(cfg: ModelConfig, ds_config: dict[str, Any], precision: str) -> LoadedModel:
+def load_policy(
+    cfg: ModelConfig, ds_config: dict[str, Any], precision: str, engine_dir: str | None = None
+) -> LoadedModel:
     if cfg.kind == "hf_causal_lm":
         return load_causal_lm(cfg, ds_config, precision)
     from vsr_train.vsr_adapter import load_vsr_policy
 
-    return load_vsr_policy(cfg, ds_config, precision)
+    return load_vsr_policy(cfg, ds_config, precision, engine_dir)

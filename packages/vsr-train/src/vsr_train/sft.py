@@ -61,7 +61,7 @@ def run_sft(cfg: SFTConfig) -> Path:
     dist = init_distributed(cfg.deepspeed)
     seed_everything(cfg.seed, dist.rank)
     ds_config = build_deepspeed_config(cfg.deepspeed, dist.world_size)
-    loaded = load_policy(cfg.model, ds_config, cfg.deepspeed.precision)
+    loaded = load_policy(cfg.model, ds_config, cfg.deepspeed.precision, cfg.data.engine_dir)
     task = build_sft_task(cfg, loaded, dist)
     order = ShardedOrder(
         task.num_examples, cfg.deepspeed.micro_batch_size, dist.rank, dist.world_size, cfg.seed
