@@ -33,7 +33,7 @@ class ScriptedEngine:
 
     def search(self, texts, k):
         return [
-            [Hit(self.top1[t], 1.0)] + [Hit(v, 0.0) for v in self.ids if v != self.top1[t]][: k - 1]
+            [Hit(self.top1[t], 1.0), *[Hit(v, 0.0) for v in self.ids if v != self.top1[t]][: k - 1]]
             for t in texts
         ]
 
