@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from train_helpers import tiny_search_setup, tiny_video_policy
 
 from vsr_train.config import EvalConfig
 from vsr_train.evaluate import PAPER_COLUMNS, paper_table, run_eval
+from vsr_train.tiny import tiny_search_setup, tiny_video_policy
 
 
 def test_paper_table_layout():

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from train_helpers import tiny_search_setup, tiny_video_policy
 
 from vsr_train.config import GRPOConfig, SFTConfig, config_from_dict
 from vsr_train.grpo import run_grpo
 from vsr_train.run_log import read_metrics
 from vsr_train.sft import run_sft
+from vsr_train.tiny import tiny_search_setup, tiny_video_policy
 from vsr_train.vsr_adapter import build_examples, read_examples
 
 pytestmark = pytest.mark.slow

@@ -139,6 +139,26 @@ def default_rationale(query: str, matched: bool) -> str:
     return f"The video does not show what the query describes: {query.strip()}"
 
 
+def example_row(moment: Any, hits: Sequence[Any], num_hard_negatives: int) -> dict[str, Any]:
+    """One example: the moment, the engine's ranked ``hits`` for its query, the label, a rationale."""
+    top1 = hits[0].video_id
+    matched = top1 == moment.video_id
+    return {
+        "query_id": str(moment.query_id),
+        "query": moment.query,
+        "video_id": moment.video_id,
+        "start": float(moment.start),
+        "end": float(moment.end),
+        "duration": None if moment.duration is None else float(moment.duration),
+        "retrieved": top1,
+        "matched": matched,
+        "rationale": (moment.extra or {}).get("rationale") or default_rationale(moment.query, matched),
+        "hard_negatives": [h.video_id for h in hits[1:] if h.video_id != moment.video_id][
+            :num_hard_negatives
+        ],
+    }
+
+
 def build_examples(
     moments: Sequence[Any],
     engine,
@@ -168,23 +188,7 @@ def build_examples(
             matched = top1 == moment.video_id
             if len(picked[matched]) >= per_class:
                 continue
-            rationale = (moment.extra or {}).get("rationale") or default_rationale(moment.query, matched)
-            picked[matched].append(
-                {
-                    "query_id": str(moment.query_id),
-                    "query": moment.query,
-                    "video_id": moment.video_id,
-                    "start": float(moment.start),
-                    "end": float(moment.end),
-                    "duration": None if moment.duration is None else float(moment.duration),
-                    "retrieved": top1,
-                    "matched": matched,
-                    "rationale": rationale,
-                    "hard_negatives": [h.video_id for h in hits[1:] if h.video_id != moment.video_id][
-                        :num_hard_negatives
-                    ],
-                }
-            )
+            picked[matched].append(example_row(moment, hits, num_hard_negatives))
     for label, rows in picked.items():
         if not rows:
             raise ValueError(
@@ -447,7 +451,9 @@ class VideoSearchGRPOTask:
         examples = [self.ctx.examples[i] for i in indices for _ in range(group)]
         n = len(examples)
         multi = cfg.rollout.mode == "multi_turn"
-        seconds = {"generation": 0.0, "retrieval": 0.0, "reward": 0.0}
+        # retrieval: query encoding + index search; refine: SQR latent rollout + refined-query encoding
+        # (+ the retrieval reward's scoring); reward: parsing and the other reward terms.
+        seconds = {"video_decode": 0.0, "generation": 0.0, "retrieval": 0.0, "refine": 0.0, "reward": 0.0}
         shown = [e.retrieved for e in examples]
         embeddings = None
         if multi:
@@ -462,6 +468,8 @@ class VideoSearchGRPOTask:
         for turn in range(1, (cfg.rollout.max_turns if multi else 1) + 1):
             start = time.perf_counter()
             items = [VerifyInput(examples[i].query, self.ctx.corpus.clip(shown[i])) for i in active]
+            seconds["video_decode"] += time.perf_counter() - start
+            start = time.perf_counter()
             token_ids, texts = self._generate(policy, items)
             seconds["generation"] += time.perf_counter() - start
             start = time.perf_counter()
@@ -472,6 +480,7 @@ class VideoSearchGRPOTask:
             retrieval = [0.0] * len(active)
             refined = None
             if refine_rows:
+                refine_start = time.perf_counter()
                 rows = [turns[k] for k in refine_rows]
                 refined, reward = self._refine(
                     policy,
@@ -483,6 +492,8 @@ class VideoSearchGRPOTask:
                 )
                 for k, value in zip(refine_rows, reward.tolist(), strict=True):
                     retrieval[k] = value
+                seconds["refine"] += time.perf_counter() - refine_start
+                start += time.perf_counter() - refine_start  # keep refine out of the reward time
             for k, i in enumerate(active):
                 label = shown[i] == examples[i].video_id
                 breakdown = score_response(
