@@ -100,6 +100,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_LAUNCH_EPILOG = """examples:
+  vsr train {stage} --config {stage}.yaml                       one process
+  deepspeed --num_gpus 8 --module vsr_train train {stage} --config {stage}.yaml
+  deepspeed --hostfile hosts --module vsr_train train {stage} --config {stage}.yaml   (multi-node)
+  torchrun --nproc_per_node 8 -m vsr_train train {stage} --config {stage}.yaml
+annotated example configs ship in vsr_train/configs/ (sft.yaml, grpo.yaml, eval.yaml and the
+DeepSpeed presets zero1/zero2/zero3/zero3_offload.json). A run resumes from its newest complete
+checkpoint by default (checkpoint.resume: auto)."""
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -108,10 +118,23 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "launcher / torchrun for many processes and nodes.",
     )
     sub = parser.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND")
-    sft = sub.add_parser("sft", help="Stage 1: supervised cold start (CE + lambda * InfoNCE)")
+    sft = sub.add_parser(
+        "sft",
+        help="Stage 1: supervised cold start (CE + lambda * InfoNCE)",
+        description="Stage 1: next-token loss on the assistant turn + lambda * InfoNCE of the refined query.",
+        epilog=_LAUNCH_EPILOG.format(stage="sft"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(sft)
     sft.set_defaults(func=_sft)
-    grpo = sub.add_parser("grpo", help="Stage 2: GRPO with rewards from vsr_model.rewards")
+    grpo = sub.add_parser(
+        "grpo",
+        help="Stage 2: GRPO with rewards from vsr_model.rewards",
+        description="Stage 2: G samples per prompt, group advantages, clipped surrogate + beta * k3 KL; "
+        "single-turn on a pre-retrieved top-1 or multi-turn with re-retrieval (rollout.mode).",
+        epilog=_LAUNCH_EPILOG.format(stage="grpo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(grpo)
     grpo.set_defaults(func=_grpo)
     data = sub.add_parser(
