@@ -113,14 +113,14 @@ def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
     )
     assert (final / "hf" / "vsr_policy.json").is_file() and (final / "hf" / "sqr_heads.safetensors").is_file()
 
-    for mode, turns in (("single_turn", 1), ("multi_turn", 2)):
+    for mode, turns, train_heads in (("single_turn", 1, False), ("multi_turn", 2, True)):
         out = tmp_path / f"grpo-{mode}"
         cfg = _common(setup, out)
         cfg["model"]["name_or_path"] = str(final / "hf")
         cfg["deepspeed"]["micro_batch_size"] = 2
         cfg |= {
             "max_steps": 1,
-            "rollout": {"mode": mode, "max_turns": turns},
+            "rollout": {"mode": mode, "max_turns": turns, "train_sqr_heads": train_heads},
             "grpo": {"group_size": 2, "max_completion_tokens": 8},
             "optim": {"lr": 1e-4},
         }
@@ -139,3 +139,41 @@ def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
         ):
             assert f"reward/{name}" in record
         assert 1.0 <= record["reward/turns"] <= turns
+
+
+def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path):
+    from vsr_model.policy import VerifyInput, load_policy
+    from vsr_model.protocol import format_response
+    from vsr_train.models import LoadedModel
+    from vsr_train.runtime import DistInfo
+    from vsr_train.vsr_adapter import VideoSearchGRPOTask, _MicroBatch, _Turn
+
+    cfg = _common(setup, tmp_path / "aux")
+    cfg |= {
+        "rollout": {"mode": "multi_turn", "max_turns": 2, "train_sqr_heads": True},
+        "grpo": {"group_size": 2},
+    }
+    cfg = config_from_dict(GRPOConfig, cfg)
+    policy = load_policy(setup / "policy")
+    task = VideoSearchGRPOTask(cfg, LoadedModel(policy, None), DistInfo(0, 0, 1, torch.device("cpu")))
+    assert all(p.requires_grad for p in policy.sqr.parameters())
+    example = next(e for e in task.ctx.examples if not e.matched)
+    item = VerifyInput(example.query, task.ctx.corpus.clip(example.retrieved))
+    with_refine = policy.tokenizer.encode(format_response("no", False), add_special_tokens=False)
+    without = with_refine[: with_refine.index(policy.refine_token_id)]
+    turns = [_Turn(0, item, with_refine, example.retrieved), _Turn(1, item, without, example.retrieved)]
+    micro = _MicroBatch(
+        policy.encode([t.item for t in turns], [t.token_ids for t in turns]),
+        turns,
+        [example, example],
+        [example.retrieved] * 2,
+    )
+    loss, metrics = task.auxiliary_loss(policy, micro)
+    assert loss.item() == pytest.approx(0.3 * metrics["loss/sqr_infonce"], rel=1e-5)
+    loss.backward()
+    assert policy.sqr.readout.out.weight.grad.abs().sum() > 0
+    # Without any <REFINE> there is nothing to train the heads on.
+    assert (
+        task.auxiliary_loss(policy, _MicroBatch(micro.encoded, turns[1:], [example], [example.retrieved]))
+        is None
+    )

@@ -125,6 +125,8 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     save_hf = loaded.save_hf if cfg.checkpoint.save_hf_model else None
     trainer_state = {"stage": "grpo", "config": config_to_dict(cfg)}
     settings, grad_accum = cfg.grpo, cfg.deepspeed.gradient_accumulation_steps
+    # A task may add its own differentiable objective to the GRPO loss (the SQR retrieval objective).
+    has_auxiliary = hasattr(task, "auxiliary_loss")
     last_saved = step if resume_from is not None else -1
 
     while step < cfg.max_steps:
@@ -180,11 +182,18 @@ def run_grpo(cfg: GRPOConfig) -> Path:
                     max_completion_tokens=settings.dr_grpo_max_tokens or settings.max_completion_tokens,
                     total_tokens=total_tokens,
                 )
-                engine.backward(out.loss)
+                loss = out.loss
+                auxiliary = task.auxiliary_loss(engine, rollouts.micro_batches[i]) if has_auxiliary else None
+                if auxiliary is not None:
+                    extra_loss, extra_metrics = auxiliary
+                    loss = loss + extra_loss
+                    for key, value in extra_metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                engine.backward(loss)
                 engine.step()
                 num_micro += 1
                 for key, value in (
-                    ("loss", out.loss),
+                    ("loss", loss),
                     ("policy_loss", out.policy_loss),
                     ("kl", out.kl),
                     ("clip_fraction", out.clip_fraction),

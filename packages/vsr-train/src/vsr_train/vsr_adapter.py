@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +354,15 @@ class _Turn:
     trajectory: int
     item: Any
     token_ids: list[int]
+    shown: str = ""
+
+
+@dataclass
+class _MicroBatch:
+    encoded: Any  # vsr_model.policy.PolicyBatch
+    turns: list[_Turn]
+    examples: list[Example]
+    shown: list[str]
 
 
 class VideoSearchGRPOTask:
@@ -380,12 +390,9 @@ class VideoSearchGRPOTask:
             retrieval=weights.retrieval,
             retrieval_kind="probability" if weights.retrieval_variant == "paper" else "gain",
         )
-        if cfg.rollout.train_sqr_heads:
-            raise NotImplementedError(
-                "rollout.train_sqr_heads (the retrieval objective during GRPO) is not implemented; "
-                "the SQR heads receive no GRPO gradient"
-            )
-        loaded.model.sqr.requires_grad_(False)
+        # The SQR heads get no policy-gradient signal (the latents are not sampled tokens); they either stay
+        # frozen (the authors' setting) or keep training on the retrieval objective (auxiliary_loss).
+        loaded.model.sqr.requires_grad_(cfg.rollout.train_sqr_heads)
         self.truncated = 0
 
     def _generate(self, policy, items: list[Any]) -> tuple[list[list[int]], list[str]]:
@@ -474,7 +481,9 @@ class VideoSearchGRPOTask:
             seconds["generation"] += time.perf_counter() - start
             start = time.perf_counter()
             parsed = [parse_response(t) for t in texts]
-            turns = [_Turn(i, item, ids) for i, item, ids in zip(active, items, token_ids, strict=True)]
+            turns = [
+                _Turn(i, item, ids, shown[i]) for i, item, ids in zip(active, items, token_ids, strict=True)
+            ]
             all_turns.extend(turns)
             refine_rows = [k for k, p in enumerate(parsed) if p.refine]
             retrieval = [0.0] * len(active)
@@ -535,7 +544,14 @@ class VideoSearchGRPOTask:
         for rows in split_rows(len(all_turns), num_micro_batches):
             chunk = all_turns[rows]
             encoded = policy.encode([t.item for t in chunk], [t.token_ids for t in chunk])
-            micro_batches.append(encoded)
+            micro_batches.append(
+                _MicroBatch(
+                    encoded=encoded,
+                    turns=list(chunk),
+                    examples=[examples[t.trajectory] for t in chunk],
+                    shown=[t.shown for t in chunk],
+                )
+            )
             masks.append(encoded.completion_mask[:, 1:].to(torch.int64))
         return Rollouts(
             micro_batches=micro_batches,
@@ -547,5 +563,31 @@ class VideoSearchGRPOTask:
             num_prompts=len(indices),
         )
 
-    def logprobs(self, model: torch.nn.Module, micro_batch, temperature: float) -> torch.Tensor:
-        return policy_token_logprobs(model, micro_batch, temperature)
+    def logprobs(self, model: torch.nn.Module, micro_batch: _MicroBatch, temperature: float) -> torch.Tensor:
+        return policy_token_logprobs(model, micro_batch.encoded, temperature)
+
+    def auxiliary_loss(
+        self, model: torch.nn.Module, micro_batch: _MicroBatch
+    ) -> tuple[torch.Tensor, dict] | None:
+        """With ``rollout.train_sqr_heads``: lambda * InfoNCE of the refined queries of this micro-batch's
+        turns that emitted <REFINE> (gt video vs the shown video, hard negatives, random fill)."""
+        from vsr_model.sqr import info_nce, latent_rollout, refined_query
+
+        if not self.cfg.rollout.train_sqr_heads:
+            return None
+        policy = _unwrap(model)
+        refine_id = policy.refine_token_id
+        rows = [k for k, t in enumerate(micro_batch.turns) if refine_id in t.token_ids]
+        if not rows:
+            return None
+        turns = [micro_batch.turns[k] for k in rows]
+        examples = [micro_batch.examples[k] for k in rows]
+        encoded = policy.encode([t.item for t in turns], [t.token_ids for t in turns]).to(policy.device)
+        latents = latent_rollout(policy, encoded).latents
+        query, _ = refined_query(policy.sqr, self.ctx.engine, [e.query for e in examples], latents)
+        seed = self.cfg.seed * 7919 + zlib.crc32("|".join(e.query_id for e in examples).encode())
+        pos, neg = self.ctx.negatives(
+            examples, [micro_batch.shown[k] for k in rows], policy.sqr.config.num_negatives, seed
+        )
+        nce = info_nce(query, pos.to(query.device), neg.to(query.device), policy.sqr.config.temperature)
+        return self.cfg.rollout.sqr_infonce_weight * nce, {"loss/sqr_infonce": float(nce.detach())}
