@@ -1,9 +1,10 @@
 #include "vsr/flat_index.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <unordered_set>
 
 #include "vsr/topk.hpp"
@@ -12,8 +13,17 @@ namespace vsr {
 
 namespace {
 
-// Rows scored per kernel call: small enough that a block of scores stays in L1.
-constexpr std::size_t kRowBlock = 256;
+// Queries scored together against one block of rows: their scores for the block stay in L1/L2.
+constexpr std::size_t kQueryTile = 16;
+// Bytes of stored rows per block: the block stays in L2 while every query of a task visits it.
+constexpr std::size_t kBlockBytes = 192 << 10;
+// Queries per task when parallel over queries: large enough that each pass over the data serves
+// many queries, small enough to balance work between threads.
+constexpr std::size_t kMaxQueriesPerTask = 256;
+// Rows per task at least, when a few queries are split over rows instead.
+constexpr std::size_t kMinRowsPerTask = 4096;
+// An allow-list this much smaller than the index is scored row by row instead of scanning.
+constexpr std::size_t kGatherRatio = 16;
 
 bool all_finite(const float* x, std::size_t n) noexcept {
   for (std::size_t i = 0; i < n; ++i)
@@ -21,29 +31,90 @@ bool all_finite(const float* x, std::size_t n) noexcept {
   return true;
 }
 
-void normalize(float* x, std::size_t d) noexcept {
-  double s = 0;
-  for (std::size_t i = 0; i < d; ++i) s += double(x[i]) * x[i];
-  if (s > 0) {
-    float inv = float(1.0 / std::sqrt(s));
-    for (std::size_t i = 0; i < d; ++i) x[i] *= inv;
+// Normalises each of n rows in place; false if a row has zero norm.
+bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row) noexcept {
+  for (std::size_t r = 0; r < n; ++r) {
+    float* v = x + r * d;
+    double s = 0;
+    for (std::size_t i = 0; i < d; ++i) s += double(v[i]) * v[i];
+    if (!(s > 0)) {
+      *bad_row = r;
+      return false;
+    }
+    const float inv = float(1.0 / std::sqrt(s));
+    for (std::size_t i = 0; i < d; ++i) v[i] *= inv;
   }
+  return true;
+}
+
+std::size_t rows_per_block(std::size_t row_bytes) noexcept {
+  return std::clamp<std::size_t>(kBlockBytes / row_bytes / 8 * 8, 8, 4096);
+}
+
+// Feeds block scores into one bounded top-k per query, skipping what cannot enter.
+struct TopKSink {
+  TopK* tops;
+  const idx_t* ids;
+  const IdFilter* filter;
+  void consume(std::size_t q, std::size_t row0, const float* s, std::size_t n) const {
+    TopK& t = tops[q];
+    float thr = t.full() ? t.threshold() : -TopK::kInf;
+    for (std::size_t j = 0; j < n; ++j) {
+      if (s[j] < thr) continue;
+      const idx_t id = ids[row0 + j];
+      if (filter != nullptr && !filter->accepts(id)) continue;
+      t.push(s[j], id);
+      if (t.full()) thr = t.threshold();
+    }
+  }
+};
+
+// Collects every row whose block score reaches the query's threshold.
+struct RangeSink {
+  const float* thresholds;
+  const idx_t* ids;
+  const IdFilter* filter;
+  std::vector<std::vector<std::pair<float, idx_t>>>* hits;
+  void consume(std::size_t q, std::size_t row0, const float* s, std::size_t n) const {
+    const float thr = thresholds[q];
+    for (std::size_t j = 0; j < n; ++j) {
+      if (s[j] < thr) continue;
+      const idx_t id = ids[row0 + j];
+      if (filter != nullptr && !filter->accepts(id)) continue;
+      (*hits)[q].emplace_back(s[j], id);
+    }
+  }
+};
+
+double sqnorm(const float* q, std::size_t d) noexcept {
+  double s = 0;
+  for (std::size_t i = 0; i < d; ++i) s += double(q[i]) * q[i];
+  return s;
 }
 
 }  // namespace
 
-int resolve_threads(int requested) noexcept {
-  if (requested > 0) return requested;
-  unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : int(hc);
+FlatIndex::FlatIndex(std::size_t dim, const FlatOptions& options)
+    : dim_(dim), opts_(options), codec_(options.storage, dim), kernels_(kernels_for(codec_.isa())) {}
+
+Result<std::unique_ptr<FlatIndex>> FlatIndex::make(std::size_t dim, const FlatOptions& options) {
+  if (dim == 0) return make_error(ErrorCode::invalid_argument, "dim must be positive, got 0");
+  if (dim > (std::size_t(1) << 24))
+    return make_error(ErrorCode::invalid_argument, "dim " + std::to_string(dim) + " is larger than 2^24");
+  if (options.rerank > 0 && options.storage == Storage::f32)
+    return make_error(ErrorCode::invalid_argument,
+                      "rerank needs a compressed storage (f16, bf16 or int8); f32 is already exact");
+  if (options.rerank > 1024)
+    return make_error(ErrorCode::invalid_argument, "rerank factor " + std::to_string(options.rerank) + " exceeds 1024");
+  return std::unique_ptr<FlatIndex>(new FlatIndex(dim, options));
 }
 
-FlatIndex::FlatIndex(std::size_t dim, Metric metric)
-    : dim_(dim), metric_(metric), kernels_(&default_kernels()) {}
-
 Result<FlatIndex*> FlatIndex::create(std::size_t dim, Metric metric) {
-  if (dim == 0) return make_error(ErrorCode::invalid_argument, "dim must be positive, got 0");
-  return new FlatIndex(dim, metric);
+  FlatOptions o;
+  o.metric = metric;
+  auto r = make(dim, o);
+  if (!r.ok()) return r.error();
+  return r.value().release();
 }
 
 std::size_t FlatIndex::size() const noexcept {
@@ -51,20 +122,81 @@ std::size_t FlatIndex::size() const noexcept {
   return ids_.size();
 }
 
+bool FlatIndex::is_mapped() const noexcept {
+  std::shared_lock lock(mutex_);
+  return file_ != nullptr && file_->mapped();
+}
+
+Isa FlatIndex::isa() const noexcept {
+  std::shared_lock lock(mutex_);
+  return codec_.isa();
+}
+
 Status FlatIndex::set_isa(Isa isa) {
   if (!isa_available(isa))
     return make_error(ErrorCode::unsupported,
                       "ISA '" + std::string(isa_name(isa)) + "' is not available on this CPU/build");
   std::unique_lock lock(mutex_);
+  codec_ = Codec(opts_.storage, dim_, isa);
   kernels_ = kernels_for(isa);
   return {};
+}
+
+void FlatIndex::make_owned() {
+  codes_.own();
+  originals_.own();
+  sqnorms_.own();
+  ids_.own();
+  file_.reset();
+}
+
+Status FlatIndex::check_queries(const float* queries, std::size_t nq) const {
+  if (queries == nullptr && nq > 0) return make_error(ErrorCode::invalid_argument, "queries is null");
+  for (std::size_t i = 0; i < nq; ++i) {
+    if (!all_finite(queries + i * dim_, dim_))
+      return make_error(ErrorCode::invalid_argument, "query " + std::to_string(i) + " contains NaN or infinity");
+    if (opts_.metric == Metric::cosine && sqnorm(queries + i * dim_, dim_) == 0.0)
+      return make_error(ErrorCode::invalid_argument,
+                        "query " + std::to_string(i) + " is all zeros and has no cosine direction");
+  }
+  return {};
+}
+
+const float* FlatIndex::prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const {
+  if (opts_.metric != Metric::cosine) return queries;
+  storage.assign(queries, queries + nq * dim_);
+  std::size_t bad = 0;
+  normalize_rows(storage.data(), nq, dim_, &bad);  // zero rows were rejected by check_queries
+  return storage.data();
 }
 
 Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   if (n == 0) return {};
   if (vectors == nullptr) return make_error(ErrorCode::invalid_argument, "vectors is null");
-  if (!all_finite(vectors, n * dim_))
-    return make_error(ErrorCode::invalid_argument, "vectors contain NaN or infinity");
+  for (std::size_t r = 0; r < n; ++r)
+    if (!all_finite(vectors + r * dim_, dim_))
+      return make_error(ErrorCode::invalid_argument, "vector " + std::to_string(r) + " contains NaN or infinity");
+  // Encode outside the lock: searches keep running meanwhile.
+  std::vector<float> normalized;
+  const float* rows = vectors;
+  if (opts_.metric == Metric::cosine) {
+    normalized.assign(vectors, vectors + n * dim_);
+    std::size_t bad = 0;
+    if (!normalize_rows(normalized.data(), n, dim_, &bad))
+      return make_error(ErrorCode::invalid_argument,
+                        "vector " + std::to_string(bad) + " is all zeros and has no cosine direction");
+    rows = normalized.data();
+  }
+  const std::size_t rb = codec_.row_bytes();
+  std::vector<std::uint8_t> encoded(n * rb);
+  Status st = codec_.encode(rows, n, encoded.data());
+  if (!st.ok()) return st;
+  std::vector<float> norms;
+  if (opts_.metric == Metric::l2) {
+    norms.resize(n);
+    for (std::size_t r = 0; r < n; ++r) norms[r] = codec_.sqnorm(&encoded[r * rb]);
+  }
+
   std::unique_lock lock(mutex_);
   // Validate every id before touching storage so a failed add changes nothing.
   if (ids != nullptr) {
@@ -77,88 +209,329 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
         return make_error(ErrorCode::invalid_argument, "duplicate id " + std::to_string(ids[i]));
     }
   }
-  std::size_t old_rows = ids_.size();
-  data_.insert(data_.end(), vectors, vectors + n * dim_);
-  if (metric_ == Metric::cosine)
-    for (std::size_t i = 0; i < n; ++i) normalize(data_.data() + (old_rows + i) * dim_, dim_);
+  make_owned();
+  const std::size_t old_rows = ids_.size();
+  auto& code_vec = codes_.own();
+  code_vec.insert(code_vec.end(), encoded.begin(), encoded.end());
+  if (opts_.rerank > 0) {
+    auto& o = originals_.own();
+    o.insert(o.end(), rows, rows + n * dim_);
+  }
+  if (opts_.metric == Metric::l2) {
+    auto& nv = sqnorms_.own();
+    nv.insert(nv.end(), norms.begin(), norms.end());
+  }
+  auto& id_vec = ids_.own();
+  row_of_.reserve(old_rows + n);
   for (std::size_t i = 0; i < n; ++i) {
-    idx_t id = ids ? ids[i] : next_id_ + idx_t(i);
-    ids_.push_back(id);
+    const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
+    id_vec.push_back(id);
     row_of_.emplace(id, old_rows + i);
   }
   for (std::size_t i = 0; i < n; ++i) {
-    idx_t id = ids ? ids[i] : next_id_ + idx_t(i);
-    if (id + 1 > next_id_) next_id_ = id + 1;
+    const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
+    next_id_ = std::max(next_id_, id + 1);
   }
+  if (max_norm_.load() >= 0) {
+    float m = max_norm_.load();
+    for (std::size_t r = old_rows; r < old_rows + n; ++r) m = std::max(m, row_norm(r));
+    max_norm_.store(m);
+  }
+  generation_.fetch_add(1);
   return {};
 }
 
-void FlatIndex::score_block(const float* q, std::size_t row_begin, std::size_t row_end, float* out) const {
-  const float* base = data_.data() + row_begin * dim_;
-  std::size_t n = row_end - row_begin;
-  if (metric_ == Metric::l2) {
-    kernels_->l2sq_f32_rows(q, base, n, dim_, out);
-    for (std::size_t i = 0; i < n; ++i) out[i] = -out[i];
-  } else {
-    kernels_->dot_f32_rows(q, base, n, dim_, out);
+Status FlatIndex::remove(const idx_t* ids, std::size_t n) {
+  if (n == 0) return {};
+  if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
+  std::unique_lock lock(mutex_);
+  std::unordered_set<idx_t> seen;
+  seen.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (row_of_.count(ids[i]) == 0)
+      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
+    if (!seen.insert(ids[i]).second)
+      return make_error(ErrorCode::invalid_argument, "id " + std::to_string(ids[i]) + " is listed twice");
   }
+  make_owned();
+  auto& codes = codes_.own();
+  auto& originals = originals_.own();
+  auto& norms = sqnorms_.own();
+  auto& id_vec = ids_.own();
+  const std::size_t rb = codec_.row_bytes();
+  // Swap-with-last keeps rows contiguous in O(removed) row moves.
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t row = row_of_.at(ids[i]);
+    const std::size_t last = id_vec.size() - 1;
+    if (row != last) {
+      std::memcpy(&codes[row * rb], &codes[last * rb], rb);
+      if (!originals.empty()) std::memcpy(&originals[row * dim_], &originals[last * dim_], dim_ * sizeof(float));
+      if (!norms.empty()) norms[row] = norms[last];
+      id_vec[row] = id_vec[last];
+      row_of_[id_vec[row]] = row;
+    }
+    row_of_.erase(ids[i]);
+    id_vec.pop_back();
+    codes.resize(last * rb);
+    if (!originals.empty()) originals.resize(last * dim_);
+    if (!norms.empty()) norms.resize(last);
+  }
+  generation_.fetch_add(1);
+  return {};
+}
+
+template <class Sink>
+void FlatIndex::scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink,
+                     float* buffer) const {
+  const std::size_t rb = codec_.row_bytes(), block = rows_per_block(rb);
+  const std::uint8_t* codes = codes_.data();
+  const float* norms = sqnorms_.data();
+  const bool l2 = opts_.metric == Metric::l2;
+  for (std::size_t r0 = row_begin; r0 < row_end; r0 += block) {
+    const std::size_t nb = std::min(block, row_end - r0);
+    for (std::size_t q0 = 0; q0 < nq; q0 += kQueryTile) {
+      const std::size_t nt = std::min(kQueryTile, nq - q0);
+      codec_.dot_block(queries + q0 * dim_, nt, codes + r0 * rb, nb, buffer, block);
+      for (std::size_t a = 0; a < nt; ++a) {
+        float* s = buffer + a * block;
+        // Ranking l2 by 2<q,x> - ||x||^2 (= ||q||^2 - ||q - x||^2) keeps "higher is better".
+        if (l2)
+          for (std::size_t j = 0; j < nb; ++j) s[j] = 2.0f * s[j] - norms[r0 + j];
+        sink.consume(q0 + a, r0, s, nb);
+      }
+    }
+  }
+}
+
+std::vector<std::size_t> FlatIndex::allowed_rows(const IdFilter& filter) const {
+  std::vector<std::size_t> rows;
+  rows.reserve(filter.ids.size());
+  for (idx_t id : filter.ids) {
+    auto it = row_of_.find(id);
+    if (it != row_of_.end()) rows.push_back(it->second);
+  }
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
+float FlatIndex::exact_score(const float* q, std::size_t row) const noexcept {
+  // Float32 originals when kept, else the stored row; l2 is computed directly, never expanded.
+  const bool l2 = opts_.metric == Metric::l2;
+  if (opts_.rerank == 0) {
+    const std::uint8_t* code = codes_.data() + row * codec_.row_bytes();
+    return l2 ? -codec_.l2sq(q, code) : codec_.dot(q, code);
+  }
+  const float* x = originals_.data() + row * dim_;
+  return l2 ? -kernels_->l2sq_f32(q, x, dim_) : kernels_->dot_f32(q, x, dim_);
 }
 
 Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
                          const SearchParams& params) const {
   if (nq == 0) return {};
   if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
-  if (!all_finite(queries, nq * dim_))
-    return make_error(ErrorCode::invalid_argument, "queries contain NaN or infinity");
+  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
+  Status st = check_queries(queries, nq);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(queries, nq, qstore);
+
   std::shared_lock lock(mutex_);
-  const std::size_t rows = ids_.size();
-  int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_);
-  const IdFilter* filter = params.filter;
-  parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
-    std::vector<float> qbuf(dim_);
-    std::vector<float> block(kRowBlock);
-    TopK top(k);
-    for (std::size_t qi = qb; qi < qe; ++qi) {
-      const float* q = queries + qi * dim_;
-      if (metric_ == Metric::cosine) {
-        std::copy(q, q + dim_, qbuf.begin());
-        normalize(qbuf.data(), dim_);
-        q = qbuf.data();
-      }
-      top.clear();
-      for (std::size_t r = 0; r < rows; r += kRowBlock) {
-        std::size_t re = std::min(rows, r + kRowBlock);
-        score_block(q, r, re, block.data());
-        for (std::size_t i = 0; i < re - r; ++i) {
-          idx_t id = ids_[r + i];
-          if (top.full() && block[i] < top.threshold()) continue;
-          if (filter && !filter->accepts(id)) continue;
-          top.push(block[i], id);
+  const std::size_t n = ids_.size();
+  if (k > n)
+    return make_error(ErrorCode::invalid_argument,
+                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(n) + " vectors in the index");
+  const std::size_t cand = opts_.rerank > 0 ? std::min(n, k * opts_.rerank) : k;
+  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  std::vector<TopK> tops(nq, TopK(cand));
+  const std::size_t rb = codec_.row_bytes(), block = rows_per_block(rb);
+
+  if (filter != nullptr && filter->mode == IdFilter::Mode::allow && filter->ids.size() * kGatherRatio < n) {
+    // Small allow-list: score just those rows.
+    const std::vector<std::size_t> rows = allowed_rows(*filter);
+    const bool l2 = opts_.metric == Metric::l2;
+    parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
+      for (std::size_t qi = qb; qi < qe; ++qi)
+        for (std::size_t row : rows) {
+          const float dot = codec_.dot(q + qi * dim_, codes_.data() + row * rb);
+          tops[qi].push(l2 ? 2.0f * dot - sqnorms_[row] : dot, ids_[row]);
         }
+    });
+  } else if (nq >= std::size_t(threads) || n < 2 * kMinRowsPerTask) {
+    // Parallel over queries: each task passes over the data once for up to 256 queries.
+    const std::size_t per = std::clamp<std::size_t>((nq + threads - 1) / threads, 1, kMaxQueriesPerTask);
+    const std::size_t tasks = (nq + per - 1) / per;
+    parallel_for(tasks, threads, [&](std::size_t t) {
+      const std::size_t a = t * per, m = std::min(nq, a + per) - a;
+      std::vector<float> buffer(kQueryTile * block);
+      TopKSink sink{tops.data() + a, ids_.data(), filter};
+      scan(q + a * dim_, m, 0, n, sink, buffer.data());
+    });
+  } else {
+    // Few queries, many threads: split the rows, merge the per-chunk top-k lists.
+    const std::size_t chunks = std::min<std::size_t>(std::size_t(threads), (n + kMinRowsPerTask - 1) / kMinRowsPerTask);
+    const std::size_t per = (n + chunks - 1) / chunks;
+    std::vector<std::vector<TopK>> part(chunks, std::vector<TopK>(nq, TopK(cand)));
+    parallel_for(chunks, threads, [&](std::size_t c) {
+      std::vector<float> buffer(kQueryTile * block);
+      TopKSink sink{part[c].data(), ids_.data(), filter};
+      scan(q, nq, c * per, std::min(n, (c + 1) * per), sink, buffer.data());
+    });
+    for (std::size_t qi = 0; qi < nq; ++qi)
+      for (std::size_t c = 0; c < chunks; ++c) tops[qi].merge(part[c][qi]);
+  }
+
+  // Final scores: exact re-rank from originals, and l2 distances computed directly (the block
+  // scan's expansion loses precision for near neighbours).
+  const bool l2 = opts_.metric == Metric::l2;
+  const bool rescore = opts_.rerank > 0 || l2;
+  if (params.stats != nullptr) {
+    const bool gathered = filter != nullptr && filter->mode == IdFilter::Mode::allow && filter->ids.size() * kGatherRatio < n;
+    const std::size_t scanned = gathered ? allowed_rows(*filter).size() : n;
+    params.stats->distances.fetch_add(nq * (scanned + (rescore ? cand : 0)), std::memory_order_relaxed);
+  }
+  parallel_for_chunks(nq, rescore ? threads : 1, [&](std::size_t qb, std::size_t qe) {
+    std::vector<float> cs(cand);
+    std::vector<idx_t> ci(cand);
+    for (std::size_t qi = qb; qi < qe; ++qi) {
+      TopK& t = tops[qi];
+      if (rescore) {
+        t.write_sorted(cs.data(), ci.data(), -TopK::kInf);
+        TopK final_top(k);
+        for (std::size_t j = 0; j < cand && ci[j] != kNoId; ++j)
+          final_top.push(exact_score(q + qi * dim_, row_of_.at(ci[j])), ci[j]);
+        final_top.write_sorted(scores + qi * k, ids + qi * k, -TopK::kInf);
+      } else {
+        t.write_sorted(scores + qi * k, ids + qi * k, -TopK::kInf);
       }
-      float* s = scores + qi * k;
-      // Empty slots get -inf internally, which becomes +inf distance for l2.
-      top.write_sorted(s, ids + qi * k, -TopK::kInf);
-      if (metric_ == Metric::l2)
-        for (std::size_t j = 0; j < k; ++j) s[j] = -s[j];
+      // Internal scores are "higher is better"; l2 reports distances, +inf for empty slots.
+      if (l2)
+        for (std::size_t j = 0; j < k; ++j) scores[qi * k + j] = -scores[qi * k + j];
     }
   });
   return {};
 }
 
+Status FlatIndex::range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
+                               const SearchParams& params) const {
+  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
+  if (!std::isfinite(radius)) return make_error(ErrorCode::invalid_argument, "radius must be finite");
+  Status st = check_queries(queries, nq);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(queries, nq, qstore);
+  const bool l2 = opts_.metric == Metric::l2;
+  // Block scores reach the threshold with a small slack for rounding (and for the stored form's
+  // error), then each hit is confirmed with its exact score.
+  std::vector<float> thresholds(nq);
+  for (std::size_t i = 0; i < nq; ++i) {
+    const float qn = l2 ? float(sqnorm(q + i * dim_, dim_)) : 0.0f;
+    const float thr = l2 ? qn - radius : radius;
+    thresholds[i] = thr - (1e-3f * (std::fabs(thr) + qn) + 1e-6f);
+  }
+  std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
+  std::shared_lock lock(mutex_);
+  const std::size_t n = ids_.size();
+  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const std::size_t block = rows_per_block(codec_.row_bytes());
+  parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
+    std::vector<float> buffer(kQueryTile * block);
+    for (std::size_t a = qb; a < qe; a += kMaxQueriesPerTask) {
+      const std::size_t m = std::min(qe, a + kMaxQueriesPerTask) - a;
+      std::vector<std::vector<std::pair<float, idx_t>>> local(m);  // by query number within this group
+      RangeSink sink{thresholds.data() + a, ids_.data(), filter, &local};
+      scan(q + a * dim_, m, 0, n, sink, buffer.data());
+      for (std::size_t i = 0; i < m; ++i) {
+        auto& h = hits[a + i];
+        for (auto& [s, id] : local[i]) {
+          const float exact = exact_score(q + (a + i) * dim_, row_of_.at(id));
+          if (l2 ? -exact <= radius : exact >= radius) h.emplace_back(exact, id);
+        }
+        std::sort(h.begin(), h.end(),
+                  [](const auto& x, const auto& y) { return x.first > y.first || (x.first == y.first && x.second < y.second); });
+      }
+    }
+  });
+  out->lims.assign(nq + 1, 0);
+  for (std::size_t i = 0; i < nq; ++i) out->lims[i + 1] = out->lims[i] + hits[i].size();
+  out->scores.resize(out->lims[nq]);
+  out->ids.resize(out->lims[nq]);
+  for (std::size_t i = 0; i < nq; ++i)
+    for (std::size_t j = 0; j < hits[i].size(); ++j) {
+      out->scores[out->lims[i] + j] = l2 ? -hits[i][j].first : hits[i][j].first;
+      out->ids[out->lims[i] + j] = hits[i][j].second;
+    }
+  return {};
+}
+
 Status FlatIndex::score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
-  if (!all_finite(query, dim_)) return make_error(ErrorCode::invalid_argument, "query contains NaN or infinity");
-  std::vector<float> qbuf(query, query + dim_);
-  if (metric_ == Metric::cosine) normalize(qbuf.data(), dim_);
+  Status st = check_queries(query, 1);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(query, 1, qstore);
   std::shared_lock lock(mutex_);
   for (std::size_t i = 0; i < n; ++i) {
     auto it = row_of_.find(ids[i]);
     if (it == row_of_.end())
       return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
-    const float* row = data_.data() + it->second * dim_;
-    scores[i] = metric_ == Metric::l2 ? kernels_->l2sq_f32(qbuf.data(), row, dim_)
-                                      : kernels_->dot_f32(qbuf.data(), row, dim_);
+    const float s = exact_score(q, it->second);
+    scores[i] = opts_.metric == Metric::l2 ? -s : s;
   }
+  return {};
+}
+
+float FlatIndex::row_norm(std::size_t row) const noexcept {
+  if (opts_.rerank > 0) return float(std::sqrt(sqnorm(originals_.data() + row * dim_, dim_)));
+  return std::sqrt(codec_.sqnorm(codes_.data() + row * codec_.row_bytes()));
+}
+
+std::optional<float> FlatIndex::max_norm() const noexcept {
+  float m = max_norm_.load();
+  if (m < 0) {
+    std::shared_lock lock(mutex_);
+    m = 0;
+    for (std::size_t r = 0; r < ids_.size(); ++r) m = std::max(m, row_norm(r));
+    max_norm_.store(m);
+  }
+  // Rounded up so float rounding of a stored row cannot exceed it.
+  return m * (1 + 1e-6f);
+}
+
+Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
+                                  float* scores) const {
+  if (nq == 0 || n == 0) return {};
+  Status st = check_queries(queries, nq);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(queries, nq, qstore);
+  std::shared_lock lock(mutex_);
+  std::vector<std::size_t> rows(n);
+  for (std::size_t j = 0; j < n; ++j) {
+    auto it = row_of_.find(ids[j]);
+    if (it == row_of_.end())
+      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[j]) + " is not in the index");
+    rows[j] = it->second;
+  }
+  if (opts_.metric == Metric::l2) {
+    // Direct distances (no norm expansion), tile by tile so each row serves every query from cache.
+    const std::size_t tile = std::max<std::size_t>(1, 16384 / dim_);
+    for (std::size_t j0 = 0; j0 < n; j0 += tile)
+      for (std::size_t i = 0; i < nq; ++i)
+        for (std::size_t j = j0; j < std::min(n, j0 + tile); ++j) scores[i * n + j] = -exact_score(q + i * dim_, rows[j]);
+    return {};
+  }
+  // Gather the rows exact scores use into one contiguous block, then one register-tiled pass.
+  const bool originals = opts_.rerank > 0;
+  const Codec codec = originals ? Codec(Storage::f32, dim_, codec_.isa()) : codec_;
+  const std::size_t rb = codec.row_bytes();
+  std::vector<std::uint8_t> gathered(n * rb);
+  for (std::size_t j = 0; j < n; ++j) {
+    const std::uint8_t* src = originals ? reinterpret_cast<const std::uint8_t*>(originals_.data() + rows[j] * dim_)
+                                        : codes_.data() + rows[j] * rb;
+    std::memcpy(&gathered[j * rb], src, rb);
+  }
+  codec.dot_block(q, nq, gathered.data(), n, scores, n);
   return {};
 }
 

@@ -1,68 +1,39 @@
-// AVX2 + FMA kernels. Compiled with -mavx2 -mfma -mf16c; only called when the CPU has them.
+// AVX2 + FMA + F16C kernels. Compiled with -mavx2 -mfma -mf16c; only called when the CPU has them.
 #include <immintrin.h>
 
-#include "vsr/kernels.hpp"
+#include "kernels_generic.hpp"
 
 namespace vsr {
 namespace {
 
-inline float hsum256(__m256 v) noexcept {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 sh = _mm_movehdup_ps(lo);
-  lo = _mm_add_ps(lo, sh);
-  sh = _mm_movehl_ps(sh, lo);
-  lo = _mm_add_ss(lo, sh);
-  return _mm_cvtss_f32(lo);
-}
-
-float dot_f32(const float* a, const float* b, std::size_t d) noexcept {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 32 <= d; i += 32) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-    acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), acc2);
-    acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), acc3);
+struct Avx2Traits {
+  using V = __m256;
+  // 3 queries x 4 rows = 12 accumulators + 3 query vectors + 1 row vector = the 16 ymm registers.
+  static constexpr std::size_t W = 8, NQ = 3, NR = 4, NR1 = 8;
+  static V zero() noexcept { return _mm256_setzero_ps(); }
+  static V set1(float x) noexcept { return _mm256_set1_ps(x); }
+  static V fma(V a, V b, V c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  static V sub(V a, V b) noexcept { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) noexcept { return _mm256_mul_ps(a, b); }
+  static V load_f32(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  static V load_f16(const std::uint16_t* p) noexcept {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  for (; i + 8 <= d; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-  float s = hsum256(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-  for (; i < d; ++i) s += a[i] * b[i];
-  return s;
-}
-
-float l2sq_f32(const float* a, const float* b, std::size_t d) noexcept {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 16 <= d; i += 16) {
-    __m256 t0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
-    __m256 t1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
-    acc0 = _mm256_fmadd_ps(t0, t0, acc0);
-    acc1 = _mm256_fmadd_ps(t1, t1, acc1);
+  static V load_bf16(const std::uint16_t* p) noexcept {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
-  for (; i + 8 <= d; i += 8) {
-    __m256 t = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
-    acc0 = _mm256_fmadd_ps(t, t, acc0);
+  static V load_i8(const std::int8_t* p) noexcept {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
-  float s = hsum256(_mm256_add_ps(acc0, acc1));
-  for (; i < d; ++i) {
-    float t = a[i] - b[i];
-    s += t * t;
+  // Four horizontal sums at once: three hadds and one lane fold instead of four full reductions.
+  static void reduce4(V a, V b, V c, V d, float* out) noexcept {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
   }
-  return s;
-}
+};
 
-void dot_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = dot_f32(q, base + i * d, d);
-}
-
-void l2sq_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = l2sq_f32(q, base + i * d, d);
-}
-
-const Kernels kAvx2{Isa::avx2, dot_f32, l2sq_f32, dot_f32_rows, l2sq_f32_rows};
+const Kernels kAvx2 = generic::make_kernels<Avx2Traits>(Isa::avx2);
 
 }  // namespace
 

@@ -1,59 +1,48 @@
-// AVX-512 kernels (F/BW/VL/DQ, VNNI and BF16 where used). Only called when the CPU has them.
+// AVX-512 (F/BW/VL/DQ) kernels. Only called when the CPU has them.
 #include <immintrin.h>
 
-#include "vsr/kernels.hpp"
+#include "kernels_generic.hpp"
 
 namespace vsr {
 namespace {
 
-float dot_f32(const float* a, const float* b, std::size_t d) noexcept {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 64 <= d; i += 64) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
-    acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), acc2);
-    acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), acc3);
+struct Avx512Traits {
+  using V = __m512;
+  // 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector, of 32 zmm registers.
+  static constexpr std::size_t W = 16, NQ = 4, NR = 4, NR1 = 8;
+  static V zero() noexcept { return _mm512_setzero_ps(); }
+  static V set1(float x) noexcept { return _mm512_set1_ps(x); }
+  static V fma(V a, V b, V c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  static V sub(V a, V b) noexcept { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) noexcept { return _mm512_mul_ps(a, b); }
+  static V load_f32(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  static V load_f16(const std::uint16_t* p) noexcept {
+    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  for (; i + 16 <= d; i += 16) acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
-  if (i < d) {  // masked tail: no scalar loop
-    __mmask16 m = static_cast<__mmask16>((1u << (d - i)) - 1u);
-    acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc1);
+  static V load_bf16(const std::uint16_t* p) noexcept {
+    const __mmask16 all = 0xFFFF;  // zero-masked forms: see fold()
+    __m512i w = _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, w, 16));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
-}
+  static V load_i8(const std::int8_t* p) noexcept {
+    const __mmask16 all = 0xFFFF;  // zero-masked forms: see fold()
+    __m512i w = _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_maskz_cvtepi32_ps(all, w);
+  }
+  // Zero-masked forms throughout: GCC 12 builds the plain casts, extracts and conversions from an
+  // "undefined register" idiom (__Y = __Y) that trips -W(maybe-)uninitialized; the all-ones
+  // zero-masked instruction has no such operand, computes the same and costs the same.
+  static __m256 fold(V v) noexcept {
+    return _mm256_add_ps(_mm512_maskz_extractf32x8_ps(0xFF, v, 0), _mm512_maskz_extractf32x8_ps(0xFF, v, 1));
+  }
+  // Fold each 512-bit sum to 256 bits, then three hadds and one lane fold for all four.
+  static void reduce4(V a, V b, V c, V d, float* out) noexcept {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(fold(a), fold(b)), _mm256_hadd_ps(fold(c), fold(d)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+  }
+};
 
-float l2sq_f32(const float* a, const float* b, std::size_t d) noexcept {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  std::size_t i = 0;
-  for (; i + 32 <= d; i += 32) {
-    __m512 t0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
-    __m512 t1 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
-    acc0 = _mm512_fmadd_ps(t0, t0, acc0);
-    acc1 = _mm512_fmadd_ps(t1, t1, acc1);
-  }
-  for (; i + 16 <= d; i += 16) {
-    __m512 t = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
-    acc0 = _mm512_fmadd_ps(t, t, acc0);
-  }
-  if (i < d) {
-    __mmask16 m = static_cast<__mmask16>((1u << (d - i)) - 1u);
-    __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
-    acc1 = _mm512_fmadd_ps(t, t, acc1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-}
-
-void dot_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = dot_f32(q, base + i * d, d);
-}
-
-void l2sq_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = l2sq_f32(q, base + i * d, d);
-}
-
-const Kernels kAvx512{Isa::avx512, dot_f32, l2sq_f32, dot_f32_rows, l2sq_f32_rows};
+const Kernels kAvx512 = generic::make_kernels<Avx512Traits>(Isa::avx512);
 
 }  // namespace
 

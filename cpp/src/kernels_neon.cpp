@@ -1,47 +1,37 @@
-// NEON kernels for AArch64.
+// NEON kernels for AArch64 (Advanced SIMD with fp16 conversion, both mandatory there).
 #include <arm_neon.h>
 
-#include "vsr/kernels.hpp"
+#include <cstring>
+
+#include "kernels_generic.hpp"
 
 namespace vsr {
 namespace {
 
-float dot_f32(const float* a, const float* b, std::size_t d) noexcept {
-  float32x4_t acc0 = vdupq_n_f32(0), acc1 = vdupq_n_f32(0);
-  std::size_t i = 0;
-  for (; i + 8 <= d; i += 8) {
-    acc0 = vfmaq_f32(acc0, vld1q_f32(a + i), vld1q_f32(b + i));
-    acc1 = vfmaq_f32(acc1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+struct NeonTraits {
+  using V = float32x4_t;
+  // 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector, of 32 q registers.
+  static constexpr std::size_t W = 4, NQ = 4, NR = 4, NR1 = 8;
+  static V zero() noexcept { return vdupq_n_f32(0.0f); }
+  static V set1(float x) noexcept { return vdupq_n_f32(x); }
+  static V fma(V a, V b, V c) noexcept { return vfmaq_f32(c, a, b); }
+  static V sub(V a, V b) noexcept { return vsubq_f32(a, b); }
+  static V mul(V a, V b) noexcept { return vmulq_f32(a, b); }
+  static V load_f32(const float* p) noexcept { return vld1q_f32(p); }
+  static V load_f16(const std::uint16_t* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
+  static V load_bf16(const std::uint16_t* p) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+  static V load_i8(const std::int8_t* p) noexcept {
+    std::int32_t word;
+    std::memcpy(&word, p, sizeof word);
+    int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(word)));
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
   }
-  float s = vaddvq_f32(vaddq_f32(acc0, acc1));
-  for (; i < d; ++i) s += a[i] * b[i];
-  return s;
-}
-
-float l2sq_f32(const float* a, const float* b, std::size_t d) noexcept {
-  float32x4_t acc = vdupq_n_f32(0);
-  std::size_t i = 0;
-  for (; i + 4 <= d; i += 4) {
-    float32x4_t t = vsubq_f32(vld1q_f32(a + i), vld1q_f32(b + i));
-    acc = vfmaq_f32(acc, t, t);
+  static void reduce4(V a, V b, V c, V d, float* out) noexcept {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d)));
   }
-  float s = vaddvq_f32(acc);
-  for (; i < d; ++i) {
-    float t = a[i] - b[i];
-    s += t * t;
-  }
-  return s;
-}
+};
 
-void dot_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = dot_f32(q, base + i * d, d);
-}
-
-void l2sq_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = l2sq_f32(q, base + i * d, d);
-}
-
-const Kernels kNeon{Isa::neon, dot_f32, l2sq_f32, dot_f32_rows, l2sq_f32_rows};
+const Kernels kNeon = generic::make_kernels<NeonTraits>(Isa::neon);
 
 }  // namespace
 

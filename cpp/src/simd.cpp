@@ -1,5 +1,7 @@
 #include "vsr/simd.hpp"
 
+#include <atomic>
+
 #include "vsr/kernels.hpp"
 
 namespace vsr {
@@ -62,8 +64,8 @@ bool isa_available(Isa isa) noexcept {
     case Isa::scalar: return true;
     case Isa::avx2: return f.avx2 && f.fma && f.f16c;
     case Isa::avx512:
-      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512vnni && f.avx512bf16 && f.fma &&
-             f.f16c;
+      // The kernels use F/BW/VL/DQ only, so Skylake-X class CPUs qualify too.
+      return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
     case Isa::neon: return f.neon;
   }
   return false;
@@ -89,10 +91,25 @@ const Kernels* kernels_for(Isa isa) noexcept {
   return nullptr;
 }
 
-const Kernels& default_kernels() noexcept {
-  static const Kernels* k = kernels_for(best_isa());
-  return *k;
+namespace {
+// -1: none forced; otherwise the forced Isa's value.
+std::atomic<int> g_forced_isa{-1};
+}  // namespace
+
+Isa default_isa() noexcept {
+  const int forced = g_forced_isa.load(std::memory_order_relaxed);
+  return forced < 0 ? best_isa() : Isa(forced);
 }
+
+bool set_default_isa(Isa isa) noexcept {
+  if (!isa_available(isa)) return false;
+  g_forced_isa.store(int(isa), std::memory_order_relaxed);
+  return true;
+}
+
+void reset_default_isa() noexcept { g_forced_isa.store(-1, std::memory_order_relaxed); }
+
+const Kernels& default_kernels() noexcept { return *kernels_for(default_isa()); }
 
 // Weak fallbacks: a kernel file that was not compiled leaves its table absent.
 namespace detail {

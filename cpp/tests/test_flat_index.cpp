@@ -1,9 +1,13 @@
-// Exact search returns the brute-force answer for every metric, ISA and thread count.
+// Exact search returns the brute-force answer for every metric, storage, ISA, thread count and
+// code path; remove, filters, range search and persistence keep that true.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <memory>
-#include <numeric>
 #include <random>
+#include <set>
 #include <vector>
 
 #include "test_harness.hpp"
@@ -33,59 +37,132 @@ static double ref_score(Metric m, const float* q, const float* x, std::size_t d)
   return l2;
 }
 
-TEST(matches_brute_force_all_metrics_isas_threads) {
-  const std::size_t n = 1000, d = 37, nq = 23, k = 10;
-  auto base = random_vec(n * d, 1), queries = random_vec(nq * d, 2);
-  std::vector<idx_t> ids(n);
-  for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(3 * i + 5);
-  for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2}) {
-    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
-      if (!isa_available(isa)) continue;
-      for (int threads : {1, 3}) {
-        std::unique_ptr<FlatIndex> index(FlatIndex::create(d, m).value());
-        CHECK(index->set_isa(isa).ok());
+// Brute-force top-k ids of one query, best first.
+static std::vector<std::pair<double, idx_t>> brute(Metric m, const float* q, const std::vector<float>& base,
+                                                   const std::vector<idx_t>& ids, std::size_t d) {
+  std::vector<std::pair<double, idx_t>> all(ids.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) all[i] = {ref_score(m, q, &base[i * d], d), ids[i]};
+  if (m == Metric::l2)
+    std::sort(all.begin(), all.end());
+  else
+    std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  return all;
+}
+
+static std::unique_ptr<FlatIndex> make_index(std::size_t d, Metric m, Storage s = Storage::f32, std::size_t rerank = 0) {
+  FlatOptions o;
+  o.metric = m;
+  o.storage = s;
+  o.rerank = rerank;
+  return FlatIndex::make(d, o).value();
+}
+
+// Checks exact results of `index` against brute force for nq queries.
+static void check_exact(const FlatIndex& index, Metric m, const std::vector<float>& base, const std::vector<idx_t>& ids,
+                        const std::vector<float>& queries, std::size_t nq, std::size_t k, int threads) {
+  const std::size_t d = index.dim();
+  std::vector<float> scores(nq * k);
+  std::vector<idx_t> out(nq * k);
+  SearchParams p;
+  p.num_threads = threads;
+  CHECK(index.search(queries.data(), nq, k, scores.data(), out.data(), p).ok());
+  for (std::size_t qi = 0; qi < nq; ++qi) {
+    auto all = brute(m, &queries[qi * d], base, ids, d);
+    for (std::size_t j = 0; j < k; ++j) {
+      CHECK_NEAR(scores[qi * k + j], all[j].first, 1e-4);
+      // Ids agree unless the reference has a near tie at this rank.
+      bool tie = (j + 1 < all.size() && std::fabs(all[j].first - all[j + 1].first) < 1e-5) ||
+                 (j > 0 && std::fabs(all[j].first - all[j - 1].first) < 1e-5);
+      CHECK(tie || out[qi * k + j] == all[j].second);
+    }
+  }
+}
+
+TEST(matches_brute_force_all_metrics_isas_threads_paths) {
+  const std::size_t d = 37, k = 10;
+  for (std::size_t n : {1000u, 9000u}) {  // 9000 rows with one query takes the row-parallel path
+    auto base = random_vec(n * d, 1), queries = random_vec(41 * d, 2);
+    std::vector<idx_t> ids(n);
+    for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(3 * i + 5);
+    for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2}) {
+      for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
+        if (!isa_available(isa)) continue;
+        auto index = make_index(d, m);
+        CHECK(index->set_isa(isa).ok() && index->isa() == isa);
         CHECK(index->add(base.data(), n, ids.data()).ok());
         CHECK(index->size() == n);
-        std::vector<float> scores(nq * k);
-        std::vector<idx_t> out(nq * k);
-        SearchParams p;
-        p.num_threads = threads;
-        CHECK(index->search(queries.data(), nq, k, scores.data(), out.data(), p).ok());
-        for (std::size_t qi = 0; qi < nq; ++qi) {
-          std::vector<std::pair<double, idx_t>> all(n);
-          for (std::size_t i = 0; i < n; ++i)
-            all[i] = {ref_score(m, &queries[qi * d], &base[i * d], d), ids[i]};
-          if (m == Metric::l2)
-            std::sort(all.begin(), all.end());
-          else
-            std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.first > b.first; });
-          for (std::size_t j = 0; j < k; ++j) {
-            CHECK_NEAR(scores[qi * k + j], all[j].first, 1e-4);
-            // Ids agree unless the reference has a near tie at this rank.
-            bool tie = j + 1 < n && std::fabs(all[j].first - all[j + 1].first) < 1e-5;
-            CHECK(tie || out[qi * k + j] == all[j].second);
-          }
+        for (int threads : {1, 3}) {
+          check_exact(*index, m, base, ids, queries, 1, k, threads);
+          if (n == 1000) check_exact(*index, m, base, ids, queries, 41, k, threads);
         }
       }
     }
   }
 }
 
-TEST(fewer_vectors_than_k_pads_with_no_id) {
-  std::unique_ptr<FlatIndex> index(FlatIndex::create(4, Metric::l2).value());
+TEST(compressed_storage_scores_and_rerank_is_exact) {
+  const std::size_t n = 2000, d = 48, nq = 20, k = 10;
+  auto base = random_vec(n * d, 11), queries = random_vec(nq * d, 12);
+  std::vector<idx_t> ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(i);
+  for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2}) {
+    for (Storage s : {Storage::f16, Storage::bf16, Storage::int8}) {
+      // Re-ranked results carry exact float32 scores of the returned ids.
+      auto index = make_index(d, m, s, 8);
+      CHECK(index->add(base.data(), n, nullptr).ok());
+      std::vector<float> scores(nq * k);
+      std::vector<idx_t> out(nq * k);
+      CHECK(index->search(queries.data(), nq, k, scores.data(), out.data(), {}).ok());
+      std::size_t hits = 0;
+      for (std::size_t qi = 0; qi < nq; ++qi) {
+        auto all = brute(m, &queries[qi * d], base, ids, d);
+        std::set<idx_t> truth;
+        for (std::size_t j = 0; j < k; ++j) truth.insert(all[j].second);
+        for (std::size_t j = 0; j < k; ++j) {
+          idx_t id = out[qi * k + j];
+          hits += truth.count(id);
+          CHECK_NEAR(scores[qi * k + j], ref_score(m, &queries[qi * d], &base[std::size_t(id) * d], d), 1e-4);
+          if (j > 0) CHECK(m == Metric::l2 ? scores[qi * k + j] >= scores[qi * k + j - 1] : scores[qi * k + j] <= scores[qi * k + j - 1]);
+        }
+      }
+      CHECK(double(hits) / double(nq * k) >= 0.97);
+      // Without re-rank, scores are those of the stored (decoded) rows.
+      auto plain = make_index(d, m, s, 0);
+      CHECK(plain->add(base.data(), n, nullptr).ok());
+      CHECK(plain->search(queries.data(), nq, k, scores.data(), out.data(), {}).ok());
+      for (std::size_t qi = 0; qi < nq; ++qi) {
+        float got;
+        CHECK(plain->score_ids(&queries[qi * d], &out[qi * k], 1, &got).ok());
+        CHECK_NEAR(scores[qi * k], got, 1e-4);
+        CHECK_NEAR(got, ref_score(m, &queries[qi * d], &base[std::size_t(out[qi * k]) * d], d), s == Storage::f16 ? 1e-2 : 6e-2);
+      }
+    }
+  }
+}
+
+TEST(k_larger_than_size_is_an_error_and_filters_pad_with_no_id) {
+  auto index = make_index(4, Metric::l2);
   float x[8] = {0, 0, 0, 0, 1, 1, 1, 1};
   CHECK(index->add(x, 2, nullptr).ok());
   float q[4] = {1, 1, 1, 1};
   float s[3];
   idx_t id[3];
-  CHECK(index->search(q, 1, 3, s, id, {}).ok());
-  CHECK(id[0] == 1 && id[1] == 0 && id[2] == kNoId);
-  CHECK(s[0] == 0.0f && s[1] == 4.0f && std::isinf(s[2]) && s[2] > 0);
+  auto st = index->search(q, 1, 3, s, id, {});
+  CHECK(!st.ok() && st.error().message.find("exceeds") != std::string::npos);
+  IdFilter deny{IdFilter::Mode::deny, {0}};
+  SearchParams p;
+  p.filter = &deny;
+  CHECK(index->search(q, 1, 2, s, id, p).ok());
+  CHECK(id[0] == 1 && id[1] == kNoId);
+  CHECK(s[0] == 0.0f && std::isinf(s[1]) && s[1] > 0);
 }
 
 TEST(rejects_bad_input_and_changes_nothing) {
-  std::unique_ptr<FlatIndex> index(FlatIndex::create(2, Metric::inner_product).value());
+  auto index = make_index(2, Metric::inner_product);
   CHECK(!FlatIndex::create(0, Metric::l2).ok());
+  FlatOptions bad;
+  bad.rerank = 2;  // f32 + rerank
+  CHECK(!FlatIndex::make(2, bad).ok());
   float x[4] = {1, 2, 3, 4};
   idx_t dup[2] = {7, 7};
   CHECK(!index->add(x, 2, dup).ok());
@@ -101,27 +178,176 @@ TEST(rejects_bad_input_and_changes_nothing) {
   float s[1];
   idx_t id[1];
   CHECK(!index->search(x, 1, 0, s, id, {}).ok());
+  CHECK(!index->search(nan_x, 1, 1, s, id, {}).ok());
   idx_t unknown[1] = {42};
   auto st = index->score_ids(x, unknown, 1, s);
   CHECK(!st.ok() && st.error().code == ErrorCode::not_found);
+  st = index->remove(unknown, 1);
+  CHECK(!st.ok() && st.error().code == ErrorCode::not_found && index->size() == 2);
+  idx_t twice[2] = {0, 0};
+  CHECK(!index->remove(twice, 2).ok() && index->size() == 2);
+  auto cos = make_index(2, Metric::cosine);
+  float zero[2] = {0, 0};
+  CHECK(!cos->add(zero, 1, nullptr).ok());
+  auto f16 = make_index(2, Metric::inner_product, Storage::f16);
+  float big[2] = {1e6f, 0};
+  CHECK(!f16->add(big, 1, nullptr).ok() && f16->size() == 0);
 }
 
-TEST(filters_allow_and_deny) {
-  std::unique_ptr<FlatIndex> index(FlatIndex::create(1, Metric::inner_product).value());
-  float x[5] = {1, 2, 3, 4, 5};
-  CHECK(index->add(x, 5, nullptr).ok());
-  float q[1] = {1};
-  IdFilter deny{IdFilter::Mode::deny, {4, 3}};
-  SearchParams p;
-  p.filter = &deny;
-  float s[2];
-  idx_t id[2];
-  CHECK(index->search(q, 1, 2, s, id, p).ok());
-  CHECK(id[0] == 2 && id[1] == 1);
-  IdFilter allow{IdFilter::Mode::allow, {0}};
-  p.filter = &allow;
-  CHECK(index->search(q, 1, 2, s, id, p).ok());
-  CHECK(id[0] == 0 && id[1] == kNoId);
+TEST(filters_allow_and_deny_both_paths) {
+  const std::size_t n = 500, d = 8;
+  auto base = random_vec(n * d, 5);
+  for (Metric m : {Metric::inner_product, Metric::l2}) {
+    auto index = make_index(d, m);
+    CHECK(index->add(base.data(), n, nullptr).ok());
+    std::vector<idx_t> all_ids(n);
+    for (std::size_t i = 0; i < n; ++i) all_ids[i] = idx_t(i);
+    // Small allow-list (gathered rows) and large allow-list (scan + check) give brute-force answers.
+    for (std::size_t allowed : {5u, 300u}) {
+      IdFilter allow{IdFilter::Mode::allow, {}};
+      std::vector<float> sub;
+      std::vector<idx_t> sub_ids;
+      for (std::size_t i = 0; i < allowed; ++i) {
+        idx_t id = idx_t((i * 37) % n);
+        allow.ids.insert(id);
+      }
+      allow.ids.insert(100000);  // unknown ids in an allow-list are simply never found
+      for (idx_t id : allow.ids) {
+        if (id >= idx_t(n)) continue;
+        sub.insert(sub.end(), &base[std::size_t(id) * d], &base[std::size_t(id) * d] + d);
+        sub_ids.push_back(id);
+      }
+      SearchParams p;
+      p.filter = &allow;
+      std::vector<float> q = random_vec(d, 77);
+      float s[5];
+      idx_t out[5];
+      CHECK(index->search(q.data(), 1, 5, s, out, p).ok());
+      auto ref = brute(m, q.data(), sub, sub_ids, d);
+      for (std::size_t j = 0; j < 5; ++j) CHECK(out[j] == ref[j].second);
+      // Deny the top results: the next ones appear.
+      IdFilter deny{IdFilter::Mode::deny, {ref[0].second, ref[1].second}};
+      p.filter = &deny;
+      auto full = brute(m, q.data(), base, all_ids, d);
+      CHECK(index->search(q.data(), 1, 5, s, out, p).ok());
+      std::size_t j = 0;
+      for (auto& [score, id] : full) {
+        if (deny.ids.count(id)) continue;
+        if (j == 5) break;
+        CHECK(out[j] == id);
+        ++j;
+      }
+    }
+  }
+}
+
+TEST(remove_really_removes_and_matches_a_fresh_index) {
+  const std::size_t n = 300, d = 16;
+  auto base = random_vec(n * d, 8);
+  for (Storage s : {Storage::f32, Storage::int8}) {
+    FlatOptions o;
+    o.metric = Metric::l2;
+    o.storage = s;
+    o.rerank = s == Storage::f32 ? 0 : 4;
+    auto index = FlatIndex::make(d, o).value();
+    CHECK(index->add(base.data(), n, nullptr).ok());
+    std::vector<idx_t> gone;
+    for (std::size_t i = 0; i < n; i += 3) gone.push_back(idx_t(i));
+    gone.push_back(idx_t(n - 1));  // the last row too
+    CHECK(index->remove(gone.data(), gone.size()).ok());
+    CHECK(index->size() == n - gone.size());
+    std::set<idx_t> gone_set(gone.begin(), gone.end());
+    auto fresh = FlatIndex::make(d, o).value();
+    for (std::size_t i = 0; i < n; ++i) {
+      idx_t id = idx_t(i);
+      if (!gone_set.count(id)) CHECK(fresh->add(&base[i * d], 1, &id).ok());
+    }
+    auto q = random_vec(7 * d, 9);
+    const std::size_t k = fresh->size();  // everything: the full ranking must agree
+    std::vector<float> s1(7 * k), s2(7 * k);
+    std::vector<idx_t> i1(7 * k), i2(7 * k);
+    CHECK(index->search(q.data(), 7, k, s1.data(), i1.data(), {}).ok());
+    CHECK(fresh->search(q.data(), 7, k, s2.data(), i2.data(), {}).ok());
+    CHECK(i1 == i2);
+    for (idx_t id : i1) CHECK(!gone_set.count(id));
+    float sc;
+    CHECK(index->score_ids(q.data(), &gone[0], 1, &sc).error().code == ErrorCode::not_found);
+    // Removed ids can be added again.
+    CHECK(index->add(&base[0], 1, &gone[0]).ok());
+    CHECK(index->score_ids(q.data(), &gone[0], 1, &sc).ok());
+  }
+}
+
+TEST(range_search_matches_brute_force) {
+  const std::size_t n = 800, d = 12, nq = 5;
+  auto base = random_vec(n * d, 21), q = random_vec(nq * d, 22);
+  std::vector<idx_t> ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(i);
+  for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2}) {
+    auto index = make_index(d, m);
+    CHECK(index->add(base.data(), n, nullptr).ok());
+    const float radius = m == Metric::l2 ? 14.0f : (m == Metric::cosine ? 0.5f : 4.0f);
+    RangeResult r;
+    CHECK(index->range_search(q.data(), nq, radius, &r, {}).ok());
+    CHECK(r.lims.size() == nq + 1);
+    std::size_t total = 0;
+    for (std::size_t qi = 0; qi < nq; ++qi) {
+      auto all = brute(m, &q[qi * d], base, ids, d);
+      std::vector<idx_t> expect;
+      for (auto& [s, id] : all)
+        if (m == Metric::l2 ? s <= radius : s >= radius) expect.push_back(id);
+      std::vector<idx_t> got(r.ids.begin() + long(r.lims[qi]), r.ids.begin() + long(r.lims[qi + 1]));
+      CHECK(got == expect);
+      total += got.size();
+    }
+    CHECK(total > 0 && total < nq * n);
+  }
+}
+
+TEST(save_load_round_trip_mmap_and_copy_on_write) {
+  const std::size_t n = 400, d = 20;
+  auto base = random_vec(n * d, 31), q = random_vec(3 * d, 32);
+  const std::string path = "/tmp/vsr_test_flat_" + std::to_string(::getpid()) + ".vsr";
+  for (Metric m : {Metric::inner_product, Metric::l2}) {
+    for (Storage s : {Storage::f32, Storage::bf16, Storage::int8}) {
+      FlatOptions o;
+      o.metric = m;
+      o.storage = s;
+      o.rerank = s == Storage::int8 ? 3 : 0;
+      auto index = FlatIndex::make(d, o).value();
+      std::vector<idx_t> ids(n);
+      for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(1000 + 7 * i);
+      CHECK(index->add(base.data(), n, ids.data()).ok());
+      CHECK(index->remove(&ids[3], 2).ok());
+      CHECK(index->save(path).ok());
+      const std::size_t k = 15;
+      std::vector<float> s0(3 * k), s1(3 * k);
+      std::vector<idx_t> i0(3 * k), i1(3 * k);
+      CHECK(index->search(q.data(), 3, k, s0.data(), i0.data(), {}).ok());
+      for (bool use_mmap : {true, false}) {
+        auto loaded = FlatIndex::load(path, use_mmap, true);
+        CHECK(loaded.ok());
+        if (!loaded.ok()) continue;
+        auto& li = *loaded.value();
+        CHECK(li.size() == n - 2 && li.metric() == m && li.storage() == s && li.rerank() == o.rerank);
+        CHECK(li.is_mapped() == use_mmap);
+        CHECK(li.search(q.data(), 3, k, s1.data(), i1.data(), {}).ok());
+        CHECK(i0 == i1 && s0 == s1);
+        // Writes after loading copy the mapped data; the file is untouched.
+        idx_t fresh_id = 5;
+        CHECK(li.add(base.data(), 1, &fresh_id).ok() && !li.is_mapped());
+        CHECK(li.remove(&ids[10], 1).ok());
+        auto again = FlatIndex::load(path, true, true);
+        CHECK(again.ok() && again.value()->size() == n - 2);
+        // Auto ids continue after the largest id ever added.
+        CHECK(li.add(base.data(), 1, nullptr).ok());
+        float sc;
+        idx_t next = ids[n - 1] + 1;
+        CHECK(li.score_ids(q.data(), &next, 1, &sc).ok());
+      }
+    }
+  }
+  std::remove(path.c_str());
 }
 
 VSR_TEST_MAIN

@@ -1,8 +1,12 @@
-// Every compiled-and-available SIMD kernel set agrees with the scalar reference.
+// Every compiled-and-available kernel set agrees with a double-precision reference over the
+// decoded rows, for every storage kind, dimension tail and register-tile remainder.
+#include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "test_harness.hpp"
+#include "vsr/codec.hpp"
 #include "vsr/kernels.hpp"
 
 using namespace vsr;
@@ -15,29 +19,132 @@ static std::vector<float> random_vec(std::size_t n, unsigned seed) {
   return v;
 }
 
-TEST(every_available_isa_matches_scalar) {
-  const Kernels* ref = kernels_for(Isa::scalar);
-  CHECK(ref != nullptr);
-  for (Isa isa : {Isa::avx2, Isa::avx512, Isa::neon}) {
-    if (!isa_available(isa)) continue;
+static std::vector<Isa> available_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon})
+    if (isa_available(isa)) out.push_back(isa);
+  return out;
+}
+
+static const Storage kStorages[] = {Storage::f32, Storage::f16, Storage::bf16, Storage::int8};
+
+TEST(f32_table_entries_match_reference) {
+  for (Isa isa : available_isas()) {
     const Kernels* k = kernels_for(isa);
     CHECK(k != nullptr && k->isa == isa);
-    // Dimensions cover empty, sub-vector tails and multi-register bodies.
     for (std::size_t d : {1u, 3u, 7u, 8u, 15u, 16u, 17u, 31u, 33u, 64u, 100u, 384u, 1000u}) {
       auto a = random_vec(d, 1 + unsigned(d)), b = random_vec(d, 1000 + unsigned(d));
-      CHECK_NEAR(k->dot_f32(a.data(), b.data(), d), ref->dot_f32(a.data(), b.data(), d), 1e-4);
-      CHECK_NEAR(k->l2sq_f32(a.data(), b.data(), d), ref->l2sq_f32(a.data(), b.data(), d), 1e-4);
+      double dot = 0, l2 = 0;
+      for (std::size_t i = 0; i < d; ++i) {
+        dot += double(a[i]) * b[i];
+        l2 += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+      }
+      CHECK_NEAR(k->dot_f32(a.data(), b.data(), d), dot, 1e-4);
+      CHECK_NEAR(k->l2sq_f32(a.data(), b.data(), d), l2, 1e-4);
       std::size_t n = 13;
       auto base = random_vec(n * d, 7 + unsigned(d));
-      std::vector<float> o1(n), o2(n);
-      k->dot_f32_rows(a.data(), base.data(), n, d, o1.data());
-      ref->dot_f32_rows(a.data(), base.data(), n, d, o2.data());
-      for (std::size_t i = 0; i < n; ++i) CHECK_NEAR(o1[i], o2[i], 1e-4);
-      k->l2sq_f32_rows(a.data(), base.data(), n, d, o1.data());
-      ref->l2sq_f32_rows(a.data(), base.data(), n, d, o2.data());
-      for (std::size_t i = 0; i < n; ++i) CHECK_NEAR(o1[i], o2[i], 1e-4);
+      std::vector<float> o(n);
+      k->dot_f32_rows(a.data(), base.data(), n, d, o.data());
+      for (std::size_t i = 0; i < n; ++i) CHECK_NEAR(o[i], k->dot_f32(a.data(), &base[i * d], d), 1e-4);
+      k->l2sq_f32_rows(a.data(), base.data(), n, d, o.data());
+      for (std::size_t i = 0; i < n; ++i) CHECK_NEAR(o[i], k->l2sq_f32(a.data(), &base[i * d], d), 1e-4);
     }
   }
+}
+
+TEST(storage_kernels_match_decoded_reference_every_isa) {
+  for (Isa isa : available_isas()) {
+    for (Storage s : kStorages) {
+      // Sizes cover tails of every vector width and every tile remainder (nq % 4, n % 8).
+      for (std::size_t d : {1u, 5u, 16u, 19u, 48u, 130u, 384u}) {
+        Codec codec(s, d, isa);
+        CHECK(codec.isa() == isa);
+        const std::size_t n = 11, nq = 7;
+        auto x = random_vec(n * d, 3 + unsigned(d)), q = random_vec(nq * d, 9 + unsigned(d));
+        std::vector<std::uint8_t> rows(n * codec.row_bytes());
+        CHECK(codec.encode(x.data(), n, rows.data()).ok());
+        std::vector<float> decoded(n * d);
+        for (std::size_t r = 0; r < n; ++r) codec.decode(&rows[r * codec.row_bytes()], &decoded[r * d]);
+        std::vector<float> block(nq * (n + 2));
+        codec.dot_block(q.data(), nq, rows.data(), n, block.data(), n + 2);
+        for (std::size_t a = 0; a < nq; ++a) {
+          for (std::size_t r = 0; r < n; ++r) {
+            double dot = 0, l2 = 0, sq = 0;
+            for (std::size_t i = 0; i < d; ++i) {
+              double xv = decoded[r * d + i], qv = q[a * d + i];
+              dot += qv * xv;
+              l2 += (qv - xv) * (qv - xv);
+              sq += xv * xv;
+            }
+            const std::uint8_t* row = &rows[r * codec.row_bytes()];
+            CHECK_NEAR(codec.dot(&q[a * d], row), dot, 1e-4);
+            CHECK_NEAR(codec.l2sq(&q[a * d], row), l2, 1e-4);
+            CHECK_NEAR(block[a * (n + 2) + r], dot, 1e-4);
+            CHECK_NEAR(codec.sqnorm(row), sq, 1e-5);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(encodings_are_close_to_input) {
+  const std::size_t d = 300, n = 20;
+  auto x = random_vec(n * d, 42);
+  // Worst relative element error each type allows (int8: half a step of max|x| / 127).
+  for (Storage s : kStorages) {
+    Codec codec(s, d);
+    std::vector<std::uint8_t> rows(n * codec.row_bytes());
+    CHECK(codec.encode(x.data(), n, rows.data()).ok());
+    std::vector<float> back(d);
+    for (std::size_t r = 0; r < n; ++r) {
+      codec.decode(&rows[r * codec.row_bytes()], back.data());
+      float amax = 0;
+      for (std::size_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(x[r * d + i]));
+      for (std::size_t i = 0; i < d; ++i) {
+        float v = x[r * d + i], err = std::fabs(back[i] - v);
+        if (s == Storage::f32) CHECK(err == 0);
+        if (s == Storage::f16) CHECK(err <= std::fabs(v) * 0x1p-11f + 0x1p-25f);
+        if (s == Storage::bf16) CHECK(err <= std::fabs(v) * 0x1p-8f);
+        if (s == Storage::int8) CHECK(err <= amax / 127.0f * 0.5f + 1e-6f);
+      }
+    }
+  }
+}
+
+TEST(half_and_bf16_conversions_round_to_nearest_even) {
+  CHECK(float_to_half(1.0f) == 0x3C00);
+  CHECK(float_to_half(-2.0f) == 0xC000);
+  CHECK(float_to_half(65504.0f) == 0x7BFF);
+  CHECK(float_to_half(65520.0f) == 0x7C00);             // rounds up to infinity
+  CHECK(float_to_half(1.0f + 0x1p-11f) == 0x3C00);      // exact tie: to even (down)
+  CHECK(float_to_half(1.0f + 3 * 0x1p-11f) == 0x3C02);  // exact tie: to even (up)
+  CHECK(float_to_half(0x1p-24f) == 0x0001);             // smallest subnormal
+  CHECK(float_to_half(0x1p-26f) == 0x0000);             // below half of it: zero
+  CHECK(half_to_float(0x0001) == 0x1p-24f);
+  CHECK(half_to_float(0x3555) == 0.333251953125f);
+  for (std::uint32_t h = 0; h < 0x7C00; ++h) CHECK(float_to_half(half_to_float(std::uint16_t(h))) == h);
+  CHECK(float_to_bf16(1.0f) == 0x3F80);
+  CHECK(float_to_bf16(1.0f + 0x1p-8f) == 0x3F80);  // tie to even
+  CHECK(float_to_bf16(1.0f + 0x1p-7f + 0x1p-8f) == 0x3F82);
+  CHECK(bf16_to_float(0x3F80) == 1.0f);
+}
+
+TEST(encode_rejects_values_outside_the_type) {
+  Codec f16(Storage::f16, 2);
+  float big[2] = {1.0f, 70000.0f};
+  std::vector<std::uint8_t> out(f16.row_bytes());
+  auto st = f16.encode(big, 1, out.data());
+  CHECK(!st.ok() && st.error().message.find("float16") != std::string::npos);
+  Codec bf(Storage::bf16, 2);
+  float huge[2] = {3.4e38f, 0.0f};
+  CHECK(!bf.encode(huge, 1, out.data()).ok());
+  Codec i8(Storage::int8, 2);
+  float zero[2] = {0, 0};
+  std::vector<std::uint8_t> zrow(i8.row_bytes());
+  CHECK(i8.encode(zero, 1, zrow.data()).ok());
+  float q[2] = {1, 1};
+  CHECK(i8.dot(q, zrow.data()) == 0.0f);
 }
 
 TEST(best_isa_is_available) {
@@ -45,6 +152,9 @@ TEST(best_isa_is_available) {
   CHECK(&default_kernels() == kernels_for(best_isa()));
   CHECK(isa_from_name("avx512") == Isa::avx512);
   CHECK(!isa_from_name("sse9").has_value());
+  CHECK(storage_from_name("bf16") == Storage::bf16);
+  CHECK(!storage_from_name("int4").has_value());
+  CHECK(row_bytes(Storage::int8, 5) == 12);
 }
 
 VSR_TEST_MAIN

@@ -32,3 +32,24 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(SynthConfig(num_train=6, num_val=2, num_test=4, seed=3, height=64, width=80), root)
     return root
+
+
+def tiny_dual_encoder_config():
+    """A dual-encoder config of tiny random models (random BERT text side, 32 px random EfficientNet)."""
+    from vsr_model.backbones import FrameEncoderConfig
+    from vsr_model.engine.dual import DualEncoderConfig, PoolerConfig, TextEncoderConfig
+    from vsr_model.video import FrameSampling
+
+    return DualEncoderConfig(
+        text=TextEncoderConfig(name="random-bert", hidden_size=32, num_layers=2, num_heads=4),
+        frames=FrameEncoderConfig(weights="random", image_size=32),
+        sampling=FrameSampling(fps=1.0, max_frames=8),
+        pooler=PoolerConfig(hidden_size=32, num_heads=4, num_queries=2, dropout=0.0),
+    )
+
+
+@pytest.fixture
+def tiny_engine():
+    from vsr_model.engine.dual import DualEncoderEngine
+
+    return DualEncoderEngine(tiny_dual_encoder_config())

@@ -77,3 +77,27 @@ def test_multi_turn_sqr_against_the_real_engine(setup, monkeypatch):
             assert not set(shown) & set(trace.final_ranking)
     assert any(t is not None and t.shape[1] == 3 for t in refined)  # soft tokens went through the engine
     assert summarize(traces)["ver_strict"] == 100.0
+
+
+def test_sessions_and_plain_search_show_the_same_videos_at_top1(setup, monkeypatch):
+    engine, corpus, moments = setup
+    policy = tiny_composite_policy(engine, num_latents=2, seed=4)
+    with torch.no_grad():
+        policy.sqr.readout.out.weight.normal_(0, 0.3)
+    monkeypatch.setattr(
+        policy,
+        "generate",
+        lambda batch, settings: Generation(
+            [policy.tokenizer.encode(format_response("no", False), add_special_tokens=False)]
+            * batch.batch_size,
+            [format_response("no", False)] * batch.batch_size,
+        ),
+    )
+    runs = {}
+    for use_sessions in (False, True):
+        config = AgentConfig(max_turns=3, top_k=1, batch_size=2, use_sessions=use_sessions)
+        traces = run_agent(policy, engine, corpus, moments[:3], config)
+        runs[use_sessions] = [([t.shown_video for t in tr.turns], tr.final_ranking) for tr in traces]
+    assert runs[True] == runs[False]
+    for shown, final in runs[True]:
+        assert len(set(shown)) == 3 and final[0] not in shown

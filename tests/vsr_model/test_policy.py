@@ -138,3 +138,45 @@ def test_default_composite_loads_smollm2_and_efficientnet(engine):
     assert latents.shape == (1, 2, engine.embed_dim) and torch.isfinite(latents).all()
     out = policy.generate(policy.encode(items), GenerationSettings(max_new_tokens=4))
     assert len(out.token_ids[0]) <= 4
+
+
+def test_greedy_generation_agrees_with_teacher_forced_forward_under_padding(policy):
+    """Sampling and training must see the same positions and masks, or GRPO's ratios are wrong."""
+    items = [
+        VerifyInput("q", make_clip(2)),
+        VerifyInput("a much longer query about a red circle", make_clip(5, 3)),
+    ]
+    out = policy.generate(policy.encode(items), GenerationSettings(max_new_tokens=6))
+    batch = policy.encode(items, out.token_ids)
+    with torch.no_grad():
+        logits = policy(batch, use_cache=False).logits
+    for i, ids in enumerate(out.token_ids):
+        start = batch.input_ids.shape[1] - len(ids)
+        predicted = logits[i, start - 1 : start - 1 + len(ids)].argmax(-1).tolist()
+        assert predicted == ids
+
+
+def test_frozen_frame_encoder_stays_in_eval_mode(policy):
+    policy.train()
+    try:
+        assert policy.lm.training and policy.projector.training and not policy.frame_encoder.training
+        assert not any(m.training for m in policy.frame_encoder.modules())
+    finally:
+        policy.eval()
+
+
+def test_group_sampling_returns_group_size_rows_per_prompt(policy):
+    torch.manual_seed(0)
+    items = [VerifyInput("q", make_clip(2)), VerifyInput("another query", make_clip(3, 2))]
+    settings = GenerationSettings(max_new_tokens=5, do_sample=True, temperature=1.5, num_return_sequences=3)
+    out = policy.generate(policy.encode(items), settings)
+    assert len(out.token_ids) == 6 and len(out.texts) == 6
+    assert len({tuple(ids) for ids in out.token_ids[:3]}) > 1  # sampled, not copies
+
+
+def test_text_targets_end_like_generation(policy):
+    soft = policy.completion_ids(format_response("no", False))
+    hard = policy.completion_ids(format_response("no", False, mode="hard", rewritten_query="a dog"))
+    assert soft[-1] == policy.refine_token_id and policy.tokenizer.eos_token_id not in soft
+    assert hard[-1] == policy.tokenizer.eos_token_id
+    assert policy.completion_ids("x<|im_end|>").count(policy.tokenizer.eos_token_id) == 1

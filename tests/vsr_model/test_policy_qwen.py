@@ -107,3 +107,13 @@ def test_generate_and_save_load(policy, tmp_path):
         a = latent_rollout(policy, batch).latents
         b = latent_rollout(loaded, loaded.encode(items(), [format_response("no", False)] * 2)).latents
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_greedy_generation_agrees_with_teacher_forced_forward(policy):
+    out = policy.generate(policy.encode(items()), GenerationSettings(max_new_tokens=5))
+    batch = policy.encode(items(), out.token_ids)
+    with torch.no_grad():
+        logits = policy(batch, use_cache=False).logits
+    for i, ids in enumerate(out.token_ids):
+        start = batch.input_ids.shape[1] - len(ids)
+        assert logits[i, start - 1 : start - 1 + len(ids)].argmax(-1).tolist() == ids

@@ -169,3 +169,19 @@ def test_trace_records_round_trip_through_dicts():
     back = QueryTrace.from_dict(trace.to_dict())
     assert back.to_dict() == trace.to_dict()
     assert back.answer_video == "v1" and back.answer_span == (1.0, 2.0) and back.answer_turn.turn == 2
+
+
+def test_block_runs_from_first_open_to_next_close():
+    parsed = parse_response("<think>a<think>b</think> <answer>not_matched</answer> <answer>matched</answer>")
+    assert parsed.think == "a<think>b" and parsed.not_matched
+    assert "2 <answer> blocks; the first is used" in parsed.problems
+
+
+def test_huge_garbage_is_still_parsed():
+    parsed = parse_response("<think>" * 50_000 + "<answer>matched</answer>")
+    assert parsed.matched and "<think> is not closed" in parsed.problems
+
+
+def test_text_after_refine_is_reported():
+    assert "text after <REFINE>" in parse_response(format_response("x", False) + " and more").problems
+    assert parse_response(format_response("x", False) + "  \n").problems == ()

@@ -186,3 +186,57 @@ def test_negative_sampler_order_fill_and_ambiguity(engine):
         assert "v9" not in strict.sample_ids(["v0"], ["v9"], [["v9"]])[0]
     with pytest.raises(ValueError, match="need at least 41 distinct videos"):
         NegativeSampler(ids, 40, engine.video_embeddings)
+
+
+def test_one_sft_step_trains_policy_and_heads_through_one_forward(engine):
+    """CE on the completion + lambda * InfoNCE from a single teacher-forced forward, as SFT runs it."""
+    policy = tiny_composite_policy(engine, hidden=64, num_latents=3, seed=7).train()
+    batch = batch_for(policy)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
+    out = policy(batch)
+    targets = batch.input_ids[:, 1:].masked_fill(~batch.completion_mask[:, 1:], -100)
+    ce = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100
+    )
+    latents = latent_rollout(policy, batch, state=out.state).latents
+    query, _ = refined_query(policy.sqr, engine, ["a person opens the door", "a red circle"], latents)
+    negatives = engine.video_embeddings([f"v{i}" for i in range(2, 8)]).reshape(2, 3, -1)
+    loss = ce + policy.sqr.config.infonce_weight * info_nce(
+        query, engine.video_embeddings(["v0", "v1"]), negatives
+    )
+    loss.backward()
+    optimizer.step()
+    changed = {n for n, p in policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
+    assert any(n.startswith("sqr.readout.out") for n in changed)  # zero-init layer learns first
+    assert any(n.startswith("lm.") for n in changed) and any(n.startswith("projector.") for n in changed)
+    assert not any(n.startswith("frame_encoder.") for n in changed)
+
+
+def test_bf16_policy_with_fp32_heads(engine):
+    policy = tiny_composite_policy(engine, hidden=64, num_latents=3, seed=2)
+    policy.lm.to(torch.bfloat16)
+    with torch.no_grad():
+        policy.sqr.readout.out.weight.normal_(0, 0.3)
+        batch = batch_for(policy)
+        cached = latent_rollout(policy, batch).latents
+        reference = latent_rollout_reforward(policy, batch).latents
+    assert cached.dtype == torch.float32 and torch.isfinite(cached).all()
+    assert torch.allclose(cached, reference, atol=0.1)
+    query, _ = refined_query(policy.sqr, engine, ["a", "b"], cached)
+    assert query.shape == (2, engine.embed_dim)
+
+
+def test_gradient_checkpointing_falls_back_to_exact_reforward(engine, caplog):
+    policy = tiny_composite_policy(engine, hidden=64, num_latents=3, seed=3)
+    with torch.no_grad():
+        policy.sqr.readout.out.weight.normal_(0, 0.3)
+        expected = latent_rollout_reforward(policy, batch_for(policy)).latents
+    policy.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    with caplog.at_level("WARNING", logger="vsr_model.sqr"):
+        latents = latent_rollout(policy, batch_for(policy)).latents
+    assert "falls back to re-forwarding" in caplog.text
+    assert torch.allclose(latents, expected, atol=1e-4)
+    latents.sum().backward()
+    assert policy.sqr.rollin.proj.weight.grad is not None

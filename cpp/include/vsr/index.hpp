@@ -2,8 +2,14 @@
 // bindings talk to indexes only through it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <unordered_set>
+#include <vector>
 
 #include "vsr/common.hpp"
 
@@ -25,9 +31,23 @@ struct IdFilter {
   }
 };
 
+// Work counters a caller can ask a search to add to (safe to share between threads).
+struct SearchStats {
+  std::atomic<std::uint64_t> distances{0};  // query-to-vector distances computed
+};
+
 struct SearchParams {
   const IdFilter* filter = nullptr;  // not owned; nullptr = no filtering
   int num_threads = 0;               // 0 = the index's default
+  SearchStats* stats = nullptr;      // not owned; nullptr = not counted
+};
+
+// Results of a range search in CSR form (faiss convention): query i's results are
+// [lims[i], lims[i + 1]) of scores/ids, best first. lims has nq + 1 entries.
+struct RangeResult {
+  std::vector<std::size_t> lims;
+  std::vector<float> scores;
+  std::vector<idx_t> ids;
 };
 
 // Results of a k-NN search are written to caller buffers of nq * k. Scores follow the metric:
@@ -52,6 +72,53 @@ class Index {
   // An id not in the index is an error naming it.
   virtual Status score_ids(const float* query, const idx_t* ids, std::size_t n,
                            float* scores) const = 0;
+
+  // The methods below have defaults that report "unsupported", so a new index kind can grow
+  // into them; FlatIndex implements all of them.
+
+  // Short name of the index kind ("flat", "graph"), used in messages and files.
+  virtual std::string_view kind_name() const noexcept { return "index"; }
+
+  // Removes the listed ids. Every id must be present and listed once; otherwise nothing is
+  // removed and the error names the offending id.
+  virtual Status remove(const idx_t* ids, std::size_t n);
+
+  // All results with score >= radius (inner product / cosine) or squared distance <= radius (l2).
+  virtual Status range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
+                              const SearchParams& params) const;
+
+  // Writes the index to one file atomically (temp file + fsync + rename); see io.hpp.
+  virtual Status save(const std::string& path) const;
+
+  // Exact scores of nq queries against the same n ids: scores[i * n + j] for query i, id j.
+  // Indexes override this with one blocked pass over the rows; the default scores query by query.
+  virtual Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids,
+                                 std::size_t n, float* scores) const {
+    for (std::size_t i = 0; i < nq; ++i) {
+      Status s = score_ids(queries + i * dim(), ids, n, scores + i * n);
+      if (!s.ok()) return s;
+    }
+    return {};
+  }
+
+  // Changes whenever the set of stored vectors changes (add, remove), so a cached result can
+  // tell it is stale.
+  virtual std::uint64_t generation() const noexcept = 0;
+
+  // True when search() returns the exhaustive answer (exact index), false for approximate indexes.
+  virtual bool exact_search() const noexcept { return false; }
+
+  // An upper bound on the norm of every stored vector, when the index keeps one. Sessions use it
+  // to prove inner-product refinements exact; nullopt disables that proof.
+  virtual std::optional<float> max_norm() const noexcept { return std::nullopt; }
+
+  // k-NN search that starts from known good candidates (e.g. the previous turn's results) instead
+  // of the index's usual entry point. Indexes without such a search return ErrorCode::unsupported.
+  virtual Status search_warm(const float* query, std::size_t k, const idx_t* seeds,
+                             std::size_t n_seeds, float* scores, idx_t* ids,
+                             const SearchParams& params) const {
+    return make_error(ErrorCode::unsupported, "this index kind has no warm-started search");
+  }
 };
 
 }  // namespace vsr

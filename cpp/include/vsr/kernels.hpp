@@ -5,9 +5,21 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "vsr/codec.hpp"
 #include "vsr/simd.hpp"
 
 namespace vsr {
+
+// Float32 queries scored against encoded rows of one storage kind (layouts in codec.hpp).
+struct StorageKernels {
+  // <q, decode(row)> over d dimensions.
+  float (*dot)(const float* q, const std::uint8_t* row, std::size_t d) noexcept;
+  // ||q - decode(row)||^2, computed directly (no norm expansion), so it is exact for f32 rows.
+  float (*l2sq)(const float* q, const std::uint8_t* row, std::size_t d) noexcept;
+  // out[i * ldo + j] = <queries_i, decode(row_j)>, i < nq, j < n (see Codec::dot_block).
+  void (*dot_block)(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n,
+                    std::size_t d, float* out, std::size_t ldo) noexcept;
+};
 
 struct Kernels {
   Isa isa;
@@ -21,11 +33,13 @@ struct Kernels {
   // out[i] = ||q - row_i||^2 for i in [0, n).
   void (*l2sq_f32_rows)(const float* q, const float* base, std::size_t n, std::size_t d,
                         float* out) noexcept;
+  // Indexed by Storage.
+  StorageKernels storage[kNumStorages];
 };
 
 // Kernel table for an ISA; nullptr when that ISA was not compiled in.
 const Kernels* kernels_for(Isa isa) noexcept;
-// Kernel table of best_isa().
+// Kernel table of default_isa().
 const Kernels& default_kernels() noexcept;
 
 namespace detail {

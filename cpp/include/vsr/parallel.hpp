@@ -1,45 +1,34 @@
-// Minimal fork-join over contiguous chunks; std::thread only, no global pool state.
+// A process-wide persistent thread pool. Creating threads per call costs tens of microseconds,
+// which dominates small-batch search latency; these workers are created once and sleep between
+// jobs.
+//
+// Any number of threads may submit jobs at the same time, and a task may itself submit a job
+// (the submitter always works on its own job, so nesting cannot deadlock). In a child process
+// after fork() the pool starts empty and grows again on demand.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
-#include <exception>
-#include <thread>
-#include <vector>
+#include <functional>
 
 namespace vsr {
 
+// Worker count for a request: requested > 0 wins, else the hardware concurrency.
+int resolve_threads(int requested) noexcept;
+
+// Runs fn(task) for every task in [0, n_tasks) on up to `threads` threads (the caller counts as
+// one). Returns when all tasks are done; rethrows the first exception a task threw (the other
+// tasks still run).
+void parallel_for(std::size_t n_tasks, int threads, const std::function<void(std::size_t)>& fn);
+
+// fn(begin, end) over at most `threads` contiguous chunks of [0, n).
 template <typename Fn>
 void parallel_for_chunks(std::size_t n, int threads, Fn&& fn) {
   if (n == 0) return;
-  std::size_t workers = std::min<std::size_t>(threads > 0 ? threads : 1, n);
-  if (workers <= 1) {
-    fn(std::size_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(workers);
-  pool.reserve(workers - 1);
-  std::size_t chunk = (n + workers - 1) / workers;
-  for (std::size_t w = 1; w < workers; ++w) {
-    std::size_t b = w * chunk, e = std::min(n, b + chunk);
-    if (b >= e) break;
-    pool.emplace_back([&, w, b, e] {
-      try {
-        fn(b, e);
-      } catch (...) {
-        errors[w] = std::current_exception();
-      }
-    });
-  }
-  try {
-    fn(std::size_t{0}, std::min(n, chunk));
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
-  for (auto& t : pool) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  const std::size_t workers = std::min<std::size_t>(threads > 0 ? std::size_t(threads) : 1, n);
+  const std::size_t chunk = (n + workers - 1) / workers;
+  const std::size_t tasks = (n + chunk - 1) / chunk;
+  parallel_for(tasks, int(workers), [&](std::size_t t) { fn(t * chunk, std::min(n, (t + 1) * chunk)); });
 }
 
 }  // namespace vsr

@@ -34,4 +34,13 @@ bool isa_available(Isa isa) noexcept;
 // The best available ISA, chosen once.
 Isa best_isa() noexcept;
 
+// The ISA new indexes and codecs use: best_isa() unless a process-wide choice was made with
+// set_default_isa (to compare paths, or to pin results across machines). Existing indexes keep
+// the kernels they were created with; FlatIndex::set_isa changes one index.
+Isa default_isa() noexcept;
+// Returns false (and changes nothing) when the ISA is not available here.
+bool set_default_isa(Isa isa) noexcept;
+// Back to best_isa().
+void reset_default_isa() noexcept;
+
 }  // namespace vsr

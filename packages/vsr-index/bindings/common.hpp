@@ -1,12 +1,15 @@
-// Helpers shared by the binding files: error translation and numpy argument checks.
+// Helpers shared by the binding files: error translation, numpy argument checks, and the
+// Python base class `Index` that every index kind derives from.
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
 
 #include "vsr/common.hpp"
+#include "vsr/index.hpp"
 
 namespace vsr_py {
 
@@ -25,12 +28,23 @@ T unwrap(vsr::Result<T> r) {
 }
 
 // A C-contiguous float32 2-D array of `dim` columns; 1-D arrays of length dim are one row.
-// Other float dtypes are converted; non-numeric input raises TypeError naming `what`.
+// float32 C-contiguous input is used as is; other integer/float dtypes and layouts are converted;
+// anything else raises TypeError naming `what`.
 py::array_t<float, py::array::c_style> as_matrix(const py::handle& obj, std::size_t dim, const char* what);
-// A C-contiguous int64 1-D array of `n` ids (n = -1 for any length).
+// A C-contiguous int64 1-D array of `n` ids (n = -1 for any length); integer dtypes only.
 py::array_t<std::int64_t, py::array::c_style> as_ids(const py::handle& obj, long n, const char* what);
+// An id filter from the allow= / deny= arguments (at most one may be given).
+vsr::IdFilter make_filter(const py::handle& allow, const py::handle& deny);
+// num_threads=None -> 0 (the index default); negative raises.
+int thread_count(const py::handle& num_threads);
+// str or os.PathLike -> filesystem path string.
+std::string as_path(const py::handle& path);
+
+// Every index class is held by shared_ptr so sessions can keep the index they search alive.
+using IndexClass = py::class_<vsr::Index, std::shared_ptr<vsr::Index>>;
 
 void bind_common(py::module_& m);
 void bind_flat(py::module_& m);
+void bind_session(py::module_& m);
 
 }  // namespace vsr_py

@@ -6,8 +6,27 @@
 >>> scores, ids = index.search(np.eye(4, dtype=np.float32)[:1], k=2)
 """
 
+from __future__ import annotations
+
+import os
+
 __version__ = "0.1.0"
 
-from vsr_index._core import FlatIndex, simd_info
+from vsr_index import _core
+from vsr_index._core import FlatIndex, Index, index_kind, set_isa, simd_info
 
-__all__ = ["FlatIndex", "__version__", "simd_info"]
+
+def load(path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> Index:
+    """Loads any saved index; the file says which kind it holds.
+
+    mmap=True serves the vectors from the mapped file (indexes larger than memory work; the first
+    add/remove copies them into memory). verify=True checks every section checksum while loading.
+    """
+    kind = index_kind(path)
+    cls = getattr(_core, kind.capitalize() + "Index", None)
+    if cls is None:
+        raise NotImplementedError(f"{os.fspath(path)!r} holds a {kind!r} index, which this build cannot load")
+    return cls.load(path, mmap=mmap, verify=verify)
+
+
+__all__ = ["FlatIndex", "Index", "__version__", "index_kind", "load", "set_isa", "simd_info"]

@@ -23,6 +23,7 @@ import torch
 from vsr_model.policy.base import GenerationSettings, VerifyInput, VideoPolicy
 from vsr_model.protocol import QueryTrace, RefinementMode, TurnTrace, parse_response
 from vsr_model.sqr import check_engine_dims, latent_rollout, refined_query
+from vsr_model.video import FrameSampling
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class SearchEngine(Protocol):
 
 
 class Corpus(Protocol):
-    def clip(self, video_id: str, sampling: Any = None) -> Any: ...
+    def clip(self, video_id: str, sampling: FrameSampling | None = None) -> Any: ...
 
 
 @dataclass
@@ -47,7 +48,11 @@ class AgentConfig:
     """`max_turns`: verify turns per query (paper default 2). `exclude_seen`: never show a video twice.
     `accumulate_soft_tokens`: paper q_{t+1} = [q_t ; soft tokens] (True) or the authors' code, original
     text + this turn's tokens (False). `top_k`: ranking depth kept for VR. `batch_size`: queries per
-    policy call. `sampling`: frame sampling passed to `corpus.clip` (None: the corpus default)."""
+    policy call. `sampling`: frame sampling passed to `corpus.clip` (None: the corpus default).
+    `use_sessions`: search through `engine.session(...)` / `session.refine(...)` (vsr_index sessions,
+    which re-use the previous turn's candidate pool) instead of a fresh `engine.search` per turn. A
+    session's exclude-seen rule drops every video it has *returned* (the whole top-k), whereas the
+    plain search drops only the videos the policy was *shown*; the two agree when top_k = 1."""
 
     max_turns: int = 2
     exclude_seen: bool = True
@@ -57,12 +62,15 @@ class AgentConfig:
     top_k: int = 10
     batch_size: int = 8
     generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(max_new_tokens=768))
-    sampling: Any = None
+    sampling: FrameSampling | None = None
+    use_sessions: bool = False
 
     def __post_init__(self) -> None:
         self.refinement = RefinementMode.parse(self.refinement)
         if isinstance(self.generation, dict):
             self.generation = GenerationSettings(**self.generation)
+        if isinstance(self.sampling, dict):
+            self.sampling = FrameSampling(**self.sampling)
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.top_k < 1 or self.batch_size < 1:
@@ -89,6 +97,7 @@ class _QueryState:
     embedding: torch.Tensor
     hits: list[Any]
     soft_tokens: torch.Tensor | None = None
+    session: Any = None
     seen: set[str] = field(default_factory=set)
     done: bool = False
     trace: QueryTrace | None = None
@@ -103,8 +112,18 @@ def _moment_fields(moment: Any) -> tuple[str, str, str | None, tuple[float, floa
 
 
 def _search(engine: SearchEngine, embeddings: torch.Tensor, states: list[_QueryState], config: AgentConfig):
-    exclude = [set(s.seen) for s in states] if config.exclude_seen else None
-    results = engine.search(embeddings.detach(), config.top_k, exclude=exclude)
+    embeddings = embeddings.detach()
+    if config.use_sessions:
+        results = []
+        for state, emb in zip(states, embeddings, strict=True):
+            if state.session is None:
+                state.session = engine.session(emb[None], config.top_k, exclude_seen=config.exclude_seen)
+                results.append(list(state.session.hits))
+            else:
+                results.append(list(state.session.refine(emb[None], config.top_k)))
+    else:
+        exclude = [set(s.seen) for s in states] if config.exclude_seen else None
+        results = engine.search(embeddings, config.top_k, exclude=exclude)
     if len(results) != len(states):
         raise RuntimeError(f"engine returned {len(results)} result lists for {len(states)} queries")
     for state, hits in zip(states, results, strict=True):

@@ -156,14 +156,31 @@ class ParsedResponse:
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 
 
-def _blocks(text: str, tag: str) -> list[str]:
-    """Contents of every closed <tag>...</tag> block, case-insensitive, non-greedy."""
-    pattern = re.compile(rf"<\s*{tag}\s*>(.*?)<\s*/\s*{tag}\s*>", re.IGNORECASE | re.DOTALL)
-    return [m.group(1) for m in pattern.finditer(text)]
+_TAG = re.compile(r"<\s*(/?)\s*([A-Za-z_]+)\s*>")
 
 
-def _has_open_tag(text: str, tag: str) -> bool:
-    return re.search(rf"<\s*{tag}\s*>", text, re.IGNORECASE) is not None
+@dataclass
+class _TagScan:
+    """Closed <tag>...</tag> contents per tag (lower-cased) and tags left open, from one linear pass.
+
+    A block runs from the first unclosed opening tag to the next closing tag of the same name (the
+    non-greedy reading), so nested or repeated openings never cost more than one scan of the text.
+    """
+
+    blocks: dict[str, list[str]]
+    unclosed: set[str]
+
+    @classmethod
+    def of(cls, text: str) -> _TagScan:
+        blocks: dict[str, list[str]] = {}
+        open_at: dict[str, int] = {}
+        for m in _TAG.finditer(text):
+            closing, name = m.group(1) == "/", m.group(2).lower()
+            if not closing:
+                open_at.setdefault(name, m.end())
+            elif name in open_at:
+                blocks.setdefault(name, []).append(text[open_at.pop(name) : m.start()])
+        return cls(blocks, set(open_at))
 
 
 def _parse_time(raw: str | None, name: str, problems: list[str]) -> float | None:
@@ -187,10 +204,10 @@ def _parse_time(raw: str | None, name: str, problems: list[str]) -> float | None
     return value
 
 
-def _single(text: str, tag: str, problems: list[str]) -> str | None:
-    blocks = _blocks(text, tag)
+def _single(scan: _TagScan, tag: str, problems: list[str]) -> str | None:
+    blocks = scan.blocks.get(tag, [])
     if not blocks:
-        if _has_open_tag(text, tag):
+        if tag in scan.unclosed:
             problems.append(f"<{tag}> is not closed")
         return None
     if len(blocks) > 1:
@@ -207,7 +224,8 @@ def parse_response(text: object) -> ParsedResponse:
     if not text.strip():
         problems.append("empty response")
 
-    think_raw = _single(text, "think", problems)
+    scan = _TagScan.of(text)
+    think_raw = _single(scan, "think", problems)
     think = think_raw.strip() if think_raw is not None else None
     if think_raw is None:
         problems.append("missing <think>")
@@ -215,7 +233,7 @@ def parse_response(text: object) -> ParsedResponse:
         problems.append("empty <think>")
 
     answer: str | None = None
-    answer_raw = _single(text, "answer", problems)
+    answer_raw = _single(scan, "answer", problems)
     if answer_raw is None:
         problems.append("missing <answer>")
     else:
@@ -225,8 +243,8 @@ def parse_response(text: object) -> ParsedResponse:
         else:
             problems.append(f"<answer> is neither matched nor not_matched: {answer_raw.strip()[:40]!r}")
 
-    start_raw = _single(text, "start", problems)
-    end_raw = _single(text, "end", problems)
+    start_raw = _single(scan, "start", problems)
+    end_raw = _single(scan, "end", problems)
     span_tags_present = start_raw is not None and end_raw is not None
     if (start_raw is None) != (end_raw is None):
         problems.append("only one of <start>/<end> present")
@@ -243,8 +261,11 @@ def parse_response(text: object) -> ParsedResponse:
     if answer == NOT_MATCHED and span_tags_present:
         problems.append("not_matched with a span")
 
-    refine = REFINE_TOKEN.lower() in text.lower()
-    query_raw = _single(text, "query", problems)
+    lowered = text.lower()
+    refine = REFINE_TOKEN.lower() in lowered
+    if refine and not lowered.rstrip().endswith(REFINE_TOKEN.lower()):
+        problems.append("text after <REFINE>")
+    query_raw = _single(scan, "query", problems)
     rewritten = query_raw.strip() if query_raw is not None and query_raw.strip() else None
     if query_raw is not None and rewritten is None:
         problems.append("empty <query>")

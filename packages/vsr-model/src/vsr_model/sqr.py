@@ -16,6 +16,7 @@ authors' way) and exists as the reference the cached version is tested against.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -26,6 +27,8 @@ from torch import nn
 
 if TYPE_CHECKING:
     from vsr_model.policy.base import PolicyBatch, VideoPolicy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +123,14 @@ class SQRHeads(nn.Module):
         self.rollin = NormLinear(config.embed_dim, hidden_size)
         self.append = NormLinear(config.embed_dim, config.query_input_dim)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.readout.proj.weight.dtype
+
+    def read(self, hidden: torch.Tensor) -> torch.Tensor:
+        """readout in the heads' own precision (the policy may run in bf16 while the heads do not)."""
+        return self.readout(hidden.to(self.dtype))
+
 
 @dataclass
 class RolloutResult:
@@ -160,6 +171,11 @@ def prefill(policy: VideoPolicy, batch: PolicyBatch) -> PrefillState:
     return PrefillState(hidden=hidden, cache=cache)
 
 
+def _cached_length(cache: object) -> int | None:
+    get_length = getattr(cache, "get_seq_length", None)
+    return int(get_length()) if get_length is not None else None
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device), index]
 
@@ -183,9 +199,16 @@ def latent_rollout(
     refine_index = _check_refine(batch)
     if state is None:
         state = prefill(policy, batch)
+    if _cached_length(state.cache) != batch.input_ids.shape[1]:
+        # Gradient checkpointing in training mode keeps layers from writing the cache; decoding on an
+        # empty cache would silently drop the prefix, so take the exact (slower) re-forward path.
+        logger.warning(
+            "no complete KV cache (gradient checkpointing?): SQR rollout falls back to re-forwarding"
+        )
+        return latent_rollout_reforward(policy, batch, n)
     mask = _mask_after_refine(batch)
     refine_hidden = _gather_rows(state.hidden, refine_index)
-    latents = [heads.readout(refine_hidden)]
+    latents = [heads.read(refine_hidden)]
     next_position = policy.next_text_position(batch.position_ids, refine_index)
     cache = state.cache
     for _ in range(n - 1):
@@ -195,7 +218,7 @@ def latent_rollout(
             step_embeds, mask, policy.text_position_ids(next_position, 1), cache=cache, use_cache=True
         )
         next_position = next_position + 1
-        latents.append(heads.readout(hidden[:, -1]))
+        latents.append(heads.read(hidden[:, -1]))
     return RolloutResult(latents=torch.stack(latents, dim=1), refine_hidden=refine_hidden)
 
 
@@ -211,14 +234,14 @@ def latent_rollout_reforward(
     start = policy.next_text_position(batch.position_ids, refine_index)
     hidden, _ = policy.run_backbone(prompt_embeds, mask, batch.position_ids, batch=batch)
     refine_hidden = _gather_rows(hidden, refine_index)
-    latents = [heads.readout(refine_hidden)]
+    latents = [heads.read(refine_hidden)]
     for k in range(1, n):
         rolled = heads.rollin(torch.stack(latents, dim=1)).to(policy.dtype)
         embeds = torch.cat([prompt_embeds, rolled], dim=1)
         full_mask = torch.cat([mask, mask.new_ones(mask.shape[0], k)], dim=1)
         positions = torch.cat([batch.position_ids, policy.text_position_ids(start, k)], dim=-1)
         hidden, _ = policy.run_backbone(embeds, full_mask, positions, batch=batch)
-        latents.append(heads.readout(hidden[:, -1]))
+        latents.append(heads.read(hidden[:, -1]))
     return RolloutResult(latents=torch.stack(latents, dim=1), refine_hidden=refine_hidden)
 
 
@@ -235,7 +258,7 @@ def soft_tokens(heads: SQRHeads, latents: torch.Tensor) -> torch.Tensor:
     """Latents (B, N, D) -> the engine's soft tokens (B, N, H_e)."""
     if latents.ndim != 3 or latents.shape[-1] != heads.config.embed_dim:
         raise ValueError(f"latents must be (B, N, {heads.config.embed_dim}), got {tuple(latents.shape)}")
-    return heads.append(latents.float())
+    return heads.append(latents.to(heads.dtype))
 
 
 def check_engine_dims(heads: SQRHeads, engine: QueryEncoder) -> None:

@@ -94,32 +94,43 @@ class VideoIndex:
             raise KeyError(f"unknown video ids (not in the index): {missing[:5]}")
         return np.array([self.rows[v] for v in video_ids], dtype=np.int64)
 
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
+        return [Hit(self.ids[r], float(sc)) for sc, r in zip(scores, rows, strict=True) if r >= 0]
+
+    def _check_search(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not self.ids:
+            raise RuntimeError("the engine's index is empty: add videos before searching")
+
+    def _deny(self, video_ids: Collection[str]) -> np.ndarray | None:
+        # ids not in the index cannot be returned anyway, so they need no excluding
+        rows = np.array([self.rows[v] for v in video_ids if v in self.rows], dtype=np.int64)
+        return rows if rows.size else None
+
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
     ) -> list[list[Hit]]:
-        if k <= 0:
-            raise ValueError(f"k must be positive, got {k}")
-        if exclude is not None and len(exclude) != queries.shape[0]:
+        self._check_search(k)
+        if exclude is None:
+            scores, rows = self.index.search(queries, int(k))
+            return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+        if len(exclude) != queries.shape[0]:
             raise ValueError(f"exclude has {len(exclude)} entries for {queries.shape[0]} queries")
-        if not self.ids:
-            raise RuntimeError("the engine's index is empty: add videos before searching")
-        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        fetch = min(k + extra, len(self.ids))
-        scores, rows = self.index.search(queries, fetch)
         out = []
-        for q in range(queries.shape[0]):
-            skip = set(exclude[q]) if exclude is not None else ()
-            hits = []
-            for s, r in zip(scores[q], rows[q], strict=True):
-                if r < 0:
-                    break
-                vid = self.ids[r]
-                if vid not in skip:
-                    hits.append(Hit(vid, float(s)))
-                    if len(hits) == k:
-                        break
-            out.append(hits)
+        for q, skip in zip(queries, exclude, strict=True):
+            scores, rows = self.index.search(q[None], int(k), deny=self._deny(skip))
+            out.append(self._hits(scores[0], rows[0]))
         return out
+
+    def session(
+        self, query: np.ndarray, k: int, exclude_seen: bool = True, exclude: Collection[str] = ()
+    ) -> EngineSession:
+        self._check_search(k)
+        if query.shape[0] != 1:
+            raise ValueError(f"a session starts from one query, got {query.shape[0]}")
+        inner = self.index.session(query[0], int(k), exclude_seen=exclude_seen, deny=self._deny(exclude))
+        return EngineSession(self, inner)
 
     def save(self, directory: Path) -> None:
         atomic_save_npy(directory / INDEX_VECTORS, self.vectors())
@@ -134,6 +145,42 @@ class VideoIndex:
             )
         if ids:
             self.add(ids, vectors)
+
+
+class EngineSession:
+    """A multi-turn search over the engine's index (a vsr_index session with video ids).
+
+    `hits` are the first turn's results; `refine(new_query_embedding, k)` searches again, re-using the
+    cached candidate pool when that provably gives the exact answer, and (with exclude_seen) never
+    returns a video twice. `seen` lists every video returned so far, in order.
+    """
+
+    def __init__(self, index: VideoIndex, inner):
+        self._index, self._inner = index, inner
+        self.hits: list[Hit] = index._hits(inner.scores, inner.ids)
+
+    def refine(self, query_embedding: torch.Tensor | np.ndarray, k: int | None = None) -> list[Hit]:
+        q = as_query_matrix(query_embedding, self._index.dim)
+        if q.shape[0] != 1:
+            raise ValueError(f"refine takes one query embedding, got {q.shape[0]}")
+        if k is not None:
+            self._index._check_search(k)
+        scores, rows, _ = self._inner.refine(q[0], None if k is None else int(k))
+        self.hits = self._index._hits(scores, rows)
+        return self.hits
+
+    @property
+    def seen(self) -> list[str]:
+        return [self._index.ids[r] for r in self._inner.seen.tolist()]
+
+    @property
+    def turns(self) -> int:
+        return int(self._inner.turns)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """How the latest turn was answered (vsr_index: path pool / warm / cold, distances, exact)."""
+        return dict(self._inner.info)
 
 
 class SearchEngine(ABC):
@@ -191,6 +238,19 @@ class SearchEngine(ABC):
     ) -> list[list[Hit]]:
         """Top-k videos per query (texts or (nq, D) embeddings), best first; exclude = ids to skip."""
         return self.index.search(self._query_matrix(queries), k, exclude)
+
+    def session(
+        self,
+        query_embedding: torch.Tensor | np.ndarray | str,
+        k: int,
+        exclude_seen: bool = True,
+        exclude: Collection[str] = (),
+    ) -> EngineSession:
+        """Start a multi-turn search from one query (text or (D,) / (1, D) embedding); `exclude` are
+        video ids never to return (e.g. already rejected elsewhere)."""
+        if isinstance(query_embedding, str):
+            query_embedding = [query_embedding]
+        return self.index.session(self._query_matrix(query_embedding), k, exclude_seen, exclude)
 
     def video_embeddings(self, video_ids: Sequence[str]) -> torch.Tensor:
         """Stored (L2-normalised) embeddings of indexed videos, in the order asked (InfoNCE negatives)."""

@@ -157,7 +157,7 @@ def fit_pooler(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
         record: dict[str, Any] = {
             "epoch": epoch + 1,

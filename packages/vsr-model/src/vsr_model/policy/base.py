@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vsr_model.protocol import REFINE_TOKEN, RefinementMode, build_verify_prompt
-from vsr_model.sqr import SQRConfig, SQRHeads
+from vsr_model.sqr import PrefillState, SQRConfig, SQRHeads
 
 POLICY_CONFIG_FILE = "vsr_policy.json"
 SQR_HEADS_FILE = "sqr_heads.safetensors"
@@ -112,6 +112,23 @@ class Generation:
     texts: list[str]
 
 
+def decode_completions(tokenizer, sequences: torch.Tensor, stop_ids: Sequence[int]) -> Generation:
+    """Cut each generated row after its first stop token, drop padding, keep special tokens like <REFINE>."""
+    eos = tokenizer.eos_token_id
+    token_ids, texts = [], []
+    for row in sequences.tolist():
+        kept = []
+        for t in row:
+            kept.append(t)
+            if t in stop_ids:
+                break
+        # The EOS itself is not part of the response text; <REFINE> is. Padding only follows a stop.
+        text_ids = kept[:-1] if kept and kept[-1] == eos else kept
+        token_ids.append(kept)
+        texts.append(tokenizer.decode(text_ids, skip_special_tokens=False))
+    return Generation(token_ids=token_ids, texts=texts)
+
+
 def config_from_dict(cls, values: dict):
     known = {f.name for f in fields(cls)}
     unknown = set(values) - known
@@ -135,6 +152,16 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids, mask
 
 
+@dataclass
+class PolicyOutput:
+    """Teacher-forced forward: next-token logits (B, L, V), last hidden states (B, L, H) and the state
+    (hidden + KV cache) that `vsr_model.sqr.latent_rollout(..., state=...)` continues from."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    state: PrefillState
+
+
 class VideoPolicy(nn.Module):
     """A video LLM that verifies a retrieved video, grounds a moment and emits <REFINE> for SQR.
 
@@ -155,7 +182,8 @@ class VideoPolicy(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        """The language model's compute dtype (SQR heads may keep their own)."""
+        return self.get_input_embeddings().weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -196,6 +224,17 @@ class VideoPolicy(nn.Module):
         raise NotImplementedError
 
     # --- shared ---
+    def forward(self, batch: PolicyBatch, use_cache: bool = True) -> PolicyOutput:
+        """One forward over prompt + completion; SFT's CE, GRPO's log-probs and the SQR rollout share it."""
+        hidden, cache = self.run_backbone(
+            self.embed_inputs(batch),
+            batch.attention_mask,
+            batch.position_ids,
+            batch=batch,
+            use_cache=use_cache,
+        )
+        return PolicyOutput(logits=self.logits(hidden), hidden=hidden, state=PrefillState(hidden, cache))
+
     @property
     def refine_token_id(self) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(REFINE_TOKEN)
@@ -219,7 +258,10 @@ class VideoPolicy(nn.Module):
         items: Sequence[VerifyInput],
         completions: Sequence[Sequence[int] | str] | None = None,
     ) -> PolicyBatch:
-        """Tokenise prompts (and optional completions, as token ids or text) into a left-padded batch."""
+        """Tokenise prompts (and optional completions, as token ids or text) into a left-padded batch.
+
+        Text completions go through `completion_ids`, so a target ends as generation would end.
+        """
         if not items:
             raise ValueError("empty batch of verify inputs")
         if completions is not None and len(completions) != len(items):
@@ -262,6 +304,13 @@ class VideoPolicy(nn.Module):
                 if len(hits):
                     refine_index[i] = ids.shape[1] - n + int(hits[0])
         return PolicyBatch(ids, mask, position_ids, model_inputs, completion_mask, refine_index)
+
+    def completion_ids(self, text: str) -> list[int]:
+        """Token ids of a target response, ending the way generation ends: at <REFINE> or with EOS."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if not ids or ids[-1] not in (self.refine_token_id, self.tokenizer.eos_token_id):
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
 
     @property
     def vocab_size(self) -> int:

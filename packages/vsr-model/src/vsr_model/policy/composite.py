@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from vsr_model.policy.base import (
     VerifyInput,
     VideoPolicy,
     config_from_dict,
+    decode_completions,
     load_sqr_heads,
     read_policy_config,
 )
@@ -161,6 +161,13 @@ class CompositeVideoPolicy(VideoPolicy):
     @property
     def tokenizer(self):
         return self._tokenizer
+
+    def train(self, mode: bool = True) -> CompositeVideoPolicy:
+        super().train(mode)
+        if self.config.freeze_frame_encoder:
+            # A frozen encoder stays in eval mode: batch-norm statistics must not follow training batches.
+            self.frame_encoder.eval()
+        return self
 
     @property
     def hidden_size(self) -> int:
@@ -297,20 +304,3 @@ def load_named_frame_encoder(name: str) -> nn.Module:
     from vsr_model.backbones import load_frame_encoder
 
     return load_frame_encoder()
-
-
-def decode_completions(tokenizer, sequences: torch.Tensor, stop_ids: Sequence[int]) -> Generation:
-    """Cut each generated row after its first stop token, drop padding, keep special tokens like <REFINE>."""
-    eos = tokenizer.eos_token_id
-    token_ids, texts = [], []
-    for row in sequences.tolist():
-        kept = []
-        for t in row:
-            kept.append(t)
-            if t in stop_ids:
-                break
-        # The EOS itself is not part of the response text; <REFINE> is. Padding only follows a stop.
-        text_ids = kept[:-1] if kept and kept[-1] == eos else kept
-        token_ids.append(kept)
-        texts.append(tokenizer.decode(text_ids, skip_special_tokens=False))
-    return Generation(token_ids=token_ids, texts=texts)

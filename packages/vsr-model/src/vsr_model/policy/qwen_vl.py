@@ -30,10 +30,10 @@ from vsr_model.policy.base import (
     VerifyInput,
     VideoPolicy,
     config_from_dict,
+    decode_completions,
     load_sqr_heads,
     read_policy_config,
 )
-from vsr_model.policy.composite import decode_completions
 from vsr_model.policy.qwen_frames import FramePatches, PatchLayout, patchify_frames
 from vsr_model.protocol import REFINE_TOKEN
 from vsr_model.sqr import SQRConfig, SQRHeads

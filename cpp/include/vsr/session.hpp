@@ -1,0 +1,127 @@
+// Multi-turn search sessions: a query is searched once, then refined a few times (in VideoSearch-R1
+// each refined query is the original re-embedded with soft tokens, so it lands close to the
+// original). A session caches the candidate pool of its last search and answers a refinement from
+// it when a bound proves the answer cannot lie outside the pool:
+//
+//   inner product / cosine:  |<q',x> - <q,x>| <= ||q' - q|| * max||x||       (Cauchy-Schwarz)
+//   l2:                      | ||q'-x|| - ||q-x|| | <= ||q' - q||              (triangle inequality)
+//
+// Every vector outside the pool scored at most `floor` (the pool's worst score) against the anchor
+// query q, so it scores at most floor + ||q'-q|| * max||x|| against q'. When the k-th best pool
+// score for q' beats that, the pool's top-k is the index's top-k. Otherwise the session searches
+// again: warm-started from the pool's best candidates when the index supports it (graph) and the
+// query stayed close, else a cold search (for the exact index: a full scan).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+#include "vsr/index.hpp"
+
+namespace vsr {
+
+// How a session call produced its answer.
+enum class TurnPath : std::uint8_t {
+  search = 0,  // the session's first search
+  pool = 1,    // re-ranked the cached pool; the bound proved no other vector can enter the top-k
+  warm = 2,    // search started from the cached pool's best candidates
+  cold = 3,    // search from scratch (exact index: a full scan)
+};
+std::string_view turn_path_name(TurnPath p) noexcept;
+
+struct TurnInfo {
+  TurnPath path = TurnPath::search;
+  std::uint64_t distances = 0;  // query-to-vector distances this call computed
+  bool exact = false;           // results proven equal to an exhaustive search's
+  double moved = 0;             // ||q' - anchor|| (normalised queries for cosine); 0 on a first search
+  // Proof slack of the pool path: k-th pool score minus the best score a vector outside the pool
+  // could reach (>= 0 proves the pool answer). NaN when no bound applies (first search, stale
+  // pool, unknown vector norms).
+  double margin = 0;
+  std::size_t pool_size = 0;    // candidates cached after this call
+};
+
+struct SessionOptions {
+  // Candidates cached per search (0 = automatic: max(64, 8 * k)). A larger pool costs pool_size
+  // distances per refinement and lets the bound prove answers for larger query moves.
+  std::size_t pool_size = 0;
+  // Never return an id this session already returned.
+  bool exclude_seen = false;
+  // Below this cosine similarity between the new query and the pool's anchor a warm start is not
+  // worth it and the fallback search is cold.
+  double warm_min_cosine = 0.9;
+  // Ids that may be returned (allow/deny), for every turn; copied into the session.
+  IdFilter filter;
+  int num_threads = 1;
+};
+
+// One candidate pool with the query it was computed for.
+struct CandidatePool {
+  std::vector<float> anchor;   // query the pool was searched with (normalised for cosine)
+  std::vector<idx_t> ids;      // best first for the anchor
+  std::vector<float> scores;   // their scores for the anchor
+  float floor = 0;             // worst pool score for the anchor (metric's own units)
+  bool complete = false;       // the search found fewer than pool_size vectors: nothing is outside
+  bool exact = false;          // came from an exact search
+  std::uint64_t generation = 0;
+};
+
+// A multi-turn search over one index. Not copyable; calls on one session are serialised by an
+// internal mutex, different sessions run concurrently. The index must outlive the session.
+class Session {
+ public:
+  // Runs the first search; its results are in scores()/ids()/info().
+  static Result<std::unique_ptr<Session>> start(const Index& index, const float* query, std::size_t k,
+                                                SessionOptions options);
+
+  // Re-searches with a refined query, re-using the cached pool; writes k results (missing ones
+  // are kNoId) and, when info != nullptr, how they were obtained.
+  Status refine(const float* query, std::size_t k, float* scores, idx_t* ids, TurnInfo* info);
+
+  std::size_t dim() const noexcept { return dim_; }
+  const SessionOptions& options() const noexcept { return options_; }
+  // Latest turn's results and info.
+  const std::vector<float>& scores() const noexcept { return scores_; }
+  const std::vector<idx_t>& ids() const noexcept { return ids_; }
+  const TurnInfo& info() const noexcept { return info_; }
+  // Ids returned so far, in the order they were returned.
+  std::vector<idx_t> seen() const;
+  std::size_t turns() const noexcept { return turns_; }
+
+ private:
+  Session(const Index& index, SessionOptions options);
+  Status run_turn(const float* query, std::size_t k, bool first);
+
+  const Index& index_;
+  std::size_t dim_;
+  SessionOptions options_;
+  CandidatePool pool_;
+  IdFilter effective_filter_;  // options_.filter plus the seen ids when exclude_seen
+  std::vector<idx_t> seen_order_;
+  std::vector<float> scores_;
+  std::vector<idx_t> ids_;
+  TurnInfo info_;
+  std::size_t turns_ = 0;
+  mutable std::mutex mutex_;
+};
+
+struct GroupOptions {
+  std::size_t pool_size = 0;  // 0 = automatic, as for sessions
+  double warm_min_cosine = 0.9;
+  const IdFilter* filter = nullptr;  // not owned
+  int num_threads = 1;
+};
+
+// The G refined queries of one GRPO group share the original query's candidate pool: one search
+// for the original, then all G queries scored against the pool in one blocked pass, and a search
+// only for the queries the bound cannot settle. Writes nq * k results; infos (nq entries) and
+// shared_distances (the pool search's distances) are optional.
+Status refine_group(const Index& index, const float* original, const float* refined, std::size_t nq,
+                    std::size_t k, const GroupOptions& options, float* scores, idx_t* ids, TurnInfo* infos,
+                    std::uint64_t* shared_distances);
+
+}  // namespace vsr

@@ -1,0 +1,221 @@
+// The one implementation of every distance kernel, written against a small SIMD "traits" type.
+// Each kernels_<isa>.cpp defines its traits (vector type, loads that widen f16/bf16/int8 to
+// float32, fma, a 4-way horizontal reduction) and instantiates make_kernels<Traits>() in a
+// translation unit compiled with that ISA's flags. Private to the library.
+//
+// Traits must provide:
+//   using V; static constexpr size_t W (floats per vector), NQ x NR (multi-query register tile),
+//   NR1 (rows per single-query tile, a multiple of 4);
+//   zero(), set1(float), fma(a, b, c) = a*b + c, sub(a, b), mul(a, b),
+//   load_f32(const float*), load_f16(const uint16_t*), load_bf16(const uint16_t*),
+//   load_i8(const int8_t*) (W values widened to float32), reduce4(a, b, c, d, float out[4]).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "vsr/codec.hpp"
+#include "vsr/kernels.hpp"
+
+namespace vsr::generic {
+
+// How one storage kind is read: vector and scalar widening loads, and the per-row scale.
+template <Storage S>
+struct Row;
+
+template <>
+struct Row<Storage::f32> {
+  static constexpr bool kScaled = false;
+  template <class T>
+  static typename T::V load(const std::uint8_t* row, std::size_t i) noexcept {
+    return T::load_f32(reinterpret_cast<const float*>(row) + i);
+  }
+  static float get(const std::uint8_t* row, std::size_t i) noexcept {
+    return reinterpret_cast<const float*>(row)[i];
+  }
+  static float scale(const std::uint8_t*, std::size_t) noexcept { return 1.0f; }
+};
+
+template <>
+struct Row<Storage::f16> {
+  static constexpr bool kScaled = false;
+  template <class T>
+  static typename T::V load(const std::uint8_t* row, std::size_t i) noexcept {
+    return T::load_f16(reinterpret_cast<const std::uint16_t*>(row) + i);
+  }
+  static float get(const std::uint8_t* row, std::size_t i) noexcept {
+    return half_to_float(reinterpret_cast<const std::uint16_t*>(row)[i]);
+  }
+  static float scale(const std::uint8_t*, std::size_t) noexcept { return 1.0f; }
+};
+
+template <>
+struct Row<Storage::bf16> {
+  static constexpr bool kScaled = false;
+  template <class T>
+  static typename T::V load(const std::uint8_t* row, std::size_t i) noexcept {
+    return T::load_bf16(reinterpret_cast<const std::uint16_t*>(row) + i);
+  }
+  static float get(const std::uint8_t* row, std::size_t i) noexcept {
+    return bf16_to_float(reinterpret_cast<const std::uint16_t*>(row)[i]);
+  }
+  static float scale(const std::uint8_t*, std::size_t) noexcept { return 1.0f; }
+};
+
+template <>
+struct Row<Storage::int8> {
+  static constexpr bool kScaled = true;  // codes are integers; multiply by the row's scale
+  template <class T>
+  static typename T::V load(const std::uint8_t* row, std::size_t i) noexcept {
+    return T::load_i8(reinterpret_cast<const std::int8_t*>(row) + i);
+  }
+  static float get(const std::uint8_t* row, std::size_t i) noexcept {
+    return float(reinterpret_cast<const std::int8_t*>(row)[i]);
+  }
+  static float scale(const std::uint8_t* row, std::size_t d) noexcept {
+    float s;
+    std::memcpy(&s, row + (d + 3) / 4 * 4, sizeof s);
+    return s;
+  }
+};
+
+template <class T, Storage S>
+float dot(const float* q, const std::uint8_t* row, std::size_t d) noexcept {
+  using R = Row<S>;
+  typename T::V acc[4] = {T::zero(), T::zero(), T::zero(), T::zero()};
+  std::size_t i = 0;
+  for (; i + 4 * T::W <= d; i += 4 * T::W)
+    for (std::size_t u = 0; u < 4; ++u)
+      acc[u] = T::fma(T::load_f32(q + i + u * T::W), R::template load<T>(row, i + u * T::W), acc[u]);
+  for (; i + T::W <= d; i += T::W) acc[0] = T::fma(T::load_f32(q + i), R::template load<T>(row, i), acc[0]);
+  float part[4];
+  T::reduce4(acc[0], acc[1], acc[2], acc[3], part);
+  float s = (part[0] + part[1]) + (part[2] + part[3]);
+  for (; i < d; ++i) s += q[i] * R::get(row, i);
+  return s * R::scale(row, d);
+}
+
+template <class T, Storage S>
+float l2sq(const float* q, const std::uint8_t* row, std::size_t d) noexcept {
+  using R = Row<S>;
+  const float sc = R::scale(row, d);
+  const typename T::V vsc = T::set1(sc);
+  typename T::V acc[4] = {T::zero(), T::zero(), T::zero(), T::zero()};
+  auto load_x = [&](std::size_t i) {
+    typename T::V x = R::template load<T>(row, i);
+    if constexpr (R::kScaled) x = T::mul(x, vsc);
+    return x;
+  };
+  std::size_t i = 0;
+  for (; i + 4 * T::W <= d; i += 4 * T::W)
+    for (std::size_t u = 0; u < 4; ++u) {
+      typename T::V t = T::sub(T::load_f32(q + i + u * T::W), load_x(i + u * T::W));
+      acc[u] = T::fma(t, t, acc[u]);
+    }
+  for (; i + T::W <= d; i += T::W) {
+    typename T::V t = T::sub(T::load_f32(q + i), load_x(i));
+    acc[0] = T::fma(t, t, acc[0]);
+  }
+  float part[4];
+  T::reduce4(acc[0], acc[1], acc[2], acc[3], part);
+  float s = (part[0] + part[1]) + (part[2] + part[3]);
+  for (; i < d; ++i) {
+    float t = q[i] - sc * R::get(row, i);
+    s += t * t;
+  }
+  return s;
+}
+
+// NQ queries x NR rows of dot products, all accumulators in registers: each row chunk is loaded
+// once and used NQ times, each query chunk loaded once and used NR times.
+template <class T, Storage S, std::size_t NQ, std::size_t NR>
+inline void dot_tile(const float* queries, const std::uint8_t* rows, std::size_t rb, std::size_t d, float* out,
+                     std::size_t ldo) noexcept {
+  using R = Row<S>;
+  using V = typename T::V;
+  V acc[NQ][NR];
+  for (std::size_t a = 0; a < NQ; ++a)
+    for (std::size_t r = 0; r < NR; ++r) acc[a][r] = T::zero();
+  std::size_t i = 0;
+  for (; i + T::W <= d; i += T::W) {
+    V qv[NQ];
+    for (std::size_t a = 0; a < NQ; ++a) qv[a] = T::load_f32(queries + a * d + i);
+    for (std::size_t r = 0; r < NR; ++r) {
+      V x = R::template load<T>(rows + r * rb, i);
+      for (std::size_t a = 0; a < NQ; ++a) acc[a][r] = T::fma(qv[a], x, acc[a][r]);
+    }
+  }
+  for (std::size_t a = 0; a < NQ; ++a) {
+    float sums[NR];
+    if constexpr (NR % 4 == 0) {
+      for (std::size_t r = 0; r < NR; r += 4) T::reduce4(acc[a][r], acc[a][r + 1], acc[a][r + 2], acc[a][r + 3], sums + r);
+    } else {
+      for (std::size_t r = 0; r < NR; ++r) {
+        float p[4];
+        T::reduce4(acc[a][r], T::zero(), T::zero(), T::zero(), p);
+        sums[r] = p[0];
+      }
+    }
+    for (std::size_t r = 0; r < NR; ++r) {
+      const std::uint8_t* row = rows + r * rb;
+      float s = sums[r];
+      for (std::size_t j = i; j < d; ++j) s += queries[a * d + j] * R::get(row, j);
+      out[a * ldo + r] = s * R::scale(row, d);
+    }
+  }
+}
+
+// Rows of one query tile: full NR tiles, then single rows.
+template <class T, Storage S, std::size_t NQ, std::size_t NR>
+inline void dot_rows_tiled(const float* queries, const std::uint8_t* rows, std::size_t n, std::size_t rb,
+                           std::size_t d, float* out, std::size_t ldo) noexcept {
+  std::size_t j = 0;
+  for (; j + NR <= n; j += NR) dot_tile<T, S, NQ, NR>(queries, rows + j * rb, rb, d, out + j, ldo);
+  for (; j < n; ++j) dot_tile<T, S, NQ, 1>(queries, rows + j * rb, rb, d, out + j, ldo);
+}
+
+template <class T, Storage S>
+void dot_block(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n, std::size_t d,
+               float* out, std::size_t ldo) noexcept {
+  const std::size_t rb = row_bytes(S, d);
+  std::size_t a = 0;
+  for (; a + T::NQ <= nq; a += T::NQ)
+    dot_rows_tiled<T, S, T::NQ, T::NR>(queries + a * d, rows, n, rb, d, out + a * ldo, ldo);
+  for (; a < nq; ++a) dot_rows_tiled<T, S, 1, T::NR1>(queries + a * d, rows, n, rb, d, out + a * ldo, ldo);
+}
+
+template <class T, Storage S>
+constexpr StorageKernels storage_kernels() noexcept {
+  return StorageKernels{&dot<T, S>, &l2sq<T, S>, &dot_block<T, S>};
+}
+
+template <class T>
+float dot_f32(const float* a, const float* b, std::size_t d) noexcept {
+  return dot<T, Storage::f32>(a, reinterpret_cast<const std::uint8_t*>(b), d);
+}
+template <class T>
+float l2sq_f32(const float* a, const float* b, std::size_t d) noexcept {
+  return l2sq<T, Storage::f32>(a, reinterpret_cast<const std::uint8_t*>(b), d);
+}
+template <class T>
+void dot_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
+  dot_block<T, Storage::f32>(q, 1, reinterpret_cast<const std::uint8_t*>(base), n, d, out, n);
+}
+template <class T>
+void l2sq_f32_rows(const float* q, const float* base, std::size_t n, std::size_t d, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) out[i] = l2sq_f32<T>(q, base + i * d, d);
+}
+
+template <class T>
+constexpr Kernels make_kernels(Isa isa) noexcept {
+  return Kernels{isa,
+                 &dot_f32<T>,
+                 &l2sq_f32<T>,
+                 &dot_f32_rows<T>,
+                 &l2sq_f32_rows<T>,
+                 {storage_kernels<T, Storage::f32>(), storage_kernels<T, Storage::f16>(),
+                  storage_kernels<T, Storage::bf16>(), storage_kernels<T, Storage::int8>()}};
+}
+
+}  // namespace vsr::generic

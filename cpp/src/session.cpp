@@ -1,0 +1,333 @@
+#include "vsr/session.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "vsr/topk.hpp"
+
+namespace vsr {
+
+std::string_view turn_path_name(TurnPath p) noexcept {
+  switch (p) {
+    case TurnPath::search: return "search";
+    case TurnPath::pool: return "pool";
+    case TurnPath::warm: return "warm";
+    case TurnPath::cold: return "cold";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kUnitRoundoff = 1.0 / (1 << 24);  // float32
+
+double norm(const float* x, std::size_t d) noexcept {
+  double s = 0;
+  for (std::size_t i = 0; i < d; ++i) s += double(x[i]) * x[i];
+  return std::sqrt(s);
+}
+
+double distance(const float* a, const float* b, std::size_t d) noexcept {
+  double s = 0;
+  for (std::size_t i = 0; i < d; ++i) s += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+  return std::sqrt(s);
+}
+
+double cosine_similarity(const float* a, const float* b, std::size_t d) noexcept {
+  double ab = 0, aa = 0, bb = 0;
+  for (std::size_t i = 0; i < d; ++i) {
+    ab += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : 0.0;
+}
+
+// Copies a query, checking it and normalising it for cosine, so the distance a query moved is
+// measured in the space the index scores in.
+Status prepare_query(const Index& index, const float* q, std::vector<float>& out) {
+  const std::size_t d = index.dim();
+  if (q == nullptr) return make_error(ErrorCode::invalid_argument, "query is null");
+  for (std::size_t i = 0; i < d; ++i)
+    if (!std::isfinite(q[i])) return make_error(ErrorCode::invalid_argument, "query contains NaN or infinity");
+  out.assign(q, q + d);
+  if (index.metric() == Metric::cosine) {
+    double n = norm(q, d);
+    if (n == 0) return make_error(ErrorCode::invalid_argument, "cosine query has zero norm");
+    for (auto& x : out) x = float(x / n);
+  }
+  return {};
+}
+
+std::size_t resolve_pool_size(std::size_t requested, std::size_t k) noexcept {
+  std::size_t p = requested ? requested : std::max<std::size_t>(64, 8 * k);
+  return std::max(p, k);
+}
+
+// "Higher is better" key of a score in the metric's units.
+float key_of(Metric m, float score) noexcept { return higher_is_better(m) ? score : -score; }
+float missing_score(Metric m) noexcept { return higher_is_better(m) ? -TopK::kInf : TopK::kInf; }
+
+// Searches (cold, or warm from seeds) for a fresh pool anchored at q.
+Status search_pool(const Index& index, const std::vector<float>& q, std::size_t pool_size, const IdFilter* filter,
+                   const idx_t* seeds, std::size_t n_seeds, int threads, CandidatePool& pool,
+                   std::uint64_t& distances) {
+  // Searches reject k > size, and a pool of every vector needs no bound.
+  const std::size_t n = index.size();
+  const bool everything = pool_size >= n;
+  pool_size = std::min(pool_size, n);
+  std::vector<float> scores(pool_size);
+  std::vector<idx_t> ids(pool_size);
+  SearchStats stats;
+  SearchParams params;
+  params.filter = filter;
+  params.num_threads = threads;
+  params.stats = &stats;
+  // Read before searching: a concurrent change then shows up as a stale pool, never a missed one.
+  std::uint64_t generation = index.generation();
+  Status s = pool_size == 0 ? Status()
+             : n_seeds        ? index.search_warm(q.data(), pool_size, seeds, n_seeds, scores.data(), ids.data(), params)
+                     : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
+  distances += stats.distances.load();
+  if (!s.ok()) return s;
+  std::size_t found = 0;
+  while (found < pool_size && ids[found] != kNoId) ++found;
+  pool.anchor = q;
+  pool.ids.assign(ids.begin(), ids.begin() + found);
+  pool.scores.assign(scores.begin(), scores.begin() + found);
+  pool.floor = found ? scores[found - 1] : missing_score(index.metric());
+  pool.exact = index.exact_search();
+  pool.complete = pool.exact && (found < pool_size || everything);
+  pool.generation = generation;
+  return {};
+}
+
+// The pool's best k as results (the pool is sorted best first); missing slots get kNoId.
+void write_prefix(const CandidatePool& pool, std::size_t k, Metric metric, float* scores, idx_t* ids) noexcept {
+  std::size_t j = 0;
+  for (; j < k && j < pool.ids.size(); ++j) {
+    scores[j] = pool.scores[j];
+    ids[j] = pool.ids[j];
+  }
+  for (; j < k; ++j) {
+    scores[j] = missing_score(metric);
+    ids[j] = kNoId;
+  }
+}
+
+// Slack of the proof that no vector outside the pool can beat `kth` (the k-th best eligible pool
+// score for the new query q); >= 0 proves the pool's top-k exact relative to the pool's search.
+// Rounding of float32 scores is covered by a worst-case error bound for a d-term dot product.
+double proof_margin(const Index& index, const CandidatePool& pool, const std::vector<float>& q, double moved,
+                    bool have_k, float kth) {
+  if (pool.complete) return std::numeric_limits<double>::infinity();
+  if (!have_k) return -std::numeric_limits<double>::infinity();
+  const std::size_t d = index.dim();
+  const double gamma = (d + 2) * kUnitRoundoff / (1 - (d + 2) * kUnitRoundoff);
+  if (index.metric() == Metric::l2) {
+    double floor_dist = std::sqrt(std::max(0.0, double(pool.floor)));
+    double kth_dist = std::sqrt(std::max(0.0, double(kth)));
+    double eps = gamma * (floor_dist + kth_dist) + 1e-30;
+    return (floor_dist - moved) - kth_dist - eps;
+  }
+  double r = 1.0;
+  if (index.metric() == Metric::inner_product) {
+    auto mn = index.max_norm();
+    if (!mn) return kNaN;
+    r = *mn;
+  }
+  double eps = 2 * gamma * r * (norm(q.data(), d) + norm(pool.anchor.data(), d));
+  return double(kth) - (double(pool.floor) + moved * r) - eps;
+}
+
+// Answers one query whose scores against `pool` are known (pool_scores == nullptr: the pool is
+// stale). Takes the pool's top-k when the bound proves it, else searches again and, when
+// new_pool != nullptr, leaves the fresh pool there.
+Status answer_query(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
+                    const float* pool_scores, std::size_t k, std::size_t pool_size, const IdFilter* filter,
+                    double warm_min_cosine, int threads, float* out_scores, idx_t* out_ids, TurnInfo& info,
+                    CandidatePool* new_pool) {
+  const Metric metric = index.metric();
+  const std::size_t d = index.dim();
+  info.moved = distance(q.data(), pool.anchor.data(), d);
+  info.margin = kNaN;
+  TopK top(k);
+  if (pool_scores != nullptr) {
+    for (std::size_t j = 0; j < pool.ids.size(); ++j)
+      if (!filter || filter->accepts(pool.ids[j])) top.push(key_of(metric, pool_scores[j]), pool.ids[j]);
+    bool have_k = top.full();
+    float kth = have_k ? (higher_is_better(metric) ? top.threshold() : -top.threshold()) : 0.f;
+    info.margin = proof_margin(index, pool, q, info.moved, have_k, kth);
+    if (info.margin >= 0) {
+      top.write_sorted(out_scores, out_ids, -TopK::kInf);
+      if (!higher_is_better(metric))
+        for (std::size_t j = 0; j < k; ++j) out_scores[j] = -out_scores[j];
+      info.path = TurnPath::pool;
+      info.exact = pool.exact;
+      info.pool_size = pool.ids.size();
+      return {};
+    }
+  }
+  // Seeds for a warm start: the pool re-ranked for the new query, best first.
+  std::vector<idx_t> seeds;
+  double cos = metric == Metric::cosine ? 1 - info.moved * info.moved / 2
+                                        : cosine_similarity(q.data(), pool.anchor.data(), d);
+  if (pool_scores != nullptr && cos >= warm_min_cosine && !pool.ids.empty()) {
+    std::vector<std::size_t> order(pool.ids.size());
+    for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+      return key_of(metric, pool_scores[a]) > key_of(metric, pool_scores[b]);
+    });
+    seeds.reserve(order.size());
+    for (std::size_t j : order) seeds.push_back(pool.ids[j]);
+  }
+  CandidatePool fresh;
+  std::uint64_t distances = 0;
+  Status s;
+  info.path = TurnPath::cold;
+  if (!seeds.empty()) {
+    s = search_pool(index, q, pool_size, filter, seeds.data(), seeds.size(), threads, fresh, distances);
+    if (s.ok()) info.path = TurnPath::warm;
+    else if (s.error().code != ErrorCode::unsupported) return s;
+  }
+  if (info.path == TurnPath::cold) {
+    s = search_pool(index, q, pool_size, filter, nullptr, 0, threads, fresh, distances);
+    if (!s.ok()) return s;
+  }
+  info.distances += distances;
+  info.exact = fresh.exact;
+  info.pool_size = fresh.ids.size();
+  write_prefix(fresh, k, metric, out_scores, out_ids);
+  if (new_pool) *new_pool = std::move(fresh);
+  return {};
+}
+
+}  // namespace
+
+Session::Session(const Index& index, SessionOptions options)
+    : index_(index), dim_(index.dim()), options_(std::move(options)) {}
+
+Result<std::unique_ptr<Session>> Session::start(const Index& index, const float* query, std::size_t k,
+                                                SessionOptions options) {
+  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (!(options.warm_min_cosine >= -1 && options.warm_min_cosine <= 1))
+    return make_error(ErrorCode::invalid_argument, "warm_min_cosine must be in [-1, 1]");
+  std::unique_ptr<Session> s(new Session(index, std::move(options)));
+  s->effective_filter_ = s->options_.filter;
+  Status st = s->run_turn(query, k, true);
+  if (!st.ok()) return st.error();
+  return s;
+}
+
+std::vector<idx_t> Session::seen() const {
+  std::lock_guard lock(mutex_);
+  return seen_order_;
+}
+
+Status Session::refine(const float* query, std::size_t k, float* scores, idx_t* ids, TurnInfo* info) {
+  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  std::lock_guard lock(mutex_);
+  Status s = run_turn(query, k, false);
+  if (!s.ok()) return s;
+  std::copy(scores_.begin(), scores_.end(), scores);
+  std::copy(ids_.begin(), ids_.end(), ids);
+  if (info) *info = info_;
+  return {};
+}
+
+Status Session::run_turn(const float* query, std::size_t k, bool first) {
+  std::vector<float> q;
+  Status s = prepare_query(index_, query, q);
+  if (!s.ok()) return s;
+  const std::size_t pool_size = resolve_pool_size(options_.pool_size, k);
+  const IdFilter* filter = effective_filter_.mode == IdFilter::Mode::none ? nullptr : &effective_filter_;
+  std::vector<float> out_scores(k);
+  std::vector<idx_t> out_ids(k);
+  TurnInfo info;
+  if (first) {
+    CandidatePool fresh;
+    s = search_pool(index_, q, pool_size, filter, nullptr, 0, options_.num_threads, fresh, info.distances);
+    if (!s.ok()) return s;
+    pool_ = std::move(fresh);
+    info.path = TurnPath::search;
+    info.exact = pool_.exact;
+    info.margin = kNaN;
+    info.pool_size = pool_.ids.size();
+    write_prefix(pool_, k, index_.metric(), out_scores.data(), out_ids.data());
+  } else {
+    // The pool is only valid for the index contents it was searched over.
+    bool stale = pool_.generation != index_.generation();
+    std::vector<float> pool_scores;
+    if (!stale && !pool_.ids.empty()) {
+      pool_scores.resize(pool_.ids.size());
+      s = index_.score_ids(q.data(), pool_.ids.data(), pool_.ids.size(), pool_scores.data());
+      if (!s.ok()) return s;
+      info.distances += pool_.ids.size();
+    }
+    CandidatePool fresh;
+    s = answer_query(index_, pool_, q, stale ? nullptr : pool_scores.data(), k, pool_size, filter,
+                     options_.warm_min_cosine, options_.num_threads, out_scores.data(), out_ids.data(), info,
+                     &fresh);
+    if (!s.ok()) return s;
+    if (info.path != TurnPath::pool) pool_ = std::move(fresh);
+  }
+  if (options_.exclude_seen && effective_filter_.mode != IdFilter::Mode::allow)
+    effective_filter_.mode = IdFilter::Mode::deny;
+  for (idx_t id : out_ids) {
+    if (id == kNoId) continue;
+    if (std::find(seen_order_.begin(), seen_order_.end(), id) == seen_order_.end()) seen_order_.push_back(id);
+    if (!options_.exclude_seen) continue;
+    if (effective_filter_.mode == IdFilter::Mode::allow) effective_filter_.ids.erase(id);
+    else effective_filter_.ids.insert(id);
+  }
+  scores_ = std::move(out_scores);
+  ids_ = std::move(out_ids);
+  info_ = info;
+  ++turns_;
+  return {};
+}
+
+Status refine_group(const Index& index, const float* original, const float* refined, std::size_t nq,
+                    std::size_t k, const GroupOptions& options, float* scores, idx_t* ids, TurnInfo* infos,
+                    std::uint64_t* shared_distances) {
+  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (nq == 0) return {};
+  if (refined == nullptr) return make_error(ErrorCode::invalid_argument, "refined queries are null");
+  const std::size_t d = index.dim();
+  const std::size_t pool_size = resolve_pool_size(options.pool_size, k);
+  std::vector<float> q0;
+  Status s = prepare_query(index, original, q0);
+  if (!s.ok()) return s;
+  std::vector<std::vector<float>> qs(nq);
+  for (std::size_t i = 0; i < nq; ++i) {
+    s = prepare_query(index, refined + i * d, qs[i]);
+    if (!s.ok()) return make_error(s.error().code, "refined query " + std::to_string(i) + ": " + s.error().message);
+  }
+  CandidatePool pool;
+  std::uint64_t pool_distances = 0;
+  s = search_pool(index, q0, pool_size, options.filter, nullptr, 0, options.num_threads, pool, pool_distances);
+  if (!s.ok()) return s;
+  if (shared_distances) *shared_distances = pool_distances;
+  const std::size_t p = pool.ids.size();
+  std::vector<float> all(nq * d);
+  for (std::size_t i = 0; i < nq; ++i) std::copy(qs[i].begin(), qs[i].end(), all.begin() + i * d);
+  std::vector<float> pool_scores(nq * p);
+  if (p) {
+    s = index.score_ids_batch(all.data(), nq, pool.ids.data(), p, pool_scores.data());
+    if (!s.ok()) return s;
+  }
+  for (std::size_t i = 0; i < nq; ++i) {
+    TurnInfo info;
+    info.distances = p;
+    s = answer_query(index, pool, qs[i], pool_scores.data() + i * p, k, pool_size, options.filter,
+                     options.warm_min_cosine, options.num_threads, scores + i * k, ids + i * k, info, nullptr);
+    if (!s.ok()) return s;
+    if (infos) infos[i] = info;
+  }
+  return {};
+}
+
+}  // namespace vsr

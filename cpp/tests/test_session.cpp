@@ -1,0 +1,274 @@
+// Sessions on the exact index: every answer equals an exhaustive search, the pool path is taken
+// only when the bound proves it, seen ids never come back, and stale pools are detected.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "test_harness.hpp"
+#include "vsr/flat_index.hpp"
+#include "vsr/session.hpp"
+
+using namespace vsr;
+
+namespace {
+
+std::vector<float> gaussian(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+void normalize_rows(std::vector<float>& x, std::size_t d) {
+  for (std::size_t i = 0; i < x.size() / d; ++i) {
+    double s = 0;
+    for (std::size_t j = 0; j < d; ++j) s += double(x[i * d + j]) * x[i * d + j];
+    for (std::size_t j = 0; j < d; ++j) x[i * d + j] = float(x[i * d + j] / std::sqrt(s));
+  }
+}
+
+// Clustered unit vectors, like embeddings: queries near a cluster have a few close neighbours.
+std::vector<float> clustered(std::size_t n, std::size_t d, unsigned seed) {
+  auto centers = gaussian(20 * d, seed);
+  auto noise = gaussian(n * d, seed + 1);
+  std::vector<float> x(n * d);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t j = 0; j < d; ++j) x[i * d + j] = centers[(i % 20) * d + j] + 0.6f * noise[i * d + j];
+  normalize_rows(x, d);
+  return x;
+}
+
+// A query at cosine `cos` from q (both unit vectors).
+std::vector<float> moved(const std::vector<float>& q, double cos, unsigned seed) {
+  const std::size_t d = q.size();
+  auto r = gaussian(d, seed);
+  double dot = 0;
+  for (std::size_t j = 0; j < d; ++j) dot += double(r[j]) * q[j];
+  for (std::size_t j = 0; j < d; ++j) r[j] = float(r[j] - dot * q[j]);
+  double rn = 0;
+  for (float v : r) rn += double(v) * v;
+  rn = std::sqrt(rn);
+  std::vector<float> out(d);
+  double sin = std::sqrt(1 - cos * cos);
+  for (std::size_t j = 0; j < d; ++j) out[j] = float(cos * q[j] + sin * r[j] / rn);
+  return out;
+}
+
+std::unique_ptr<FlatIndex> make_flat(const std::vector<float>& x, std::size_t d, Metric m) {
+  std::unique_ptr<FlatIndex> index(FlatIndex::create(d, m).value());
+  CHECK(index->add(x.data(), x.size() / d, nullptr).ok());
+  return index;
+}
+
+std::vector<idx_t> exact_ids(const Index& index, const std::vector<float>& q, std::size_t k,
+                             const IdFilter* filter = nullptr) {
+  std::vector<float> s(k);
+  std::vector<idx_t> ids(k);
+  SearchParams p;
+  p.filter = filter;
+  CHECK(index.search(q.data(), 1, k, s.data(), ids.data(), p).ok());
+  return ids;
+}
+
+}  // namespace
+
+TEST(first_turn_equals_search_and_tiny_move_is_proven_from_pool) {
+  const std::size_t n = 3000, d = 32, k = 10;
+  auto x = clustered(n, d, 1);
+  auto index = make_flat(x, d, Metric::cosine);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  SessionOptions opt;
+  opt.pool_size = 200;
+  auto s = Session::start(*index, q.data(), k, opt).value();
+  CHECK(s->ids() == exact_ids(*index, q, k));
+  CHECK(s->info().path == TurnPath::search);
+  CHECK(s->info().distances == n);
+  CHECK(s->info().exact);
+  auto q2 = moved(q, 0.9999, 7);
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  TurnInfo info;
+  CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
+  CHECK(info.path == TurnPath::pool);
+  CHECK(info.exact);
+  CHECK(info.margin >= 0);
+  CHECK(info.distances == 200);
+  CHECK(ids == exact_ids(*index, q2, k));
+  CHECK_NEAR(info.moved, std::sqrt(2 - 2 * 0.9999), 1e-3);
+}
+
+TEST(large_move_falls_back_to_a_full_scan_with_exact_results) {
+  const std::size_t n = 2000, d = 24, k = 5;
+  auto x = clustered(n, d, 3);
+  auto index = make_flat(x, d, Metric::cosine);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  SessionOptions opt;
+  opt.pool_size = 50;
+  auto s = Session::start(*index, q.data(), k, opt).value();
+  std::vector<float> far(x.begin() + 7 * d, x.begin() + 8 * d);  // another cluster
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  TurnInfo info;
+  CHECK(s->refine(far.data(), k, sc.data(), ids.data(), &info).ok());
+  CHECK(info.path == TurnPath::cold);
+  CHECK(info.margin < 0);
+  CHECK(info.distances == 50 + n);
+  CHECK(info.exact);
+  CHECK(ids == exact_ids(*index, far, k));
+}
+
+// Soundness of the bound: over many moves of every size and every metric, whenever the pool path
+// is taken its answer is the exhaustive one, and every path's answer is exhaustive.
+TEST(pool_path_is_never_wrong_for_any_metric) {
+  const std::size_t n = 1500, d = 16, k = 8;
+  for (Metric m : {Metric::cosine, Metric::inner_product, Metric::l2}) {
+    auto x = clustered(n, d, 11);
+    auto index = make_flat(x, d, m);
+    int pool_hits = 0, calls = 0;
+    for (unsigned t = 0; t < 40; ++t) {
+      std::vector<float> q(x.begin() + t * d, x.begin() + (t + 1) * d);
+      SessionOptions opt;
+      opt.pool_size = 100;
+      auto s = Session::start(*index, q.data(), k, opt).value();
+      for (double cos : {0.99999, 0.9999, 0.999, 0.99, 0.96, 0.8}) {
+        auto q2 = moved(q, cos, 100 + t);
+        std::vector<float> sc(k);
+        std::vector<idx_t> ids(k);
+        TurnInfo info;
+        CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
+        CHECK(ids == exact_ids(*index, q2, k));
+        CHECK(info.exact);
+        pool_hits += info.path == TurnPath::pool;
+        ++calls;
+      }
+    }
+    CHECK(pool_hits > calls / 4);  // the shortcut fires for small moves
+    CHECK(pool_hits < calls);      // and not for the large ones
+  }
+}
+
+TEST(exclude_seen_never_returns_an_id_twice) {
+  const std::size_t n = 1000, d = 16, k = 6;
+  auto x = clustered(n, d, 5);
+  auto index = make_flat(x, d, Metric::inner_product);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  SessionOptions opt;
+  opt.exclude_seen = true;
+  opt.pool_size = 64;
+  auto s = Session::start(*index, q.data(), k, opt).value();
+  std::set<idx_t> seen(s->ids().begin(), s->ids().end());
+  CHECK(seen.size() == k);
+  for (unsigned turn = 0; turn < 6; ++turn) {
+    auto q2 = moved(q, 0.999, 40 + turn);
+    IdFilter deny;
+    deny.mode = IdFilter::Mode::deny;
+    deny.ids.insert(seen.begin(), seen.end());
+    auto expect = exact_ids(*index, q2, k, &deny);
+    std::vector<float> sc(k);
+    std::vector<idx_t> ids(k);
+    TurnInfo info;
+    CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
+    CHECK(ids == expect);
+    for (idx_t id : ids) CHECK(seen.insert(id).second);
+  }
+  CHECK(s->seen().size() == seen.size());
+}
+
+TEST(allow_filter_with_exclude_seen_exhausts_then_reports_missing) {
+  const std::size_t n = 500, d = 8, k = 3;
+  auto x = clustered(n, d, 9);
+  auto index = make_flat(x, d, Metric::l2);
+  SessionOptions opt;
+  opt.exclude_seen = true;
+  opt.filter.mode = IdFilter::Mode::allow;
+  opt.filter.ids = {1, 2, 3, 4, 400};
+  std::vector<float> q(x.begin(), x.begin() + d);
+  auto s = Session::start(*index, q.data(), k, opt).value();
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  CHECK(s->refine(q.data(), k, sc.data(), ids.data(), nullptr).ok());
+  int missing = int(std::count(ids.begin(), ids.end(), kNoId));
+  CHECK(missing == 1);
+  auto seen = s->seen();
+  std::set<idx_t> all(seen.begin(), seen.end());
+  CHECK(all == std::set<idx_t>({1, 2, 3, 4, 400}));
+  CHECK(std::isinf(sc[2]));
+}
+
+TEST(adding_vectors_makes_the_pool_stale) {
+  const std::size_t n = 800, d = 16, k = 4;
+  auto x = clustered(n, d, 13);
+  auto index = make_flat(x, d, Metric::cosine);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  SessionOptions opt;
+  auto s = Session::start(*index, q.data(), k, opt).value();
+  // A copy of the query itself: must now be the top hit even though the pool never saw it.
+  idx_t new_id = 100000;
+  CHECK(index->add(q.data(), 1, &new_id).ok());
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  TurnInfo info;
+  CHECK(s->refine(q.data(), k, sc.data(), ids.data(), &info).ok());
+  CHECK(info.path == TurnPath::cold);
+  CHECK(ids[0] == new_id || ids[1] == new_id);  // ties with the original row 0
+  CHECK(ids == exact_ids(*index, q, k));
+}
+
+TEST(refine_group_matches_exhaustive_search_per_query) {
+  const std::size_t n = 2500, d = 32, k = 10, g = 8;
+  auto x = clustered(n, d, 17);
+  auto index = make_flat(x, d, Metric::cosine);
+  std::vector<float> q(x.begin() + 5 * d, x.begin() + 6 * d);
+  std::vector<float> batch;
+  for (std::size_t i = 0; i < g; ++i) {
+    auto qi = moved(q, i < 4 ? 0.9999 : 0.9, 300 + unsigned(i));
+    batch.insert(batch.end(), qi.begin(), qi.end());
+  }
+  GroupOptions opt;
+  opt.pool_size = 150;
+  std::vector<float> sc(g * k);
+  std::vector<idx_t> ids(g * k);
+  std::vector<TurnInfo> infos(g);
+  std::uint64_t shared = 0;
+  CHECK(refine_group(*index, q.data(), batch.data(), g, k, opt, sc.data(), ids.data(), infos.data(), &shared).ok());
+  CHECK(shared == n);
+  int pool_paths = 0;
+  for (std::size_t i = 0; i < g; ++i) {
+    std::vector<float> qi(batch.begin() + i * d, batch.begin() + (i + 1) * d);
+    std::vector<idx_t> got(ids.begin() + i * k, ids.begin() + (i + 1) * k);
+    CHECK(got == exact_ids(*index, qi, k));
+    CHECK(infos[i].exact);
+    pool_paths += infos[i].path == TurnPath::pool;
+    CHECK(infos[i].distances == (infos[i].path == TurnPath::pool ? 150 : 150 + n));
+    // Scores agree with the index's own scoring.
+    std::vector<float> ref(k);
+    CHECK(index->score_ids(qi.data(), got.data(), k, ref.data()).ok());
+    for (std::size_t j = 0; j < k; ++j) CHECK_NEAR(sc[i * k + j], ref[j], 1e-5);
+  }
+  CHECK(pool_paths >= 4);
+}
+
+TEST(bad_input_is_rejected) {
+  const std::size_t d = 8;
+  auto x = clustered(100, d, 19);
+  auto index = make_flat(x, d, Metric::cosine);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  CHECK(!Session::start(*index, q.data(), 0, {}).ok());
+  std::vector<float> nan_q = q;
+  nan_q[3] = std::nanf("");
+  auto r = Session::start(*index, nan_q.data(), 3, {});
+  CHECK(!r.ok() && r.error().message.find("NaN") != std::string::npos);
+  std::vector<float> zero(d, 0.f);
+  CHECK(!Session::start(*index, zero.data(), 3, {}).ok());
+  auto s = Session::start(*index, q.data(), 3, {}).value();
+  std::vector<float> sc(3);
+  std::vector<idx_t> ids(3);
+  CHECK(!s->refine(nan_q.data(), 3, sc.data(), ids.data(), nullptr).ok());
+  CHECK(s->turns() == 1);  // a failed refine changes nothing
+}
+
+VSR_TEST_MAIN
