@@ -225,6 +225,14 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
+@cache
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
+
+
 def render_event_frame(frame: np.ndarray, ev: EventSpec, frame_index: int, fps: float) -> None:
     """Composite the event's object onto `frame` (float32 (H, W, 3)) in place."""
     height, width = frame.shape[:2]
@@ -234,7 +242,7 @@ def render_event_frame(frame: np.ndarray, ev: EventSpec, frame_index: int, fps: 
     if alpha <= 0:
         return
     radius = SIZE_RADIUS[ev.size] * height * scale
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = _pixel_grid(height, width)
     dx, dy = xx - cx * width, yy - cy * height
     c, s = math.cos(angle), math.sin(angle)
     u = (dx * c + dy * s) / radius
