@@ -36,6 +36,7 @@ def test_eval_writes_every_artifact(tmp_path):
         batch_size=2,
         max_turns=2,
         max_new_tokens=12,
+        top_k=3,
         dist_backend="gloo",
     )
     summary_path = run_eval(cfg, policy=policy, engine=engine, corpus=corpus)

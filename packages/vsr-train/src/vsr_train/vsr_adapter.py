@@ -276,6 +276,12 @@ class _SearchContext:
         return pos, neg
 
 
+def _top1(hits: Sequence[Any], example: Example) -> str:
+    if not hits:
+        raise RuntimeError(f"the engine returned no video for query {example.query_id!r} (all excluded?)")
+    return hits[0].video_id
+
+
 def policy_token_logprobs(model: torch.nn.Module, batch, temperature: float) -> torch.Tensor:
     """log p(x_{t+1} | x_{<=t}) of a PolicyBatch under the policy (video embedded), [B, L-1]."""
     policy = _unwrap(model)
@@ -369,9 +375,10 @@ class VideoSearchGRPOTask:
     """G sampled trajectories per prompt, scored with vsr_model.rewards.
 
     single_turn: one verify turn on the example's pre-retrieved top-1 (the paper's released setting).
-    multi_turn:  live retrieval, and after a rejection SQR refines the query and the engine searches again
-                 (excluding videos already shown) for up to ``rollout.max_turns`` turns; every turn is a
-                 fresh prompt and a row of the loss; a trajectory's reward is the mean of its turns' rewards.
+    multi_turn:  live retrieval through one engine session per trajectory; after a rejection with <REFINE>,
+                 SQR refines the query and the session searches again (never showing a video twice when
+                 rollout.exclude_seen_videos) for up to ``rollout.max_turns`` turns. Every turn is a fresh
+                 prompt and a row of the loss; a trajectory's reward is the mean of its turns' rewards.
     """
 
     def __init__(self, cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> None:
@@ -462,13 +469,17 @@ class VideoSearchGRPOTask:
         # (+ the retrieval reward's scoring); reward: parsing and the other reward terms.
         seconds = {"video_decode": 0.0, "generation": 0.0, "retrieval": 0.0, "refine": 0.0, "reward": 0.0}
         shown = [e.retrieved for e in examples]
-        embeddings = None
+        sessions: list[Any] = []
         if multi:
+            # One engine session per trajectory (vsr_index sessions: the refined search re-uses the cached
+            # candidate pool when that is provably exact, and never returns a video twice).
             start = time.perf_counter()
-            embeddings = self.ctx.engine.encode_query([e.query for e in examples]).detach().float().cpu()
-            shown = [hits[0].video_id for hits in self.ctx.engine.search(embeddings, 1)]
+            with torch.no_grad():
+                embeddings = self.ctx.engine.encode_query([e.query for e in examples]).detach().float().cpu()
+            exclude_seen = cfg.rollout.exclude_seen_videos
+            sessions = [self.ctx.engine.session(embeddings[i : i + 1], 1, exclude_seen) for i in range(n)]
+            shown = [_top1(session.hits, examples[i]) for i, session in enumerate(sessions)]
             seconds["retrieval"] += time.perf_counter() - start
-        seen: list[set[str]] = [set() for _ in range(n)]
         turn_rewards: list[list[dict[str, float]]] = [[] for _ in range(n)]
         all_turns: list[_Turn] = []
         active = list(range(n))
@@ -509,7 +520,6 @@ class VideoSearchGRPOTask:
                     parsed[k], label, examples[i].span, self.reward_config, retrieval[k]
                 )
                 turn_rewards[i].append(breakdown.as_dict())
-                seen[i].add(shown[i])
             seconds["reward"] += time.perf_counter() - start
             if not multi:
                 break
@@ -519,13 +529,8 @@ class VideoSearchGRPOTask:
                 break
             start = time.perf_counter()
             row_of = {turns[k].trajectory: j for j, k in enumerate(refine_rows)}
-            queries = torch.stack([refined[row_of[i]] for i in next_active])
-            exclude = [seen[i] for i in next_active] if cfg.rollout.exclude_seen_videos else None
-            results = self.ctx.engine.search(queries, 1, exclude=exclude)
-            for i, hits in zip(next_active, results, strict=True):
-                if not hits:
-                    raise RuntimeError(f"no video left to retrieve for query {examples[i].query_id!r}")
-                shown[i] = hits[0].video_id
+            for i in next_active:
+                shown[i] = _top1(sessions[i].refine(refined[row_of[i]].unsqueeze(0), 1), examples[i])
             seconds["retrieval"] += time.perf_counter() - start
             active = next_active
 
