@@ -1,0 +1,285 @@
+"""Atomic, verified checkpoints of a DeepSpeed training run.
+
+Layout of one checkpoint (``<run>/checkpoints/step-00000100/``)::
+
+    ds/            DeepSpeed engine state: model shards + optimizer + LR schedule (engine.save_checkpoint)
+    hf/            the model in Hugging Face format (save_pretrained), ready for evaluation or export
+    rng/rank-*.pt  each rank's RNG states (python, numpy, torch, CUDA)
+    trainer_state.json   step, data order position, world size, config snapshot
+    MANIFEST.json  every file above with its size and sha256; written LAST
+
+Everything is written into ``.tmp-step-00000100``; only when every rank has finished and the manifest is
+on disk does rank 0 rename the folder to its final name. A folder without a manifest, with a missing file
+or a checksum mismatch is refused with an error naming the problem; it is never loaded. The checkpoint
+folder must be on a filesystem every rank can see (as usual for multi-node DeepSpeed checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vsr_train.runtime import DistInfo, barrier, broadcast_object
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+TRAINER_STATE = "trainer_state.json"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, partial or corrupted."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(folder: Path) -> dict[str, Any]:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST:
+            continue
+        files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"format_version": FORMAT_VERSION, "files": files}
+    write_json_atomic(folder / MANIFEST, manifest)
+    return manifest
+
+
+def verify_checkpoint(folder: Path, checksums: bool = True) -> None:
+    """Raise CheckpointError unless ``folder`` is a complete checkpoint whose files match the manifest."""
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(
+            f"checkpoint {folder} has no {MANIFEST}: it is partial (the save did not finish)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        version = manifest["format_version"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: unreadable {MANIFEST}: {exc}") from exc
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {folder}: manifest format {version}, this code reads {FORMAT_VERSION}"
+        )
+    for rel, meta in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder}: file {rel} listed in the manifest is missing")
+        size = path.stat().st_size
+        if size != meta["size"]:
+            raise CheckpointError(
+                f"checkpoint {folder}: file {rel} has {size} bytes, the manifest says {meta['size']}"
+            )
+        if checksums and _sha256(path) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: file {rel} fails its sha256 check (corrupted)")
+    for required in (TRAINER_STATE, "ds"):
+        if required not in files and not any(k.startswith(required + "/") for k in files):
+            raise CheckpointError(f"checkpoint {folder}: the manifest lists no {required}")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Saves and restores (DeepSpeed engine, HF model, RNG, trainer state) for one run folder."""
+
+    def __init__(self, root: Path, dist: DistInfo, keep_last: int = 2, verify_checksums: bool = True) -> None:
+        self.root = Path(root)
+        self.dist = dist
+        self.keep_last = keep_last
+        self.verify_checksums = verify_checksums
+
+    # -- discovery ------------------------------------------------------------------------------------------
+
+    def complete_steps(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        steps = []
+        for child in self.root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and child.is_dir():
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def partial_saves(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.name.startswith(".tmp-step-"))
+
+    def latest(self) -> Path | None:
+        steps = self.complete_steps()
+        return self.root / step_dir_name(steps[-1]) if steps else None
+
+    # -- save -----------------------------------------------------------------------------------------------
+
+    def save(
+        self,
+        engine,
+        step: int,
+        trainer_state: dict[str, Any],
+        save_hf: Callable[[Path, dict[str, torch.Tensor] | None], None] | None,
+    ) -> Path:
+        """Collective: every rank calls it. ``save_hf(folder, state_dict)`` runs on rank 0 only."""
+        final = self.root / step_dir_name(step)
+        tmp = self.root / f".tmp-{step_dir_name(step)}"
+        if self.dist.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        barrier()
+        engine.save_checkpoint(str(tmp / "ds"), tag="state", client_state={}, save_latest=False)
+        if save_hf is not None:
+            state_dict = consolidated_state_dict(engine)
+            if self.dist.is_main:
+                save_hf(tmp / "hf", state_dict)
+        (tmp / "rng").mkdir(exist_ok=True)
+        torch.save(rng_state(), tmp / "rng" / f"rank-{self.dist.rank:05d}.pt")
+        barrier()
+        if self.dist.is_main:
+            state = dict(
+                trainer_state, step=step, world_size=self.dist.world_size, format_version=FORMAT_VERSION
+            )
+            write_json_atomic(tmp / TRAINER_STATE, state)
+            write_manifest(tmp)
+            if final.exists():
+                # Re-saving a step (after resuming from an earlier checkpoint): replace the old folder whole.
+                trash = self.root / f".trash-{step_dir_name(step)}"
+                os.replace(final, trash)
+                os.replace(tmp, final)
+                shutil.rmtree(trash)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(self.root)
+            self._prune()
+            log.info("saved checkpoint %s", final)
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        for step in self.complete_steps()[: -self.keep_last]:
+            shutil.rmtree(self.root / step_dir_name(step))
+
+    # -- load -----------------------------------------------------------------------------------------------
+
+    def resolve_resume(self, resume: str) -> Path | None:
+        """The checkpoint to resume from for the ``checkpoint.resume`` setting, verified on rank 0.
+        Interrupted saves (``.tmp-step-*``) are reported and ignored; a corrupted complete-looking
+        checkpoint is an error (never a silent fall-back to an older one)."""
+        if resume == "never":
+            if self.dist.is_main and self.complete_steps():
+                raise CheckpointError(
+                    f"{self.root} already holds checkpoints but checkpoint.resume is 'never'; "
+                    "use a new output_dir or resume: auto"
+                )
+            return None
+        target = self.latest() if resume == "auto" else Path(resume)
+        for partial in self.partial_saves():
+            if self.dist.is_main:
+                log.warning(
+                    "ignoring interrupted checkpoint save %s (no manifest; it was never complete)", partial
+                )
+        if target is None:
+            return None
+        error = None
+        if self.dist.is_main:
+            try:
+                verify_checkpoint(target, checksums=self.verify_checksums)
+            except CheckpointError as exc:
+                error = str(exc)
+        error = broadcast_object(error)
+        if error is not None:
+            raise CheckpointError(error)
+        return target
+
+    def load(self, engine, folder: Path) -> dict[str, Any]:
+        """Restore engine (model, optimizer, schedule) and this rank's RNG; return the trainer state."""
+        state = json.loads((folder / TRAINER_STATE).read_text())
+        if state.get("world_size") != self.dist.world_size:
+            raise CheckpointError(
+                f"checkpoint {folder} was written by {state.get('world_size')} ranks, this run has "
+                f"{self.dist.world_size}: exact resume (data order, per-rank RNG) needs the same world size"
+            )
+        load_path, _ = engine.load_checkpoint(
+            str(folder / "ds"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load the engine state from {folder / 'ds'}")
+        rng_file = folder / "rng" / f"rank-{self.dist.rank:05d}.pt"
+        if not rng_file.is_file():
+            raise CheckpointError(f"checkpoint {folder}: missing RNG state {rng_file.name}")
+        set_rng_state(torch.load(rng_file, weights_only=False))
+        return state
+
+
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """Full model state dict on rank 0 (None elsewhere). ZeRO-3 gathers the shards layer by layer."""
+    import torch.distributed as dist
+
+    if engine.zero_optimization_stage() == 3:
+        # Collective on every rank; needs stage3_gather_16bit_weights_on_model_save (set in the presets).
+        return engine._zero3_consolidated_16bit_state_dict()
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}

@@ -1,0 +1,181 @@
+"""`vsr train ...` and `vsr eval` subcommands (registered through the `vsr.commands` entry points).
+
+Distributed runs start the same subcommands under a launcher through ``python -m vsr_train``::
+
+    deepspeed --num_gpus 8 --module vsr_train train grpo --config grpo.yaml
+    deepspeed --hostfile hosts --module vsr_train train grpo --config grpo.yaml
+    torchrun --nproc_per_node 8 -m vsr_train train sft --config sft.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+_OVERRIDE_HELP = "override a config value, e.g. --set optim.lr=1e-5 (repeatable; values parsed as YAML)"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file (unknown keys are an error)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_OVERRIDE_HELP
+    )
+    # The deepspeed launcher appends --local_rank; the rank is read from the launcher's environment.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _sft(args: argparse.Namespace) -> int:
+    from vsr_train.config import SFTConfig, load_config
+    from vsr_train.sft import run_sft
+
+    _setup_logging()
+    final = run_sft(load_config(SFTConfig, args.config, args.overrides))
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def _grpo(args: argparse.Namespace) -> int:
+    from vsr_train.config import GRPOConfig, load_config
+    from vsr_train.grpo import run_grpo
+
+    _setup_logging()
+    final = run_grpo(load_config(GRPOConfig, args.config, args.overrides))
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vsr_train.checkpoint import CheckpointError, verify_checkpoint
+
+    try:
+        verify_checkpoint(Path(args.checkpoint), checksums=True)
+    except CheckpointError as exc:
+        print(f"INVALID: {exc}", file=sys.stderr)
+        return 1
+    print(f"OK: {args.checkpoint}")
+    return 0
+
+
+def _build_data(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vsr_model.data import read_moments
+    from vsr_model.engine.base import SearchEngine
+    from vsr_train.vsr_adapter import build_examples
+
+    _setup_logging()
+    moments = read_moments(args.annotations, args.format).moments
+    engine = SearchEngine.load(args.engine)
+    rows = build_examples(
+        moments, engine, args.per_class, seed=args.seed, num_hard_negatives=args.hard_negatives
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out)
+    matched = sum(r["matched"] for r in rows)
+    print(f"wrote {len(rows)} examples ({matched} matched, {len(rows) - matched} not matched) to {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vsr_train.config import EvalConfig, load_config
+    from vsr_train.evaluate import run_eval
+
+    _setup_logging()
+    summary_path = run_eval(load_config(EvalConfig, args.config, args.overrides))
+    if summary_path is not None:
+        print(f"summary: {summary_path}")
+    return 0
+
+
+_LAUNCH_EPILOG = """examples:
+  vsr train {stage} --config {stage}.yaml                       one process
+  deepspeed --num_gpus 8 --module vsr_train train {stage} --config {stage}.yaml
+  deepspeed --hostfile hosts --module vsr_train train {stage} --config {stage}.yaml   (multi-node)
+  torchrun --nproc_per_node 8 -m vsr_train train {stage} --config {stage}.yaml
+annotated example configs ship in vsr_train/configs/ (sft.yaml, grpo.yaml, eval.yaml and the
+DeepSpeed presets zero1/zero2/zero3/zero3_offload.json). A run resumes from its newest complete
+checkpoint by default (checkpoint.resume: auto)."""
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="Stage-1 SFT and Stage-2 GRPO on DeepSpeed",
+        description="Train the VideoSearch-R1 policy. Run directly for one process, or under the deepspeed "
+        "launcher / torchrun for many processes and nodes.",
+    )
+    sub = parser.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND")
+    sft = sub.add_parser(
+        "sft",
+        help="Stage 1: supervised cold start (CE + lambda * InfoNCE)",
+        description="Stage 1: next-token loss on the assistant turn + lambda * InfoNCE of the refined query.",
+        epilog=_LAUNCH_EPILOG.format(stage="sft"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(sft)
+    sft.set_defaults(func=_sft)
+    grpo = sub.add_parser(
+        "grpo",
+        help="Stage 2: GRPO with rewards from vsr_model.rewards",
+        description="Stage 2: G samples per prompt, group advantages, clipped surrogate + beta * k3 KL; "
+        "single-turn on a pre-retrieved top-1 or multi-turn with re-retrieval (rollout.mode).",
+        epilog=_LAUNCH_EPILOG.format(stage="grpo"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(grpo)
+    grpo.set_defaults(func=_grpo)
+    data = sub.add_parser(
+        "build-data",
+        help="Stage-1/2 examples: each query with the engine's top-1 video, matched / not matched, balanced",
+    )
+    data.add_argument("--annotations", required=True, help="annotation file of the training split")
+    data.add_argument("--format", default=None, help="annotation format (default: inferred)")
+    data.add_argument("--engine", required=True, help="saved search engine folder (with its index)")
+    data.add_argument("--out", required=True, help="output jsonl")
+    data.add_argument("--per-class", type=int, default=1000, help="examples per label (paper: 1000)")
+    data.add_argument("--hard-negatives", type=int, default=24, help="engine-ranked negatives kept per query")
+    data.add_argument("--seed", type=int, default=0)
+    data.set_defaults(func=_build_data)
+    verify = sub.add_parser("verify-checkpoint", help="check a checkpoint folder against its manifest")
+    verify.add_argument("checkpoint", help="a checkpoints/step-XXXXXXXX folder")
+    verify.set_defaults(func=_verify)
+    parser.set_defaults(func=lambda a: parser.print_help() or 2)
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="multi-turn evaluation: traces, summary, results table, per-turn plot",
+        description="Evaluate a policy with the multi-turn agent loop; shard over ranks with torchrun or the "
+        "deepspeed launcher.",
+    )
+    _add_common(parser)
+    parser.set_defaults(func=_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vsr_train`` entry (the same subcommands as ``vsr``), handy under launchers."""
+    parser = argparse.ArgumentParser(prog="python -m vsr_train")
+    # `deepspeed --module vsr_train ...` puts --local_rank before the subcommand.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register_train(subparsers)
+    register_eval(subparsers)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)

@@ -1,0 +1,493 @@
+"""Typed training / evaluation configuration loaded strictly from YAML.
+
+Every setting lives in a dataclass below; a YAML file is mapped onto them field by field. Unknown keys,
+wrong types and out-of-range values are errors that name the offending key and file: a typo must never
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key and the file."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sections shared by SFT, GRPO and evaluation
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Which policy to train.
+
+    kind:
+      hf_causal_lm   any Hugging Face causal LM (name or local path), or a randomly initialised one built
+                     from ``random_init`` (a transformers config dict with ``model_type``), used by tests.
+      vsr_policy     the VideoSearch-R1 policy of vsr_model.policy (HF Qwen-VL or the composite video LLM)
+                     with its SQR heads.
+    """
+
+    kind: Literal["hf_causal_lm", "vsr_policy"] = "hf_causal_lm"
+    name_or_path: str | None = None
+    random_init: dict[str, Any] | None = None
+    # Extra keyword arguments for the vsr_policy loader (family, frame encoder, projector sizes...).
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+    freeze_vision_tower: bool = True
+    # Load weights in this dtype before DeepSpeed takes over; "auto" follows deepspeed.precision.
+    load_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    def validate(self, where: str) -> None:
+        if self.name_or_path is not None and self.random_init is not None:
+            raise ConfigError(f"{where}: set only one of model.name_or_path or model.random_init")
+        # A vsr_policy without a path starts from the default composite LLM (SmolLM2-135M-Instruct).
+        if self.kind == "hf_causal_lm" and self.name_or_path is None and self.random_init is None:
+            raise ConfigError(f"{where}: set exactly one of model.name_or_path or model.random_init")
+        if self.random_init is not None and "model_type" not in self.random_init:
+            raise ConfigError(f"{where}: model.random_init needs a 'model_type' key (e.g. 'llama')")
+
+
+@dataclass
+class DeepSpeedSettings:
+    """DeepSpeed engine settings. ``config`` is a shipped preset (zero1, zero2, zero3, zero3_offload) or a
+    path to a DeepSpeed JSON file. Batch sizes, clipping and precision are filled in from here; a JSON file
+    that sets them to different values is an error (one source of truth)."""
+
+    config: str = "zero2"
+    precision: Literal["bf16", "fp32"] = "bf16"
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 1.0
+    # "auto": nccl when CUDA is available, gloo otherwise.
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # Optimizer implementation: torch AdamW, DeepSpeed's CPU Adam (for optimizer offload) or fused GPU Adam.
+    optimizer: Literal["adamw_torch", "deepspeed_cpu_adam", "fused_adam"] = "adamw_torch"
+
+    def validate(self, where: str) -> None:
+        _positive(where, "deepspeed.micro_batch_size", self.micro_batch_size)
+        _positive(where, "deepspeed.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        if self.gradient_clipping < 0:
+            raise ConfigError(f"{where}: deepspeed.gradient_clipping must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    # Learning rate of the SQR heads (readout / roll-in / append projectors); None = same as lr.
+    sqr_lr: float | None = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+
+    def validate(self, where: str) -> None:
+        _positive(where, "optim.lr", self.lr)
+        if self.sqr_lr is not None:
+            _positive(where, "optim.sqr_lr", self.sqr_lr)
+        if self.warmup_steps < 0:
+            raise ConfigError(f"{where}: optim.warmup_steps must be >= 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{where}: optim.betas must lie in [0, 1)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    # Keep this many most recent complete checkpoints (0 keeps all).
+    keep_last: int = 2
+    # "auto": resume from the newest complete checkpoint in the run's checkpoint folder if there is one;
+    # "never": start fresh (an existing checkpoint folder is then an error); or a path to one checkpoint.
+    resume: str = "auto"
+    # Verify every file's sha256 against the manifest before loading (sizes are always checked).
+    verify_checksums: bool = True
+    # Also write the model in Hugging Face format (save_pretrained) inside each checkpoint.
+    save_hf_model: bool = True
+
+    def validate(self, where: str) -> None:
+        _positive(where, "checkpoint.every_steps", self.every_steps)
+        if self.keep_last < 0:
+            raise ConfigError(f"{where}: checkpoint.keep_last must be >= 0")
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+    def validate(self, where: str) -> None:
+        _positive(where, "logging.every_steps", self.every_steps)
+
+
+@dataclass
+class DataConfig:
+    """Where training examples come from.
+
+    kind:
+      vsr_jsonl         a Stage-1 / Stage-2 example file written by ``vsr train build-data`` (query, the
+                        engine's top-1 video, matched label, rationale, frames reference, negatives).
+      synthetic_tokens  random token prompts with a token-level reward; a self-contained task used by tests
+                        and the step-time benchmark of the bare training machinery.
+    """
+
+    kind: Literal["vsr_jsonl", "synthetic_tokens"] = "vsr_jsonl"
+    path: str | None = None
+    engine_dir: str | None = None
+    # Videos: a jsonl of {"video_id", "path"[, "split"]} rows (the format `vsr data synth` writes).
+    corpus: str | None = None
+    corpus_split: str | None = None
+    # synthetic_tokens only
+    num_examples: int = 64
+    prompt_length: int = 8
+    completion_length: int = 8
+    vocab_size: int | None = None
+
+    def validate(self, where: str) -> None:
+        if self.kind == "vsr_jsonl":
+            for key in ("path", "engine_dir", "corpus"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"{where}: data.{key} is required for data.kind 'vsr_jsonl'")
+        _positive(where, "data.num_examples", self.num_examples)
+        _positive(where, "data.prompt_length", self.prompt_length)
+        _positive(where, "data.completion_length", self.completion_length)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage configs
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTConfig:
+    output_dir: str = "runs/sft"
+    seed: int = 0
+    epochs: int = 1
+    # Stop after this many optimizer steps (None = run all epochs).
+    max_steps: int | None = None
+    infonce_weight: float = 0.3
+    infonce_temperature: float = 0.1
+    num_negatives: int = 24
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, where: str) -> None:
+        _positive(where, "epochs", self.epochs)
+        if self.max_steps is not None:
+            _positive(where, "max_steps", self.max_steps)
+        if self.infonce_weight < 0:
+            raise ConfigError(f"{where}: infonce_weight must be >= 0")
+        _positive(where, "infonce_temperature", self.infonce_temperature)
+        if self.num_negatives < 0:
+            raise ConfigError(f"{where}: num_negatives must be >= 0")
+
+
+@dataclass
+class RewardWeights:
+    """Weights of the six rewards (METHOD.md); the reward functions themselves live in vsr_model.rewards."""
+
+    verification: float = 1.4
+    think_format: float = 0.05
+    time_format: float = 0.05
+    temporal_iou: float = 0.4
+    refine_presence: float = 0.1
+    retrieval: float = 0.8
+    # "paper": exp(-L_ret) = p(gt | refined); "code": p(refined) - p(original).
+    retrieval_variant: Literal["paper", "code"] = "paper"
+
+
+@dataclass
+class GRPOSettings:
+    group_size: int = 8
+    # Prompts per optimizer micro-batch on each rank; each expands into group_size completions.
+    prompts_per_micro_batch: int = 1
+    beta: float = 0.01
+    clip_eps_low: float = 0.2
+    # None = symmetric clipping (clip_eps_low); DAPO's clip-higher sets this above clip_eps_low.
+    clip_eps_high: float | None = None
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "grpo"
+    # Divide advantages by the group std (GRPO); Dr. GRPO turns this off.
+    scale_rewards: bool = True
+    advantage_eps: float = 1e-4
+    # Policy-gradient iterations over one batch of rollouts (mu); 1 = purely on-policy.
+    num_iterations: int = 1
+    max_completion_tokens: int = 768
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # Normaliser of the dr_grpo loss (tokens); None = max_completion_tokens.
+    dr_grpo_max_tokens: int | None = None
+
+    def validate(self, where: str) -> None:
+        if self.group_size < 2:
+            raise ConfigError(
+                f"{where}: grpo.group_size must be >= 2 (advantages compare samples of a group)"
+            )
+        _positive(where, "grpo.prompts_per_micro_batch", self.prompts_per_micro_batch)
+        if self.beta < 0:
+            raise ConfigError(f"{where}: grpo.beta must be >= 0")
+        if not 0 < self.clip_eps_low < 1:
+            raise ConfigError(f"{where}: grpo.clip_eps_low must lie in (0, 1)")
+        if self.clip_eps_high is not None and self.clip_eps_high <= 0:
+            raise ConfigError(f"{where}: grpo.clip_eps_high must be > 0")
+        _positive(where, "grpo.num_iterations", self.num_iterations)
+        _positive(where, "grpo.max_completion_tokens", self.max_completion_tokens)
+        _positive(where, "grpo.temperature", self.temperature)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{where}: grpo.top_p must lie in (0, 1]")
+
+
+@dataclass
+class RolloutConfig:
+    """How a GRPO rollout talks to the search engine.
+
+    single_turn   the paper's released setting: one verify turn on a pre-retrieved top-1 video.
+    multi_turn    true agent rollouts: refine with SQR and re-retrieve through the engine's sessions
+                  (refine_group for a GRPO group) for up to max_turns turns.
+    """
+
+    mode: Literal["single_turn", "multi_turn"] = "single_turn"
+    max_turns: int = 2
+    exclude_seen_videos: bool = True
+    accumulate_soft_tokens: bool = False
+    # Keep training the SQR heads with the retrieval (InfoNCE) objective during GRPO.
+    train_sqr_heads: bool = False
+    sqr_infonce_weight: float = 0.3
+
+    def validate(self, where: str) -> None:
+        _positive(where, "rollout.max_turns", self.max_turns)
+        if self.mode == "single_turn" and self.max_turns != 1:
+            # Single-turn mode has exactly one turn; a different value is a misunderstanding worth flagging.
+            raise ConfigError(f"{where}: rollout.max_turns must be 1 when rollout.mode is 'single_turn'")
+
+
+@dataclass
+class GRPOConfig:
+    output_dir: str = "runs/grpo"
+    seed: int = 0
+    max_steps: int = 1000
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=1))
+    rewards: RewardWeights = field(default_factory=RewardWeights)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-7, sqr_lr=None))
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, where: str) -> None:
+        _positive(where, "max_steps", self.max_steps)
+        if self.grpo.loss_type == "dr_grpo" and self.grpo.scale_rewards:
+            raise ConfigError(
+                f"{where}: grpo.loss_type 'dr_grpo' removes the std normalisation; set grpo.scale_rewards: false"
+            )
+
+
+@dataclass
+class EvalConfig:
+    output_dir: str = "runs/eval"
+    seed: int = 0
+    # Policy: a saved vsr policy folder, or a training checkpoint folder (its hf/ sub-folder is used).
+    policy: str = ""
+    engine_dir: str = ""
+    # Videos of the search corpus: a jsonl of {"video_id", "path"[, "split"]} rows (vsr corpus format).
+    corpus: str = ""
+    corpus_split: str | None = None
+    # Annotation file of the split to evaluate (read with vsr_model.data.read_moments).
+    queries: str = ""
+    queries_format: str | None = None
+    max_queries: int | None = None
+    batch_size: int = 8
+    max_turns: int = 2
+    exclude_seen_videos: bool = True
+    accumulate_soft_tokens: bool = False
+    # sqr: Soft Query Refinement; hqr: the policy rewrites the query; none: single-shot retrieval + grounding.
+    refinement: Literal["sqr", "hqr", "none"] = "sqr"
+    max_new_tokens: int = 768
+    top_k: int = 10
+    # The row label in the results table.
+    name: str = "VideoSearch-R1 (SQR)"
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    def validate(self, where: str) -> None:
+        for key in ("policy", "engine_dir", "corpus", "queries"):
+            if not getattr(self, key):
+                raise ConfigError(f"{where}: '{key}' is required")
+        _positive(where, "batch_size", self.batch_size)
+        _positive(where, "max_turns", self.max_turns)
+        _positive(where, "max_new_tokens", self.max_new_tokens)
+        _positive(where, "top_k", self.top_k)
+        if self.max_queries is not None:
+            _positive(where, "max_queries", self.max_queries)
+        if self.refinement == "none" and self.max_turns != 1:
+            raise ConfigError(f"{where}: refinement 'none' is single-shot; set max_turns: 1")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Strict loading
+# ----------------------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _positive(where: str, key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where}: {key} must be > 0, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Convert one YAML value to the annotated type, or raise ConfigError naming key and file."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: '{key}' = {value!r} matches none of {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, f"{key}.", where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {type(value).__name__}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: '{key}' must have {len(args)} items, got {len(value)}")
+            return tuple(
+                _convert(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML reads "1e-5" (no dot) as a string; accept numeric strings so scientific notation works.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: '{key}' has an unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, where: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        keys = ", ".join(f"'{prefix}{k}'" for k in unknown)
+        raise ConfigError(f"{where}: unknown key(s) {keys}; valid keys here: {sorted(names)}")
+    kwargs = {name: _convert(value, hints[name], f"{prefix}{name}", where) for name, value in data.items()}
+    obj = cls(**kwargs)
+    # Sections left at their defaults are validated too (a default model section has no model to load).
+    for name in sorted(names - set(data)):
+        default = getattr(obj, name)
+        if dataclasses.is_dataclass(default) and hasattr(default, "validate"):
+            default.validate(where)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(where)
+    return obj
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "<dict>") -> T:
+    """Build ``cls`` from a plain mapping, strictly (unknown keys and wrong types raise ConfigError)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
+    return _build(cls, data, "", where)
+
+
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Load ``cls`` from a YAML file, then apply ``key.sub=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    for item in overrides or []:
+        apply_override(data, item, str(path))
+    return _build(cls, data, "", str(path))
+
+
+def apply_override(data: dict[str, Any], item: str, where: str) -> None:
+    """Set ``a.b.c=value`` in a nested mapping; the value is parsed as YAML (so 3, 1e-5, true, [1,2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"{where}: override {item!r} must look like key.sub=value")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: override {item!r}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form of a config (tuples become lists) for logging next to a run."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))

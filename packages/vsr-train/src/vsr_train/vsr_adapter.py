@@ -1,0 +1,598 @@
+"""The VideoSearch-R1 task for the SFT and GRPO loops, built only from vsr_model pieces: the policy
+(vsr_model.policy), SQR (vsr_model.sqr), the prompt protocol and parser (vsr_model.protocol), the rewards
+(vsr_model.rewards) and the search engine (vsr_model.engine). Nothing here re-implements them.
+
+Stage-1/2 examples are jsonl rows written by ``build_examples`` (``vsr train build-data``)::
+
+    {"query_id", "query", "video_id", "start", "end", "duration",
+     "retrieved": engine top-1 id, "matched": bool, "rationale": str, "hard_negatives": [ids]}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vsr_train.config import GRPOConfig, ModelConfig, SFTConfig
+from vsr_train.grpo_math import token_logprobs
+from vsr_train.models import LoadedModel
+from vsr_train.runtime import DistInfo, zero_stage
+from vsr_train.tasks import Rollouts, split_rows
+
+log = logging.getLogger(__name__)
+
+SQR_PREFIXES = ("sqr.",)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Policy
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _engine_dims(engine_dir: str) -> tuple[int, int]:
+    meta = json.loads((Path(engine_dir) / "engine.json").read_text())
+    return int(meta["embed_dim"]), int(meta["query_input_dim"])
+
+
+def load_vsr_policy(
+    cfg: ModelConfig, ds_config: dict[str, Any], precision: str, engine_dir: str | None = None
+) -> LoadedModel:
+    """A saved vsr policy (a folder with vsr_policy.json), or a fresh composite policy over an HF LLM
+    (``name_or_path``; the default SmolLM2 when unset) with SQR heads sized for the engine."""
+    from vsr_model.policy import load_policy
+    from vsr_model.policy.base import POLICY_CONFIG_FILE
+    from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy
+    from vsr_model.sqr import SQRConfig
+
+    if zero_stage(ds_config) == 3:
+        raise ValueError(
+            "model.kind vsr_policy runs on ZeRO-1/2 (its generation and latent rollout call the policy's own "
+            "methods, which are not gathered under ZeRO-3); use deepspeed.config zero1 or zero2"
+        )
+    path = Path(cfg.name_or_path) if cfg.name_or_path else None
+    if path is not None and (path / POLICY_CONFIG_FILE).is_file():
+        policy = load_policy(path)
+    else:
+        if engine_dir is None:
+            raise ValueError("a fresh vsr_policy needs data.engine_dir to size its SQR heads")
+        embed_dim, query_input_dim = _engine_dims(engine_dir)
+        options = dict(cfg.policy_options)
+        composite = CompositePolicyConfig.from_dict(
+            {
+                "llm": cfg.name_or_path,
+                "freeze_frame_encoder": cfg.freeze_vision_tower,
+                **options.pop("composite", {}),
+            }
+        )
+        sqr = SQRConfig.from_dict(
+            {"embed_dim": embed_dim, "query_input_dim": query_input_dim, **options.pop("sqr", {})}
+        )
+        if options:
+            raise ValueError(
+                f"unknown model.policy_options keys {sorted(options)}; expected 'composite', 'sqr'"
+            )
+        policy = CompositeVideoPolicy.build(composite, sqr)
+    if cfg.freeze_vision_tower:
+        for name, param in policy.named_parameters():
+            if name.startswith("frame_encoder.") or ".visual." in name or name.startswith("visual."):
+                param.requires_grad_(False)
+        # A frozen tower must also stay in inference mode (BatchNorm statistics, dropout) while the
+        # training loop switches the rest of the policy to train mode.
+        for name, module in policy.named_modules():
+            if name in ("frame_encoder", "visual") or name.endswith(".visual"):
+                module.register_forward_pre_hook(_force_eval)
+    if cfg.gradient_checkpointing:
+        backbone = getattr(policy, "lm", None) or getattr(policy, "model", None)
+        if backbone is None or not hasattr(backbone, "gradient_checkpointing_enable"):
+            raise ValueError(f"{type(policy).__name__} exposes no HF backbone for gradient checkpointing")
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LoadedModel(model=policy, tokenizer=None, sqr_prefixes=SQR_PREFIXES, save_fn=_save_policy)
+
+
+def _force_eval(module: torch.nn.Module, _inputs) -> None:
+    if module.training:
+        module.eval()
+
+
+def _save_policy(model: torch.nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
+    # ZeRO-1/2 only (see load_vsr_policy): the module holds full weights, so its own atomic save applies.
+    model.save_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Examples
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    query_id: str
+    query: str
+    video_id: str
+    start: float
+    end: float
+    retrieved: str
+    matched: bool
+    rationale: str
+    hard_negatives: tuple[str, ...]
+
+    @property
+    def span(self) -> tuple[float, float]:
+        return (self.start, self.end)
+
+
+def default_rationale(query: str, matched: bool) -> str:
+    if matched:
+        return f"The video shows what the query describes: {query.strip()}"
+    return f"The video does not show what the query describes: {query.strip()}"
+
+
+def example_row(moment: Any, hits: Sequence[Any], num_hard_negatives: int) -> dict[str, Any]:
+    """One example: the moment, the engine's ranked ``hits`` for its query, the label, a rationale."""
+    top1 = hits[0].video_id
+    matched = top1 == moment.video_id
+    return {
+        "query_id": str(moment.query_id),
+        "query": moment.query,
+        "video_id": moment.video_id,
+        "start": float(moment.start),
+        "end": float(moment.end),
+        "duration": None if moment.duration is None else float(moment.duration),
+        "retrieved": top1,
+        "matched": matched,
+        "rationale": (moment.extra or {}).get("rationale") or default_rationale(moment.query, matched),
+        "hard_negatives": [h.video_id for h in hits[1:] if h.video_id != moment.video_id][
+            :num_hard_negatives
+        ],
+    }
+
+
+def build_examples(
+    moments: Sequence[Any],
+    engine,
+    per_class: int,
+    seed: int = 0,
+    num_hard_negatives: int = 24,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Balanced Stage-1 examples: each query with the engine's top-1 video, labelled matched / not
+    matched, ``per_class`` of each (fewer, with a warning, if the split has fewer). The rationale comes
+    from the moment's ``extra["rationale"]`` when the dataset provides one, else a short default."""
+    if per_class < 1:
+        raise ValueError("per_class must be >= 1")
+    order = list(range(len(moments)))
+    random.Random(seed).shuffle(order)
+    picked: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    for start in range(0, len(order), batch_size):
+        if all(len(v) >= per_class for v in picked.values()):
+            break
+        chunk = [moments[i] for i in order[start : start + batch_size]]
+        with torch.no_grad():
+            results = engine.search([m.query for m in chunk], num_hard_negatives + 2)
+        for moment, hits in zip(chunk, results, strict=True):
+            if not hits:
+                raise RuntimeError(f"the engine returned no video for query {moment.query_id!r}")
+            top1 = hits[0].video_id
+            matched = top1 == moment.video_id
+            if len(picked[matched]) >= per_class:
+                continue
+            picked[matched].append(example_row(moment, hits, num_hard_negatives))
+    for label, rows in picked.items():
+        if not rows:
+            raise ValueError(
+                f"no {'matched' if label else 'not-matched'} (query, top-1) pair in {len(moments)} queries"
+            )
+        if len(rows) < per_class:
+            log.warning(
+                "only %d %s examples (asked for %d)",
+                len(rows),
+                "matched" if label else "not-matched",
+                per_class,
+            )
+    rows = picked[True] + picked[False]
+    random.Random(seed + 1).shuffle(rows)
+    return rows
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"example file not found: {path} (write it with `vsr train build-data`)")
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(
+                Example(
+                    query_id=str(row["query_id"]),
+                    query=str(row["query"]),
+                    video_id=str(row["video_id"]),
+                    start=float(row["start"]),
+                    end=float(row["end"]),
+                    retrieved=str(row["retrieved"]),
+                    matched=bool(row["matched"]),
+                    rationale=str(row["rationale"]),
+                    hard_negatives=tuple(str(v) for v in row.get("hard_negatives", [])),
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{lineno}: malformed example row: {exc}") from exc
+    if not out:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _SearchContext:
+    """Engine (frozen, on the training device), corpus and examples of one run."""
+
+    def __init__(self, data, device: torch.device) -> None:
+        from vsr_model.corpus import Corpus
+        from vsr_model.engine.base import SearchEngine
+
+        self.examples = read_examples(data.path)
+        self.engine = SearchEngine.load(data.engine_dir)
+        if hasattr(self.engine, "to"):
+            self.engine.to(device)
+        for module in vars(self.engine).values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False)
+        self.corpus = Corpus.from_jsonl(data.corpus, split=data.corpus_split)
+        unknown = sorted({e.retrieved for e in self.examples} - set(self.corpus.ids))
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} retrieved videos of {data.path} are not in {data.corpus}: {unknown[:5]}"
+            )
+
+    def negatives(self, examples: Sequence[Example], retrieved: Sequence[str], num_negatives: int, seed: int):
+        """(positive (B, D), negatives (B, n, D)); a fresh seeded sampler per call keeps resumes exact."""
+        from vsr_model.sqr import NegativeSampler
+
+        sampler = NegativeSampler(
+            self.engine.video_ids, num_negatives, self.engine.video_embeddings, seed=seed
+        )
+        pos, neg, _ = sampler.sample(
+            [e.video_id for e in examples], list(retrieved), [e.hard_negatives for e in examples]
+        )
+        return pos, neg
+
+
+def _top1(hits: Sequence[Any], example: Example) -> str:
+    if not hits:
+        raise RuntimeError(f"the engine returned no video for query {example.query_id!r} (all excluded?)")
+    return hits[0].video_id
+
+
+def policy_token_logprobs(model: torch.nn.Module, batch, temperature: float) -> torch.Tensor:
+    """log p(x_{t+1} | x_{<=t}) of a PolicyBatch under the policy (video embedded), [B, L-1]."""
+    policy = _unwrap(model)
+    batch = batch.to(policy.device)
+    hidden, _ = policy.run_backbone(
+        policy.embed_inputs(batch), batch.attention_mask, batch.position_ids, batch=batch
+    )
+    return token_logprobs(policy.logits(hidden[:, :-1]), batch.input_ids[:, 1:], temperature)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 1
+# ----------------------------------------------------------------------------------------------------------
+
+
+class VideoSearchSFTTask:
+    """CE on the assistant turn + lambda * InfoNCE(refined query; gt video vs negatives)."""
+
+    def __init__(self, cfg: SFTConfig, loaded: LoadedModel, dist: DistInfo) -> None:
+        self.cfg = cfg
+        self.policy = loaded.model
+        self.ctx = _SearchContext(cfg.data, dist.device)
+        self.num_examples = len(self.ctx.examples)
+        self._calls = 0
+
+    def batch(self, indices: list[int], device: torch.device) -> dict[str, Any]:
+        from vsr_model.policy import VerifyInput
+        from vsr_model.protocol import format_response
+
+        examples = [self.ctx.examples[i] for i in indices]
+        items = [VerifyInput(e.query, self.ctx.corpus.clip(e.retrieved)) for e in examples]
+        targets = [format_response(e.rationale, e.matched, e.span if e.matched else None) for e in examples]
+        encoded = self.policy.encode(items, targets).to(device)
+        self._calls += 1
+        return {
+            "policy_batch": encoded,
+            "examples": examples,
+            "input_ids": encoded.input_ids,
+            "seed": indices[0],
+        }
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        from vsr_model.sqr import info_nce, latent_rollout, prefill, refined_query
+
+        policy = _unwrap(model)
+        encoded, examples = batch["policy_batch"], batch["examples"]
+        state = prefill(policy, encoded)
+        logits = policy.logits(state.hidden[:, :-1]).float()
+        targets = encoded.input_ids[:, 1:]
+        mask = encoded.completion_mask[:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+        parts = {"loss/ce": float(ce.detach())}
+        loss = ce
+        if self.cfg.infonce_weight > 0:
+            latents = latent_rollout(policy, encoded, state=state).latents
+            query, _ = refined_query(policy.sqr, self.ctx.engine, [e.query for e in examples], latents)
+            pos, neg = self.ctx.negatives(
+                examples,
+                [e.retrieved for e in examples],
+                self.cfg.num_negatives,
+                self.cfg.seed * 7919 + batch["seed"],
+            )
+            nce = info_nce(query, pos.to(query.device), neg.to(query.device), self.cfg.infonce_temperature)
+            parts["loss/infonce"] = float(nce.detach())
+            loss = ce + self.cfg.infonce_weight * nce
+        return loss, parts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 2
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Turn:
+    trajectory: int
+    item: Any
+    token_ids: list[int]
+    shown: str = ""
+
+
+@dataclass
+class _MicroBatch:
+    encoded: Any  # vsr_model.policy.PolicyBatch
+    turns: list[_Turn]
+    examples: list[Example]
+    shown: list[str]
+
+
+class VideoSearchGRPOTask:
+    """G sampled trajectories per prompt, scored with vsr_model.rewards.
+
+    single_turn: one verify turn on the example's pre-retrieved top-1 (the paper's released setting).
+    multi_turn:  live retrieval through one engine session per trajectory; after a rejection with <REFINE>,
+                 SQR refines the query and the session searches again (never showing a video twice when
+                 rollout.exclude_seen_videos) for up to ``rollout.max_turns`` turns. Every turn is a fresh
+                 prompt and a row of the loss; a trajectory's reward is the mean of its turns' rewards.
+    """
+
+    def __init__(self, cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> None:
+        from vsr_model.rewards import RewardConfig
+
+        self.cfg = cfg
+        self.ctx = _SearchContext(cfg.data, dist.device)
+        self.num_prompts = len(self.ctx.examples)
+        weights = cfg.rewards
+        self.reward_config = RewardConfig(
+            verification=weights.verification,
+            think_format=weights.think_format,
+            time_format=weights.time_format,
+            temporal_iou=weights.temporal_iou,
+            refine_presence=weights.refine_presence,
+            retrieval=weights.retrieval,
+            retrieval_kind="probability" if weights.retrieval_variant == "paper" else "gain",
+        )
+        # The SQR heads get no policy-gradient signal (the latents are not sampled tokens); they either stay
+        # frozen (the authors' setting) or keep training on the retrieval objective (auxiliary_loss).
+        loaded.model.sqr.requires_grad_(cfg.rollout.train_sqr_heads)
+        self.truncated = 0
+
+    def _generate(self, policy, items: list[Any]) -> tuple[list[list[int]], list[str]]:
+        """Sample one completion per item. A sampled video placeholder token (it cannot be re-encoded
+        as text: the prompt builder would expect a frame for it) ends the completion there; such
+        truncations are counted in ``self.truncated``."""
+        from vsr_model.policy import GenerationSettings
+
+        s = self.cfg.grpo
+        settings = GenerationSettings(
+            max_new_tokens=s.max_completion_tokens, do_sample=True, temperature=s.temperature, top_p=s.top_p
+        )
+        generation = policy.generate(policy.encode(items), settings)
+        placeholder = getattr(policy, "frame_token_id", None)
+        token_ids, texts = [], []
+        for ids, text in zip(generation.token_ids, generation.texts, strict=True):
+            if placeholder is not None and placeholder in ids:
+                ids = ids[: ids.index(placeholder)]
+                text = policy.tokenizer.decode(ids, skip_special_tokens=False)
+                self.truncated += 1
+            token_ids.append(list(ids))
+            texts.append(text)
+        return token_ids, texts
+
+    def _refine(
+        self,
+        policy,
+        turns: list[_Turn],
+        queries: list[str],
+        examples: list[Example],
+        shown: list[str],
+        seed: int,
+    ):
+        """Refined query embeddings for turns that emitted <REFINE> and their retrieval rewards."""
+        from vsr_model.rewards import retrieval_reward
+        from vsr_model.sqr import latent_rollout, refined_query
+
+        encoded = policy.encode([t.item for t in turns], [t.token_ids for t in turns]).to(policy.device)
+        with torch.no_grad():
+            latents = latent_rollout(policy, encoded).latents
+            refined, _ = refined_query(policy.sqr, self.ctx.engine, queries, latents)
+            original = self.ctx.engine.encode_query(queries)
+            pos, neg = self.ctx.negatives(examples, shown, policy.sqr.config.num_negatives, seed)
+            reward = retrieval_reward(
+                refined.float().cpu(),
+                original.float().cpu(),
+                pos,
+                neg,
+                self.reward_config.retrieval_kind,
+                self.reward_config.temperature,
+            )
+        return refined.float().cpu(), reward
+
+    def rollout(self, model, indices, settings, num_micro_batches, device, synced) -> Rollouts:
+        from vsr_model.policy import VerifyInput
+        from vsr_model.protocol import parse_response
+        from vsr_model.rewards import score_response
+
+        if synced:
+            raise ValueError("vsr_policy GRPO does not run under ZeRO-3 (see load_vsr_policy)")
+        policy = _unwrap(model)
+        group, cfg = settings.group_size, self.cfg
+        examples = [self.ctx.examples[i] for i in indices for _ in range(group)]
+        n = len(examples)
+        multi = cfg.rollout.mode == "multi_turn"
+        # retrieval: query encoding + index search; refine: SQR latent rollout + refined-query encoding
+        # (+ the retrieval reward's scoring); reward: parsing and the other reward terms.
+        seconds = {"video_decode": 0.0, "generation": 0.0, "retrieval": 0.0, "refine": 0.0, "reward": 0.0}
+        shown = [e.retrieved for e in examples]
+        sessions: list[Any] = []
+        if multi:
+            # One engine session per trajectory (vsr_index sessions: the refined search re-uses the cached
+            # candidate pool when that is provably exact, and never returns a video twice).
+            start = time.perf_counter()
+            with torch.no_grad():
+                embeddings = self.ctx.engine.encode_query([e.query for e in examples]).detach().float().cpu()
+            exclude_seen = cfg.rollout.exclude_seen_videos
+            sessions = [self.ctx.engine.session(embeddings[i : i + 1], 1, exclude_seen) for i in range(n)]
+            shown = [_top1(session.hits, examples[i]) for i, session in enumerate(sessions)]
+            seconds["retrieval"] += time.perf_counter() - start
+        turn_rewards: list[list[dict[str, float]]] = [[] for _ in range(n)]
+        all_turns: list[_Turn] = []
+        active = list(range(n))
+        for turn in range(1, (cfg.rollout.max_turns if multi else 1) + 1):
+            start = time.perf_counter()
+            items = [VerifyInput(examples[i].query, self.ctx.corpus.clip(shown[i])) for i in active]
+            seconds["video_decode"] += time.perf_counter() - start
+            start = time.perf_counter()
+            token_ids, texts = self._generate(policy, items)
+            seconds["generation"] += time.perf_counter() - start
+            start = time.perf_counter()
+            parsed = [parse_response(t) for t in texts]
+            turns = [
+                _Turn(i, item, ids, shown[i]) for i, item, ids in zip(active, items, token_ids, strict=True)
+            ]
+            all_turns.extend(turns)
+            refine_rows = [k for k, p in enumerate(parsed) if p.refine]
+            retrieval = [0.0] * len(active)
+            refined = None
+            if refine_rows:
+                refine_start = time.perf_counter()
+                rows = [turns[k] for k in refine_rows]
+                refined, reward = self._refine(
+                    policy,
+                    rows,
+                    [examples[t.trajectory].query for t in rows],
+                    [examples[t.trajectory] for t in rows],
+                    [shown[t.trajectory] for t in rows],
+                    seed=cfg.seed * 7919 + indices[0] * 31 + turn,
+                )
+                for k, value in zip(refine_rows, reward.tolist(), strict=True):
+                    retrieval[k] = value
+                seconds["refine"] += time.perf_counter() - refine_start
+                start += time.perf_counter() - refine_start  # keep refine out of the reward time
+            for k, i in enumerate(active):
+                label = shown[i] == examples[i].video_id
+                breakdown = score_response(
+                    parsed[k], label, examples[i].span, self.reward_config, retrieval[k]
+                )
+                turn_rewards[i].append(breakdown.as_dict())
+            seconds["reward"] += time.perf_counter() - start
+            if not multi:
+                break
+            # Trajectories that rejected the video and refined search again; the others stop here.
+            next_active = [i for k, i in enumerate(active) if parsed[k].not_matched and k in refine_rows]
+            if not next_active or turn == cfg.rollout.max_turns:
+                break
+            start = time.perf_counter()
+            row_of = {turns[k].trajectory: j for j, k in enumerate(refine_rows)}
+            for i in next_active:
+                shown[i] = _top1(sessions[i].refine(refined[row_of[i]].unsqueeze(0), 1), examples[i])
+            seconds["retrieval"] += time.perf_counter() - start
+            active = next_active
+
+        totals = torch.tensor([sum(r["total"] for r in rs) / len(rs) for rs in turn_rewards])
+        components = {
+            key: torch.tensor([sum(r[key] for r in rs) / len(rs) for rs in turn_rewards])
+            for key in turn_rewards[0][0]
+            if key != "total"
+        }
+        components["turns"] = torch.tensor([float(len(rs)) for rs in turn_rewards])
+        components["placeholder_truncations"] = torch.tensor([float(self.truncated)])
+        self.truncated = 0
+        # Rows grouped by trajectory so a trajectory's turns share micro-batches where possible.
+        all_turns.sort(key=lambda t: t.trajectory)
+        micro_batches, masks = [], []
+        for rows in split_rows(len(all_turns), num_micro_batches):
+            chunk = all_turns[rows]
+            encoded = policy.encode([t.item for t in chunk], [t.token_ids for t in chunk])
+            micro_batches.append(
+                _MicroBatch(
+                    encoded=encoded,
+                    turns=list(chunk),
+                    examples=[examples[t.trajectory] for t in chunk],
+                    shown=[t.shown for t in chunk],
+                )
+            )
+            masks.append(encoded.completion_mask[:, 1:].to(torch.int64))
+        return Rollouts(
+            micro_batches=micro_batches,
+            loss_masks=masks,
+            rewards=totals,
+            row_trajectory=torch.tensor([t.trajectory for t in all_turns]),
+            reward_components=components,
+            seconds=seconds,
+            num_prompts=len(indices),
+        )
+
+    def logprobs(self, model: torch.nn.Module, micro_batch: _MicroBatch, temperature: float) -> torch.Tensor:
+        return policy_token_logprobs(model, micro_batch.encoded, temperature)
+
+    def auxiliary_loss(
+        self, model: torch.nn.Module, micro_batch: _MicroBatch
+    ) -> tuple[torch.Tensor, dict] | None:
+        """With ``rollout.train_sqr_heads``: lambda * InfoNCE of the refined queries of this micro-batch's
+        turns that emitted <REFINE> (gt video vs the shown video, hard negatives, random fill)."""
+        from vsr_model.sqr import info_nce, latent_rollout, refined_query
+
+        if not self.cfg.rollout.train_sqr_heads:
+            return None
+        policy = _unwrap(model)
+        refine_id = policy.refine_token_id
+        rows = [k for k, t in enumerate(micro_batch.turns) if refine_id in t.token_ids]
+        if not rows:
+            return None
+        turns = [micro_batch.turns[k] for k in rows]
+        examples = [micro_batch.examples[k] for k in rows]
+        encoded = policy.encode([t.item for t in turns], [t.token_ids for t in turns]).to(policy.device)
+        latents = latent_rollout(policy, encoded).latents
+        query, _ = refined_query(policy.sqr, self.ctx.engine, [e.query for e in examples], latents)
+        seed = self.cfg.seed * 7919 + zlib.crc32("|".join(e.query_id for e in examples).encode())
+        pos, neg = self.ctx.negatives(
+            examples, [micro_batch.shown[k] for k in rows], policy.sqr.config.num_negatives, seed
+        )
+        nce = info_nce(query, pos.to(query.device), neg.to(query.device), policy.sqr.config.temperature)
+        return self.cfg.rollout.sqr_infonce_weight * nce, {"loss/sqr_infonce": float(nce.detach())}
