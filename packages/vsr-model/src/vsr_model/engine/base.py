@@ -97,11 +97,13 @@ class VideoIndex:
     def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:
         return [Hit(self.ids[r], float(sc)) for sc, r in zip(scores, rows, strict=True) if r >= 0]
 
-    def _check_search(self, k: int) -> None:
+    def _check_search(self, k: int) -> int:
+        """Validates k; returns it capped at the corpus size (a corpus smaller than k is ranked whole)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         if not self.ids:
             raise RuntimeError("the engine's index is empty: add videos before searching")
+        return min(int(k), len(self.ids))
 
     def _deny(self, video_ids: Collection[str]) -> np.ndarray | None:
         # ids not in the index cannot be returned anyway, so they need no excluding
@@ -111,25 +113,25 @@ class VideoIndex:
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
     ) -> list[list[Hit]]:
-        self._check_search(k)
+        k = self._check_search(k)
         if exclude is None:
-            scores, rows = self.index.search(queries, int(k))
+            scores, rows = self.index.search(queries, k)
             return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
         if len(exclude) != queries.shape[0]:
             raise ValueError(f"exclude has {len(exclude)} entries for {queries.shape[0]} queries")
         out = []
         for q, skip in zip(queries, exclude, strict=True):
-            scores, rows = self.index.search(q[None], int(k), deny=self._deny(skip))
+            scores, rows = self.index.search(q[None], k, deny=self._deny(skip))
             out.append(self._hits(scores[0], rows[0]))
         return out
 
     def session(
         self, query: np.ndarray, k: int, exclude_seen: bool = True, exclude: Collection[str] = ()
     ) -> EngineSession:
-        self._check_search(k)
+        k = self._check_search(k)
         if query.shape[0] != 1:
             raise ValueError(f"a session starts from one query, got {query.shape[0]}")
-        inner = self.index.session(query[0], int(k), exclude_seen=exclude_seen, deny=self._deny(exclude))
+        inner = self.index.session(query[0], k, exclude_seen=exclude_seen, deny=self._deny(exclude))
         return EngineSession(self, inner)
 
     def save(self, directory: Path) -> None:
@@ -164,8 +166,8 @@ class EngineSession:
         if q.shape[0] != 1:
             raise ValueError(f"refine takes one query embedding, got {q.shape[0]}")
         if k is not None:
-            self._index._check_search(k)
-        scores, rows, _ = self._inner.refine(q[0], None if k is None else int(k))
+            k = self._index._check_search(k)
+        scores, rows, _ = self._inner.refine(q[0], k)
         self.hits = self._index._hits(scores, rows)
         return self.hits
 
