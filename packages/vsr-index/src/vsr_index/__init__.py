@@ -13,7 +13,7 @@ import os
 __version__ = "0.1.0"
 
 from vsr_index import _core
-from vsr_index._core import FlatIndex, Index, index_kind, set_isa, simd_info
+from vsr_index._core import FlatIndex, GraphIndex, Index, Session, index_kind, set_isa, simd_info
 
 
 def load(path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> Index:
@@ -29,4 +29,4 @@ def load(path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -
     return cls.load(path, mmap=mmap, verify=verify)
 
 
-__all__ = ["FlatIndex", "Index", "__version__", "index_kind", "load", "set_isa", "simd_info"]
+__all__ = ["FlatIndex", "GraphIndex", "Index", "Session", "__version__", "index_kind", "load", "set_isa", "simd_info"]
