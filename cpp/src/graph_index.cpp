@@ -246,10 +246,10 @@ void GraphIndex::connect(std::uint32_t slot, int level, const std::vector<std::u
       continue;
     }
     // Full: re-select among the old links plus the new node.
-    decode_slot(nb, nbv.data());
+    const float* v = row_f32(nb, nbv.data());
     cands.clear();
-    for (std::uint32_t i = 0; i < l[0]; ++i) cands.push_back({dist_to(nbv.data(), l[1 + i]), l[1 + i]});
-    cands.push_back({dist_to(nbv.data(), slot), slot});
+    for (std::uint32_t i = 0; i < l[0]; ++i) cands.push_back({dist_to(v, l[1 + i]), l[1 + i]});
+    cands.push_back({dist_to(v, slot), slot});
     select_neighbors(cands, cap, kept, buf);
     l[0] = std::uint32_t(kept.size());
     std::copy(kept.begin(), kept.end(), l + 1);

@@ -53,6 +53,13 @@ void GraphIndex::decode_slot(std::uint32_t slot, float* out) const noexcept {
   codec_.decode(codes_.data() + std::size_t(slot) * codec_.row_bytes(), out);
 }
 
+const float* GraphIndex::row_f32(std::uint32_t slot, float* buffer) const noexcept {
+  if (opts_.storage == Storage::f32)
+    return reinterpret_cast<const float*>(codes_.data() + std::size_t(slot) * codec_.row_bytes());
+  decode_slot(slot, buffer);
+  return buffer;
+}
+
 template <bool locked>
 std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float ep_dist, int from_level,
                                          int to_level, std::uint64_t& dcount) const {
@@ -87,10 +94,11 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
                               const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
                               std::uint64_t& dcount) const {
   visited.reset(capacity());
-  std::vector<Candidate> cand;  // min-heap: next to expand
-  std::vector<Candidate> top;   // max-heap: best ef accepted so far
-  cand.reserve(ef * 2);
-  top.reserve(ef + 1);
+  // Heaps reuse per-thread storage: a search allocates nothing once warm.
+  thread_local std::vector<Candidate> cand;  // min-heap: next to expand
+  std::vector<Candidate>& top = out;         // max-heap: best ef accepted so far
+  cand.clear();
+  top.clear();
   auto accepted = [&](std::uint32_t slot) { return filter == nullptr || filter->accepts(ids_[slot]); };
   for (const Candidate& e : entry) {
     if (visited.check_and_mark(e.slot)) continue;
@@ -125,6 +133,10 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
     for (std::uint32_t i = 0; i < count; ++i) __builtin_prefetch(codes_.data() + std::size_t(buf[i]) * rb);
     for (std::uint32_t i = 0; i < count; ++i) {
       const std::uint32_t nb = buf[i];
+      if (i + 1 < count) {  // the rest of the next row, while this one is scored
+        const std::uint8_t* next = codes_.data() + std::size_t(buf[i + 1]) * rb;
+        for (std::size_t off = 64; off < rb && off < 512; off += 64) __builtin_prefetch(next + off);
+      }
       if (visited.check_and_mark(nb)) continue;
       const float d = dist_to(q, nb);
       ++dcount;
@@ -143,7 +155,6 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
     }
   }
   std::sort_heap(top.begin(), top.end(), farther<Candidate>);  // ascending distance
-  out = std::move(top);
 }
 
 template std::uint32_t GraphIndex::greedy_descend<true>(const float*, std::uint32_t, float, int, int,
@@ -161,10 +172,11 @@ void GraphIndex::select_neighbors(std::vector<Candidate>& cands, std::size_t m, 
   buffer.resize(dim_);
   for (const Candidate& c : cands) {
     if (out.size() >= m) break;
-    if (!out.empty()) decode_slot(c.slot, buffer.data());
+    const float* v = buffer.data();
+    if (!out.empty()) v = row_f32(c.slot, buffer.data());
     bool keep = true;
     for (std::uint32_t r : out)
-      if (dist_to(buffer.data(), r) < c.dist) {
+      if (dist_to(v, r) < c.dist) {
         keep = false;
         break;
       }
@@ -225,7 +237,7 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
     entry.push_back({ep == entry_ ? d : dist_to(q, ep), ep});
     dcount += ep != entry_;
   }
-  std::vector<Candidate> found;
+  thread_local std::vector<Candidate> found;
   search_layer<false>(q, entry, ef, 0, filter, thread_visited(), found, dcount);
   TopK top(k);
   if (keep_originals_) {

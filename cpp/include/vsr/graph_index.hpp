@@ -114,6 +114,8 @@ class GraphIndex final : public Index {
   float dist_to(const float* q, std::uint32_t slot) const noexcept;
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
+  // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.
+  const float* row_f32(std::uint32_t slot, float* buffer) const noexcept;
 
   // Search primitives (graph_index_search.cpp). `locked` reads links under node locks (build).
   template <bool locked>

@@ -57,6 +57,26 @@ GraphIndex(dim, metric="ip", storage="f32", M=16, ef_construction=200, ef_search
       .def_property("ef_search", &vsr::GraphIndex::ef_search, [](vsr::GraphIndex& self, long ef) {
              check(self.set_ef_search(positive(ef, "ef_search")));
            })
+      .def("search_counted", [](const vsr::GraphIndex& self, const py::handle& queries, long k, const py::handle& num_threads) {
+             const std::size_t kk = positive(k, "k");
+             auto q = as_matrix(queries, self.dim(), "queries");
+             const std::size_t nq = std::size_t(q.shape(0));
+             py::array_t<float> scores({nq, kk});
+             py::array_t<std::int64_t> ids({nq, kk});
+             float* s = scores.mutable_data();
+             std::int64_t* i = ids.mutable_data();
+             vsr::SearchStats stats;
+             vsr::SearchParams params;
+             params.num_threads = thread_count(num_threads);
+             params.stats = &stats;
+             {
+               py::gil_scoped_release release;
+               check(self.search(q.data(), nq, kk, s, i, params));
+             }
+             return py::make_tuple(scores, ids, stats.distances.load());
+           },
+           py::arg("queries"), py::arg("k"), py::kw_only(), py::arg("num_threads") = py::none(),
+           "search() that also returns the number of distances it computed (for benchmarks).")
       .def_property_readonly("is_mapped", &vsr::GraphIndex::is_mapped)
       .def_property_readonly("link_count", &vsr::GraphIndex::link_count)
       .def_property("num_threads", &vsr::GraphIndex::num_threads, [](vsr::GraphIndex& self, const py::handle& n) {
