@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import itertools
 
-import vsr_index  # noqa: E402
+import common
+
+import vsr_index
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HNSW_EFS = [10, 16, 24, 32, 48, 64, 96, 128, 192, 256]
@@ -76,8 +78,16 @@ def file_bytes(save: Callable[[str], None]) -> int:
 class Impl:
     """A library under test: build(), set_param(value), search(queries, k) -> ids, optional count."""
 
-    def __init__(self, name: str, params: list, build: Callable, set_param: Callable, search: Callable,
-                 distances: Callable | None = None, size: Callable | None = None):
+    def __init__(
+        self,
+        name: str,
+        params: list,
+        build: Callable,
+        set_param: Callable,
+        search: Callable,
+        distances: Callable | None = None,
+        size: Callable | None = None,
+    ):
         self.name, self.params, self._build = name, params, build
         self.set_param, self.search, self.distances, self.size = set_param, search, distances, size
         self.build_s = math.nan
@@ -101,7 +111,10 @@ def vsr_impl(x: np.ndarray, storage: str, m: int, efc: int) -> Impl:
         state["g"].ef_search = ef
 
     return Impl(
-        f"vsr-{storage}", HNSW_EFS, build, set_param,
+        f"vsr-{storage}",
+        HNSW_EFS,
+        build,
+        set_param,
         lambda q, k: state["g"].search(q, k, num_threads=1)[1],
         lambda q, k: state["g"].search_counted(q, k, num_threads=1)[2],
         lambda: file_bytes(state["g"].save),
@@ -123,9 +136,13 @@ def hnswlib_impl(x: np.ndarray, m: int, efc: int) -> Impl | None:
         state["h"] = h
 
     return Impl(
-        "hnswlib", HNSW_EFS, build, lambda ef: state["h"].set_ef(ef),
+        "hnswlib",
+        HNSW_EFS,
+        build,
+        lambda ef: state["h"].set_ef(ef),
         lambda q, k: state["h"].knn_query(q, k=k, num_threads=1)[0],
-        None, lambda: file_bytes(state["h"].save_index),
+        None,
+        lambda: file_bytes(state["h"].save_index),
     )
 
 
@@ -144,8 +161,12 @@ def faiss_hnsw_impl(faiss, x: np.ndarray, m: int, efc: int) -> Impl:
         return int(faiss.cvar.hnsw_stats.ndis)
 
     return Impl(
-        "faiss-hnsw", HNSW_EFS, build, lambda ef: setattr(state["i"].hnsw, "efSearch", ef),
-        lambda q, k: state["i"].search(q, k)[1], distances,
+        "faiss-hnsw",
+        HNSW_EFS,
+        build,
+        lambda ef: setattr(state["i"].hnsw, "efSearch", ef),
+        lambda q, k: state["i"].search(q, k)[1],
+        distances,
         lambda: file_bytes(lambda p: faiss.write_index(state["i"], p)),
     )
 
@@ -165,9 +186,12 @@ def faiss_ivfpq_impl(faiss, x: np.ndarray) -> Impl:
         state["i"], state["ivf"], state["q"] = refine, ivf, quantizer
 
     return Impl(
-        "faiss-ivfpq-fs+refine", [1, 2, 3, 4, 6, 8, 12, 16, 32, 64], build,
+        "faiss-ivfpq-fs+refine",
+        [1, 2, 3, 4, 6, 8, 12, 16, 32, 64],
+        build,
         lambda p: setattr(state["ivf"], "nprobe", p),
-        lambda q, k: state["i"].search(q, k)[1], None,
+        lambda q, k: state["i"].search(q, k)[1],
+        None,
         lambda: file_bytes(lambda p: faiss.write_index(state["i"], p)),
     )
 
@@ -188,8 +212,12 @@ def usearch_impl(x: np.ndarray, m: int, efc: int) -> Impl | None:
         state["u"].expansion_search = ef
 
     return Impl(
-        "usearch", HNSW_EFS, build, set_param,
-        lambda q, k: state["u"].search(q, k, threads=1).keys, None,
+        "usearch",
+        HNSW_EFS,
+        build,
+        set_param,
+        lambda q, k: state["u"].search(q, k, threads=1).keys,
+        None,
         lambda: file_bytes(state["u"].save),
     )
 
@@ -217,14 +245,18 @@ def scann_impl(x: np.ndarray) -> Impl | None:
         return state["s"].search_batched(q, final_num_neighbors=k, leaves_to_search=state["leaves"])[0]
 
     return Impl(
-        "scann", [1, 2, 3, 4, 6, 8, 12, 16, 32, 64], build, lambda p: state.__setitem__("leaves", p), search,
+        "scann",
+        [1, 2, 3, 4, 6, 8, 12, 16, 32, 64],
+        build,
+        lambda p: state.__setitem__("leaves", p),
+        search,
     )
 
 
 def qps_at_recall(points: list[dict], target: float) -> float | None:
     """QPS where the recall curve crosses `target` (log-QPS interpolated), None if it never does."""
     pts = sorted(points, key=lambda p: p["recall"])
-    for a, b in zip(pts, pts[1:], strict=False):
+    for a, b in itertools.pairwise(pts):
         if a["recall"] < target <= b["recall"]:
             t = (target - a["recall"]) / (b["recall"] - a["recall"])
             return math.exp((1 - t) * math.log(a["qps"]) + t * math.log(b["qps"]))
@@ -261,16 +293,20 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args, faiss) -> dict:
             curves[impl.name].append(point)
     rows = []
     for impl in impls:
-        rows.append({
-            "library": impl.name,
-            "build_s": impl.build_s,
-            "index_MB": impl.size() / 1e6 if impl.size else None,
-            "qps@0.90": qps_at_recall(curves[impl.name], 0.90),
-            "qps@0.95": qps_at_recall(curves[impl.name], 0.95),
-            "qps@0.99": qps_at_recall(curves[impl.name], 0.99),
-            "max_recall": max(p["recall"] for p in curves[impl.name]),
-        })
-    common.print_table(rows, ["library", "build_s", "index_MB", "qps@0.90", "qps@0.95", "qps@0.99", "max_recall"])
+        rows.append(
+            {
+                "library": impl.name,
+                "build_s": impl.build_s,
+                "index_MB": impl.size() / 1e6 if impl.size else None,
+                "qps@0.90": qps_at_recall(curves[impl.name], 0.90),
+                "qps@0.95": qps_at_recall(curves[impl.name], 0.95),
+                "qps@0.99": qps_at_recall(curves[impl.name], 0.99),
+                "max_recall": max(p["recall"] for p in curves[impl.name]),
+            }
+        )
+    common.print_table(
+        rows, ["library", "build_s", "index_MB", "qps@0.90", "qps@0.95", "qps@0.99", "max_recall"]
+    )
     print("\nrecall / QPS / distances per query at each sweep point:")
     for impl in impls:
         pts = ", ".join(
@@ -289,8 +325,15 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args, faiss) -> dict:
         ratios["vsr-f32 / hnswlib build time"] = by["vsr-f32"]["build_s"] / by["hnswlib"]["build_s"]
     for key, val in ratios.items():
         print(f"{key}: {val:.2f}x")
-    return {"dataset": name, "n": len(x), "dim": x.shape[1], "queries": len(q), "rows": rows,
-            "curves": curves, "ratios": ratios}
+    return {
+        "dataset": name,
+        "n": len(x),
+        "dim": x.shape[1],
+        "queries": len(q),
+        "rows": rows,
+        "curves": curves,
+        "ratios": ratios,
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -338,11 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     machine = common.cpu_info()
     common.print_machine(machine, {"threads": 1, "M": args.M, "ef_construction": args.ef_construction})
     with common.limit_threads(1):
-        results = [run_dataset(f"clustered-{args.n}x{args.dim}", *synthetic(args.n, args.dim, args.nq), args, faiss)]
+        results = [
+            run_dataset(f"clustered-{args.n}x{args.dim}", *synthetic(args.n, args.dim, args.nq), args, faiss)
+        ]
         if not args.no_real:
             x, q = real_minilm(args.nq)
             results.append(run_dataset(f"minilm-fig-{len(x)}x{x.shape[1]}", x, q, args, faiss))
-    common.write_json(args.out, {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "results": results})
+    common.write_json(
+        args.out, {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "results": results}
+    )
     print(f"\nwrote {args.out}")
     if args.plot:
         png = args.out.with_suffix(".png")

@@ -11,15 +11,19 @@ namespace vsr {
 
 namespace {
 
-// Min-heap / max-heap orders on Candidate::dist.
-template <typename C>
-bool farther(const C& a, const C& b) noexcept {
-  return a.dist < b.dist;
-}
-template <typename C>
-bool nearer(const C& a, const C& b) noexcept {
-  return a.dist > b.dist;
-}
+// Heap orders on Candidate::dist, as function objects so the heap operations inline them.
+struct Farther {
+  template <typename C>
+  bool operator()(const C& a, const C& b) const noexcept {
+    return a.dist < b.dist;
+  }
+};
+struct Nearer {
+  template <typename C>
+  bool operator()(const C& a, const C& b) const noexcept {
+    return a.dist > b.dist;
+  }
+};
 
 }  // namespace
 
@@ -103,12 +107,12 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
   for (const Candidate& e : entry) {
     if (visited.check_and_mark(e.slot)) continue;
     cand.push_back(e);
-    std::push_heap(cand.begin(), cand.end(), nearer<Candidate>);
+    std::push_heap(cand.begin(), cand.end(), Nearer());
     if (accepted(e.slot)) {
       top.push_back(e);
-      std::push_heap(top.begin(), top.end(), farther<Candidate>);
+      std::push_heap(top.begin(), top.end(), Farther());
       if (top.size() > ef) {
-        std::pop_heap(top.begin(), top.end(), farther<Candidate>);
+        std::pop_heap(top.begin(), top.end(), Farther());
         top.pop_back();
       }
     }
@@ -118,8 +122,10 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
   while (!cand.empty()) {
     const Candidate c = cand.front();
     if (top.size() >= ef && c.dist > top.front().dist) break;
-    std::pop_heap(cand.begin(), cand.end(), nearer<Candidate>);
+    std::pop_heap(cand.begin(), cand.end(), Nearer());
     cand.pop_back();
+    // Link lists live apart from the rows: fetch the next candidate's while this one is expanded.
+    if (!cand.empty()) __builtin_prefetch(links(cand.front().slot, level));
     const std::uint32_t* l = links(c.slot, level);
     std::uint32_t count;
     if (locked) {
@@ -130,31 +136,33 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
       count = l[0];
       std::copy(l + 1, l + 1 + count, buf);
     }
-    for (std::uint32_t i = 0; i < count; ++i) __builtin_prefetch(codes_.data() + std::size_t(buf[i]) * rb);
+    if (count > 0) __builtin_prefetch(codes_.data() + std::size_t(buf[0]) * rb);
     for (std::uint32_t i = 0; i < count; ++i) {
       const std::uint32_t nb = buf[i];
-      if (i + 1 < count) {  // the rest of the next row, while this one is scored
+      // The next row's first lines load while this one is scored (hardware prefetch follows).
+      if (i + 1 < count) {
         const std::uint8_t* next = codes_.data() + std::size_t(buf[i + 1]) * rb;
-        for (std::size_t off = 64; off < rb && off < 512; off += 64) __builtin_prefetch(next + off);
+        __builtin_prefetch(next);
+        __builtin_prefetch(next + 64);
       }
       if (visited.check_and_mark(nb)) continue;
       const float d = dist_to(q, nb);
       ++dcount;
       if (top.size() < ef || d < top.front().dist) {
         cand.push_back({d, nb});
-        std::push_heap(cand.begin(), cand.end(), nearer<Candidate>);
+        std::push_heap(cand.begin(), cand.end(), Nearer());
         if (accepted(nb)) {
           top.push_back({d, nb});
-          std::push_heap(top.begin(), top.end(), farther<Candidate>);
+          std::push_heap(top.begin(), top.end(), Farther());
           if (top.size() > ef) {
-            std::pop_heap(top.begin(), top.end(), farther<Candidate>);
+            std::pop_heap(top.begin(), top.end(), Farther());
             top.pop_back();
           }
         }
       }
     }
   }
-  std::sort_heap(top.begin(), top.end(), farther<Candidate>);  // ascending distance
+  std::sort_heap(top.begin(), top.end(), Farther());  // ascending distance
 }
 
 template std::uint32_t GraphIndex::greedy_descend<true>(const float*, std::uint32_t, float, int, int,
@@ -167,7 +175,7 @@ void GraphIndex::select_neighbors(std::vector<Candidate>& cands, std::size_t m, 
                                   std::vector<float>& buffer) const {
   // HNSW heuristic: keep a candidate only if it is closer to the base than to every kept
   // neighbour, which spreads links over directions instead of one dense cluster.
-  std::sort(cands.begin(), cands.end(), farther<Candidate>);
+  std::sort(cands.begin(), cands.end(), Farther());
   out.clear();
   buffer.resize(dim_);
   for (const Candidate& c : cands) {
