@@ -29,4 +29,14 @@ def load(path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -
     return cls.load(path, mmap=mmap, verify=verify)
 
 
-__all__ = ["FlatIndex", "GraphIndex", "Index", "Session", "__version__", "index_kind", "load", "set_isa", "simd_info"]
+__all__ = [
+    "FlatIndex",
+    "GraphIndex",
+    "Index",
+    "Session",
+    "__version__",
+    "index_kind",
+    "load",
+    "set_isa",
+    "simd_info",
+]
