@@ -198,6 +198,8 @@ def _json_default(v: Any) -> Any:
         return v.item()
     if isinstance(v, np.ndarray):
         return v.tolist()
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 

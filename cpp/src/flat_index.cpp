@@ -14,12 +14,16 @@ namespace vsr {
 namespace {
 
 // Queries scored together against one block of rows: their scores for the block stay in L1/L2.
-constexpr std::size_t kQueryTile = 16;
+// A multiple of every ISA's packed query tile (12, 6, 4).
+constexpr std::size_t kQueryTile = 24;
+// From this many queries per scan, blocks are packed once (decoded to float32, dimension-major)
+// and scored with the GEMM-style kernel; below it the row-streaming kernels win.
+constexpr std::size_t kPackMinQueries = 8;
 // Bytes of stored rows per block: the block stays in L2 while every query of a task visits it.
 constexpr std::size_t kBlockBytes = 192 << 10;
-// Queries per task when parallel over queries: large enough that each pass over the data serves
-// many queries, small enough to balance work between threads.
-constexpr std::size_t kMaxQueriesPerTask = 256;
+// Queries per task when parallel over queries: large enough that each pass over the data (and
+// each packing of a block) serves many queries, small enough to balance work between threads.
+constexpr std::size_t kMaxQueriesPerTask = 512;
 // Rows per task at least, when a few queries are split over rows instead.
 constexpr std::size_t kMinRowsPerTask = 4096;
 // An allow-list this much smaller than the index is scored row by row instead of scanning.
@@ -47,8 +51,8 @@ bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row
   return true;
 }
 
-std::size_t rows_per_block(std::size_t row_bytes) noexcept {
-  return std::clamp<std::size_t>(kBlockBytes / row_bytes / 8 * 8, 8, 4096);
+std::size_t rows_per_block(std::size_t row_bytes, std::size_t multiple) noexcept {
+  return std::clamp<std::size_t>(kBlockBytes / row_bytes / multiple * multiple, multiple, 4096 / multiple * multiple);
 }
 
 // Feeds block scores into one bounded top-k per query, skipping what cannot enter.
@@ -191,10 +195,11 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   std::vector<std::uint8_t> encoded(n * rb);
   Status st = codec_.encode(rows, n, encoded.data());
   if (!st.ok()) return st;
-  std::vector<float> norms;
-  if (opts_.metric == Metric::l2) {
-    norms.resize(n);
-    for (std::size_t r = 0; r < n; ++r) norms[r] = codec_.sqnorm(&encoded[r * rb]);
+  std::vector<float> norms(n);
+  double batch_max = 0;
+  for (std::size_t r = 0; r < n; ++r) {
+    norms[r] = codec_.sqnorm(&encoded[r * rb]);
+    batch_max = std::max({batch_max, double(norms[r]), sqnorm(rows + r * dim_, dim_)});
   }
 
   std::unique_lock lock(mutex_);
@@ -232,11 +237,7 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
     const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
     next_id_ = std::max(next_id_, id + 1);
   }
-  if (max_norm_.load() >= 0) {
-    float m = max_norm_.load();
-    for (std::size_t r = old_rows; r < old_rows + n; ++r) m = std::max(m, row_norm(r));
-    max_norm_.store(m);
-  }
+  max_sq_norm_ = std::max(max_sq_norm_, batch_max);
   generation_.fetch_add(1);
   return {};
 }
@@ -281,19 +282,31 @@ Status FlatIndex::remove(const idx_t* ids, std::size_t n) {
 }
 
 template <class Sink>
-void FlatIndex::scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink,
-                     float* buffer) const {
-  const std::size_t rb = codec_.row_bytes(), block = rows_per_block(rb);
+void FlatIndex::scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end,
+                     Sink& sink) const {
+  const std::size_t rb = codec_.row_bytes();
+  const bool packed = nq >= kPackMinQueries;
+  const Kernels& kt = *kernels_;
+  const StorageKernels& sk = kt.storage[std::size_t(opts_.storage)];
+  // Packed blocks are float32, so their size in cache is 4 * dim bytes per row.
+  const std::size_t block = packed ? rows_per_block(4 * dim_, kt.panel_rows) : rows_per_block(rb, 8);
+  std::vector<float> buffer(kQueryTile * block);
+  std::vector<float> panels(packed ? packed_floats(kt, block, dim_) : 0);
   const std::uint8_t* codes = codes_.data();
   const float* norms = sqnorms_.data();
   const bool l2 = opts_.metric == Metric::l2;
   for (std::size_t r0 = row_begin; r0 < row_end; r0 += block) {
     const std::size_t nb = std::min(block, row_end - r0);
+    if (packed) sk.pack(codes + r0 * rb, nb, dim_, panels.data());
     for (std::size_t q0 = 0; q0 < nq; q0 += kQueryTile) {
       const std::size_t nt = std::min(kQueryTile, nq - q0);
-      codec_.dot_block(queries + q0 * dim_, nt, codes + r0 * rb, nb, buffer, block);
+      float* buf = buffer.data();
+      if (packed)
+        kt.dot_packed(queries + q0 * dim_, nt, panels.data(), nb, dim_, buf, block);
+      else
+        codec_.dot_block(queries + q0 * dim_, nt, codes + r0 * rb, nb, buf, block);
       for (std::size_t a = 0; a < nt; ++a) {
-        float* s = buffer + a * block;
+        float* s = buf + a * block;
         // Ranking l2 by 2<q,x> - ||x||^2 (= ||q||^2 - ||q - x||^2) keeps "higher is better".
         if (l2)
           for (std::size_t j = 0; j < nb; ++j) s[j] = 2.0f * s[j] - norms[r0 + j];
@@ -344,7 +357,7 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
   std::vector<TopK> tops(nq, TopK(cand));
-  const std::size_t rb = codec_.row_bytes(), block = rows_per_block(rb);
+  const std::size_t rb = codec_.row_bytes();
 
   if (filter != nullptr && filter->mode == IdFilter::Mode::allow && filter->ids.size() * kGatherRatio < n) {
     // Small allow-list: score just those rows.
@@ -358,14 +371,13 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
         }
     });
   } else if (nq >= std::size_t(threads) || n < 2 * kMinRowsPerTask) {
-    // Parallel over queries: each task passes over the data once for up to 256 queries.
+    // Parallel over queries: each task passes over the data once for up to 512 queries.
     const std::size_t per = std::clamp<std::size_t>((nq + threads - 1) / threads, 1, kMaxQueriesPerTask);
     const std::size_t tasks = (nq + per - 1) / per;
     parallel_for(tasks, threads, [&](std::size_t t) {
       const std::size_t a = t * per, m = std::min(nq, a + per) - a;
-      std::vector<float> buffer(kQueryTile * block);
       TopKSink sink{tops.data() + a, ids_.data(), filter};
-      scan(q + a * dim_, m, 0, n, sink, buffer.data());
+      scan(q + a * dim_, m, 0, n, sink);
     });
   } else {
     // Few queries, many threads: split the rows, merge the per-chunk top-k lists.
@@ -373,9 +385,8 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
     const std::size_t per = (n + chunks - 1) / chunks;
     std::vector<std::vector<TopK>> part(chunks, std::vector<TopK>(nq, TopK(cand)));
     parallel_for(chunks, threads, [&](std::size_t c) {
-      std::vector<float> buffer(kQueryTile * block);
       TopKSink sink{part[c].data(), ids_.data(), filter};
-      scan(q, nq, c * per, std::min(n, (c + 1) * per), sink, buffer.data());
+      scan(q, nq, c * per, std::min(n, (c + 1) * per), sink);
     });
     for (std::size_t qi = 0; qi < nq; ++qi)
       for (std::size_t c = 0; c < chunks; ++c) tops[qi].merge(part[c][qi]);
@@ -434,14 +445,12 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
   const std::size_t n = ids_.size();
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
-  const std::size_t block = rows_per_block(codec_.row_bytes());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
-    std::vector<float> buffer(kQueryTile * block);
     for (std::size_t a = qb; a < qe; a += kMaxQueriesPerTask) {
       const std::size_t m = std::min(qe, a + kMaxQueriesPerTask) - a;
       std::vector<std::vector<std::pair<float, idx_t>>> local(m);  // by query number within this group
       RangeSink sink{thresholds.data() + a, ids_.data(), filter, &local};
-      scan(q + a * dim_, m, 0, n, sink, buffer.data());
+      scan(q + a * dim_, m, 0, n, sink);
       for (std::size_t i = 0; i < m; ++i) {
         auto& h = hits[a + i];
         for (auto& [s, id] : local[i]) {
@@ -466,41 +475,13 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
 }
 
 Status FlatIndex::score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
-  Status st = check_queries(query, 1);
-  if (!st.ok()) return st;
-  std::vector<float> qstore;
-  const float* q = prepared(query, 1, qstore);
-  std::shared_lock lock(mutex_);
-  for (std::size_t i = 0; i < n; ++i) {
-    auto it = row_of_.find(ids[i]);
-    if (it == row_of_.end())
-      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
-    const float s = exact_score(q, it->second);
-    scores[i] = opts_.metric == Metric::l2 ? -s : s;
-  }
-  return {};
-}
-
-float FlatIndex::row_norm(std::size_t row) const noexcept {
-  if (opts_.rerank > 0) return float(std::sqrt(sqnorm(originals_.data() + row * dim_, dim_)));
-  return std::sqrt(codec_.sqnorm(codes_.data() + row * codec_.row_bytes()));
-}
-
-std::optional<float> FlatIndex::max_norm() const noexcept {
-  float m = max_norm_.load();
-  if (m < 0) {
-    std::shared_lock lock(mutex_);
-    m = 0;
-    for (std::size_t r = 0; r < ids_.size(); ++r) m = std::max(m, row_norm(r));
-    max_norm_.store(m);
-  }
-  // Rounded up so float rounding of a stored row cannot exceed it.
-  return m * (1 + 1e-6f);
+  return score_ids_batch(query, 1, ids, n, scores);
 }
 
 Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                                   float* scores) const {
   if (nq == 0 || n == 0) return {};
+  if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   Status st = check_queries(queries, nq);
   if (!st.ok()) return st;
   std::vector<float> qstore;
@@ -533,6 +514,12 @@ Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const id
   }
   codec.dot_block(q, nq, gathered.data(), n, scores, n);
   return {};
+}
+
+std::optional<float> FlatIndex::max_norm() const noexcept {
+  std::shared_lock lock(mutex_);
+  // Rounded up by a relative 1e-6 so float rounding of stored rows cannot exceed it.
+  return float(std::sqrt(max_sq_norm_) * (1 + 1e-6));
 }
 
 }  // namespace vsr

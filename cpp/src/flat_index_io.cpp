@@ -2,6 +2,7 @@
 //
 // Sections: "flat.meta" (fixed little-endian record below), "ids" (int64 x n), "codes"
 // (n x row_bytes), "sqnorms" (float32 x n, l2 only), "originals" (float32 x n x dim, rerank only).
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -22,8 +23,9 @@ struct Meta {
   std::uint64_t count;
   std::int64_t next_id;
   std::uint64_t row_bytes;
+  double max_sq_norm;
 };
-static_assert(sizeof(Meta) == 48, "Meta is a fixed on-disk record");
+static_assert(sizeof(Meta) == 56, "Meta is a fixed on-disk record");
 
 Error corrupt(const std::string& path, const std::string& what) {
   return make_error(ErrorCode::corrupt_file, "'" + path + "': " + what);
@@ -46,7 +48,8 @@ Status FlatIndex::save(const std::string& path) const {
             opts_.rerank,
             ids_.size(),
             next_id_,
-            codec_.row_bytes()};
+            codec_.row_bytes(),
+            max_sq_norm_};
   std::vector<std::uint8_t> meta_bytes(sizeof meta);
   std::memcpy(meta_bytes.data(), &meta, sizeof meta);
   io::FileWriter w(io::IndexKind::flat, kFlatKindVersion);
@@ -119,7 +122,9 @@ Result<std::unique_ptr<FlatIndex>> FlatIndex::load(const std::string& path, bool
     max_id = std::max(max_id, id);
   }
   if (meta.next_id <= max_id) return corrupt(path, "next id " + std::to_string(meta.next_id) + " is not above every id");
+  if (!(meta.max_sq_norm >= 0.0) || !std::isfinite(meta.max_sq_norm)) return corrupt(path, "invalid maximum norm");
   index->next_id_ = meta.next_id;
+  index->max_sq_norm_ = meta.max_sq_norm;
   index->file_ = std::move(file);
   return index;
 }

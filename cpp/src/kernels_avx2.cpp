@@ -8,13 +8,15 @@ namespace {
 
 struct Avx2Traits {
   using V = __m256;
-  // 3 queries x 4 rows = 12 accumulators + 3 query vectors + 1 row vector = the 16 ymm registers.
-  static constexpr std::size_t W = 8, NQ = 3, NR = 4, NR1 = 8;
+  // Tiles: 3 queries x 4 rows = 12 accumulators + 3 query vectors + 1 row vector (dot_block);
+  // packed: 6 queries x 2 row vectors = 12 accumulators + 2 row vectors + 1 broadcast. 16 ymm.
+  static constexpr std::size_t W = 8, NQ = 3, NR = 4, PQ = 6, PV = 2;
   static V zero() noexcept { return _mm256_setzero_ps(); }
   static V set1(float x) noexcept { return _mm256_set1_ps(x); }
   static V fma(V a, V b, V c) noexcept { return _mm256_fmadd_ps(a, b, c); }
   static V sub(V a, V b) noexcept { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) noexcept { return _mm256_mul_ps(a, b); }
+  static void store(float* p, V v) noexcept { _mm256_storeu_ps(p, v); }
   static V load_f32(const float* p) noexcept { return _mm256_loadu_ps(p); }
   static V load_f16(const std::uint16_t* p) noexcept {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

@@ -8,13 +8,15 @@ namespace {
 
 struct Avx512Traits {
   using V = __m512;
-  // 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector, of 32 zmm registers.
-  static constexpr std::size_t W = 16, NQ = 4, NR = 4, NR1 = 8;
+  // Tiles: 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector (dot_block);
+  // packed: 12 queries x 2 row vectors = 24 accumulators + 2 row vectors + 1 broadcast. 32 zmm.
+  static constexpr std::size_t W = 16, NQ = 4, NR = 4, PQ = 12, PV = 2;
   static V zero() noexcept { return _mm512_setzero_ps(); }
   static V set1(float x) noexcept { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) noexcept { return _mm512_fmadd_ps(a, b, c); }
   static V sub(V a, V b) noexcept { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) noexcept { return _mm512_mul_ps(a, b); }
+  static void store(float* p, V v) noexcept { _mm512_storeu_ps(p, v); }
   static V load_f32(const float* p) noexcept { return _mm512_loadu_ps(p); }
   static V load_f16(const std::uint16_t* p) noexcept {
     return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));

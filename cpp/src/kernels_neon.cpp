@@ -10,13 +10,14 @@ namespace {
 
 struct NeonTraits {
   using V = float32x4_t;
-  // 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector, of 32 q registers.
-  static constexpr std::size_t W = 4, NQ = 4, NR = 4, NR1 = 8;
+  // Tiles: 4 queries x 4 rows (dot_block); packed: 12 queries x 2 row vectors. 32 q registers.
+  static constexpr std::size_t W = 4, NQ = 4, NR = 4, PQ = 12, PV = 2;
   static V zero() noexcept { return vdupq_n_f32(0.0f); }
   static V set1(float x) noexcept { return vdupq_n_f32(x); }
   static V fma(V a, V b, V c) noexcept { return vfmaq_f32(c, a, b); }
   static V sub(V a, V b) noexcept { return vsubq_f32(a, b); }
   static V mul(V a, V b) noexcept { return vmulq_f32(a, b); }
+  static void store(float* p, V v) noexcept { vst1q_f32(p, v); }
   static V load_f32(const float* p) noexcept { return vld1q_f32(p); }
   static V load_f16(const std::uint16_t* p) noexcept { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
   static V load_bf16(const std::uint16_t* p) noexcept { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }

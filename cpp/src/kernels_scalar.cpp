@@ -7,12 +7,13 @@ namespace {
 
 struct ScalarTraits {
   using V = float;
-  static constexpr std::size_t W = 1, NQ = 2, NR = 4, NR1 = 4;
+  static constexpr std::size_t W = 1, NQ = 2, NR = 4, PQ = 4, PV = 2;
   static V zero() noexcept { return 0.0f; }
   static V set1(float x) noexcept { return x; }
   static V fma(V a, V b, V c) noexcept { return a * b + c; }
   static V sub(V a, V b) noexcept { return a - b; }
   static V mul(V a, V b) noexcept { return a * b; }
+  static void store(float* p, V v) noexcept { *p = v; }
   static V load_f32(const float* p) noexcept { return *p; }
   static V load_f16(const std::uint16_t* p) noexcept { return half_to_float(*p); }
   static V load_bf16(const std::uint16_t* p) noexcept { return bf16_to_float(*p); }

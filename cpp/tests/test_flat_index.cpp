@@ -350,4 +350,40 @@ TEST(save_load_round_trip_mmap_and_copy_on_write) {
   std::remove(path.c_str());
 }
 
+TEST(generation_max_norm_stats_and_batch_scores) {
+  auto index = make_index(2, Metric::inner_product, Storage::int8, 2);
+  CHECK(index->generation() == 0 && !index->exact_search());
+  float x[4] = {3, 4, 0.6f, 0.8f};
+  CHECK(index->add(x, 2, nullptr).ok());
+  CHECK(index->generation() == 1);
+  CHECK_NEAR(index->max_norm().value(), 5.0, 1e-5);
+  idx_t zero = 0;
+  CHECK(index->remove(&zero, 1).ok() && index->generation() == 2);
+  CHECK_NEAR(index->max_norm().value(), 5.0, 1e-5);  // never decreases
+  CHECK(index->add(x, 1, &zero).ok());
+  float q[4] = {1, 0, 0, 1};
+  idx_t ids[2] = {0, 1};
+  float s[4];
+  CHECK(index->score_ids_batch(q, 2, ids, 2, s).ok());
+  CHECK_NEAR(s[0], 3.0, 1e-6);
+  CHECK_NEAR(s[1], 0.6, 1e-6);
+  CHECK_NEAR(s[2], 4.0, 1e-6);
+  CHECK_NEAR(s[3], 0.8, 1e-6);
+  SearchStats stats;
+  SearchParams p;
+  p.stats = &stats;
+  float out[2];
+  idx_t out_id[2];
+  CHECK(index->search(q, 2, 1, out, out_id, p).ok());
+  CHECK(stats.distances.load() == 2 * (2 + 2));  // 2 queries x (2 scanned + 2 re-ranked)
+  CHECK(make_index(2, Metric::l2)->exact_search());
+  CHECK(!make_index(2, Metric::l2, Storage::bf16)->exact_search());
+  SearchStats l2_stats;
+  p.stats = &l2_stats;
+  auto l2 = make_index(2, Metric::l2);
+  CHECK(l2->add(x, 2, nullptr).ok());
+  CHECK(l2->search(q, 1, 1, out, out_id, p).ok());
+  CHECK(l2_stats.distances.load() == 2 + 1);  // scanned rows + direct l2 re-scoring of k
+}
+
 VSR_TEST_MAIN

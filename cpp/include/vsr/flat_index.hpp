@@ -64,9 +64,10 @@ class FlatIndex final : public Index {
   Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                          float* scores) const override;
   std::uint64_t generation() const noexcept override { return generation_.load(); }
-  // Exact when the stored form is float32.
-  bool exact_search() const noexcept override { return opts_.storage == Storage::f32; }
+  // Largest norm ever added (never decreases on remove), over the vectors that exact scores use.
   std::optional<float> max_norm() const noexcept override;
+  // Exact when the stored form is float32 (compressed storage ranks approximately, re-ranked or not).
+  bool exact_search() const noexcept override { return opts_.storage == Storage::f32; }
   Status save(const std::string& path) const override;
 
   // Kernel set used by this index (defaults to default_isa()).
@@ -80,16 +81,13 @@ class FlatIndex final : public Index {
   FlatIndex(std::size_t dim, const FlatOptions& options);
 
   template <class Sink>
-  void scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink,
-            float* buffer) const;
+  void scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink) const;
   // Rows of the allow-list ids present in the index, ascending.
   std::vector<std::size_t> allowed_rows(const IdFilter& filter) const;
   Status check_queries(const float* queries, std::size_t nq) const;
   // Query rows ready for the kernels: normalised copies for cosine, else the input.
   const float* prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const;
   float exact_score(const float* q, std::size_t row) const noexcept;
-  // Norm of the vector exact_score() uses for a row.
-  float row_norm(std::size_t row) const noexcept;
   void make_owned();
 
   std::size_t dim_;
@@ -103,12 +101,10 @@ class FlatIndex final : public Index {
   MappedArray<idx_t> ids_;           // external id of each row
   std::unordered_map<idx_t, std::size_t> row_of_;
   idx_t next_id_ = 0;
+  double max_sq_norm_ = 0;  // largest squared norm added (never decreases)
+  std::atomic<std::uint64_t> generation_{0};
   std::shared_ptr<io::FileReader> file_;  // keeps a mapping alive while views point into it
   mutable std::shared_mutex mutex_;       // searches share, writes exclude
-  std::atomic<std::uint64_t> generation_{0};  // bumped by every add/remove
-  // Largest norm of the vectors exact scores use, computed on first use (-1: not yet); only
-  // grows, so it stays an upper bound after removals.
-  mutable std::atomic<float> max_norm_{-1.0f};
 };
 
 }  // namespace vsr

@@ -73,23 +73,6 @@ class Index {
   virtual Status score_ids(const float* query, const idx_t* ids, std::size_t n,
                            float* scores) const = 0;
 
-  // The methods below have defaults that report "unsupported", so a new index kind can grow
-  // into them; FlatIndex implements all of them.
-
-  // Short name of the index kind ("flat", "graph"), used in messages and files.
-  virtual std::string_view kind_name() const noexcept { return "index"; }
-
-  // Removes the listed ids. Every id must be present and listed once; otherwise nothing is
-  // removed and the error names the offending id.
-  virtual Status remove(const idx_t* ids, std::size_t n);
-
-  // All results with score >= radius (inner product / cosine) or squared distance <= radius (l2).
-  virtual Status range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
-                              const SearchParams& params) const;
-
-  // Writes the index to one file atomically (temp file + fsync + rename); see io.hpp.
-  virtual Status save(const std::string& path) const;
-
   // Exact scores of nq queries against the same n ids: scores[i * n + j] for query i, id j.
   // Indexes override this with one blocked pass over the rows; the default scores query by query.
   virtual Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids,
@@ -119,6 +102,23 @@ class Index {
                              const SearchParams& params) const {
     return make_error(ErrorCode::unsupported, "this index kind has no warm-started search");
   }
+
+  // The methods below have defaults that report "unsupported", so a new index kind can grow
+  // into them; FlatIndex implements all of them.
+
+  // Short name of the index kind ("flat", "graph"), used in messages and files.
+  virtual std::string_view kind_name() const noexcept { return "index"; }
+
+  // Removes the listed ids. Every id must be present and listed once; otherwise nothing is
+  // removed and the error names the offending id.
+  virtual Status remove(const idx_t* ids, std::size_t n);
+
+  // All results with score >= radius (inner product / cosine) or squared distance <= radius (l2).
+  virtual Status range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
+                              const SearchParams& params) const;
+
+  // Writes the index to one file atomically (temp file + fsync + rename); see io.hpp.
+  virtual Status save(const std::string& path) const;
 };
 
 }  // namespace vsr

@@ -19,6 +19,9 @@ struct StorageKernels {
   // out[i * ldo + j] = <queries_i, decode(row_j)>, i < nq, j < n (see Codec::dot_block).
   void (*dot_block)(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n,
                     std::size_t d, float* out, std::size_t ldo) noexcept;
+  // Decodes n rows into ceil(n / panel_rows) panels for dot_packed: panel p holds rows
+  // [p * panel_rows, ...) dimension-major (packed[k * panel_rows + r]), zero-padded.
+  void (*pack)(const std::uint8_t* rows, std::size_t n, std::size_t d, float* packed) noexcept;
 };
 
 struct Kernels {
@@ -35,7 +38,19 @@ struct Kernels {
                         float* out) noexcept;
   // Indexed by Storage.
   StorageKernels storage[kNumStorages];
+  // Rows per packed panel (a multiple of the vector width).
+  std::size_t panel_rows;
+  // GEMM-style batch scoring: out[i * ldo + j] = <queries_i, row_j> for n packed rows. The
+  // register tile holds many queries x one panel with no horizontal sums; for large batches,
+  // where packing a block once is repaid by every query that visits it.
+  void (*dot_packed)(const float* queries, std::size_t nq, const float* packed, std::size_t n, std::size_t d,
+                     float* out, std::size_t ldo) noexcept;
 };
+
+// Floats needed to pack n rows (whole panels).
+inline std::size_t packed_floats(const Kernels& k, std::size_t n, std::size_t d) noexcept {
+  return (n + k.panel_rows - 1) / k.panel_rows * k.panel_rows * d;
+}
 
 // Kernel table for an ISA; nullptr when that ISA was not compiled in.
 const Kernels* kernels_for(Isa isa) noexcept;

@@ -6,14 +6,26 @@
 
 namespace vsr_py {
 
+namespace {
+// Plain C++ exceptions, turned into OSError / NotImplementedError by a translator that runs with
+// the GIL held: raise_error may be called while the GIL is released, where touching Python
+// error state would crash.
+struct OsError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct Unsupported : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+}  // namespace
+
 void raise_error(const vsr::Error& e) {
   switch (e.code) {
     case vsr::ErrorCode::invalid_argument: throw py::value_error(e.message);
     case vsr::ErrorCode::out_of_range: throw py::index_error(e.message);
     case vsr::ErrorCode::not_found: throw py::key_error(e.message);
-    case vsr::ErrorCode::io_error: PyErr_SetString(PyExc_OSError, e.message.c_str()); throw py::error_already_set();
+    case vsr::ErrorCode::io_error: throw OsError(e.message);
     case vsr::ErrorCode::corrupt_file: throw py::value_error("corrupt index file: " + e.message);
-    case vsr::ErrorCode::unsupported: PyErr_SetString(PyExc_NotImplementedError, e.message.c_str()); throw py::error_already_set();
+    case vsr::ErrorCode::unsupported: throw Unsupported(e.message);
   }
   throw std::runtime_error(e.message);
 }
@@ -135,6 +147,15 @@ vsr::Storage parse_storage(const std::string& name) {
 }
 
 void bind_common(py::module_& m) {
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const OsError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
+    } catch (const Unsupported& e) {
+      PyErr_SetString(PyExc_NotImplementedError, e.what());
+    }
+  });
   m.def("simd_info", [] {
     const vsr::CpuFeatures& f = vsr::cpu_features();
     py::dict cpu;

@@ -16,7 +16,7 @@ namespace vsr_py {
 
 namespace py = pybind11;
 
-// Raises the Python exception matching an engine error.
+// Raises the Python exception matching an engine error (safe with the GIL released).
 [[noreturn]] void raise_error(const vsr::Error& e);
 
 inline void check(const vsr::Status& s) {
