@@ -143,6 +143,21 @@ double proof_margin(const Index& index, const CandidatePool& pool, const std::ve
   return double(kth) - (double(pool.floor) + moved * r) - eps;
 }
 
+// Whether q is close enough to the pool's anchor for the pool to help (bound or warm start).
+bool close_to_anchor(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
+                     double min_cosine) noexcept {
+  if (pool.anchor.empty()) return false;
+  const std::size_t d = index.dim();
+  double cos;
+  if (index.metric() == Metric::cosine) {
+    const double moved = distance(q.data(), pool.anchor.data(), d);
+    cos = 1 - moved * moved / 2;
+  } else {
+    cos = cosine_similarity(q.data(), pool.anchor.data(), d);
+  }
+  return cos >= min_cosine;
+}
+
 // Answers one query whose scores against `pool` are known (pool_scores == nullptr: the pool is
 // stale). Takes the pool's top-k when the bound proves it, else searches again and, when
 // new_pool != nullptr, leaves the fresh pool there.
@@ -173,9 +188,7 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   }
   // Seeds for a warm start: the pool re-ranked for the new query, best first.
   std::vector<idx_t> seeds;
-  double cos = metric == Metric::cosine ? 1 - info.moved * info.moved / 2
-                                        : cosine_similarity(q.data(), pool.anchor.data(), d);
-  if (pool_scores != nullptr && cos >= warm_min_cosine && !pool.ids.empty()) {
+  if (pool_scores != nullptr && close_to_anchor(index, pool, q, warm_min_cosine) && !pool.ids.empty()) {
     std::vector<std::size_t> order(pool.ids.size());
     for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
@@ -259,16 +272,19 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
     write_prefix(pool_, k, index_.metric(), out_scores.data(), out_ids.data());
   } else {
     // The pool is only valid for the index contents it was searched over.
-    bool stale = pool_.generation != index_.generation();
+    // A stale pool, or a query that moved too far for the pool to help, goes straight to a cold
+    // search without scoring the pool.
+    bool skip = pool_.generation != index_.generation() ||
+                !close_to_anchor(index_, pool_, q, options_.warm_min_cosine);
     std::vector<float> pool_scores;
-    if (!stale && !pool_.ids.empty()) {
+    if (!skip && !pool_.ids.empty()) {
       pool_scores.resize(pool_.ids.size());
       s = index_.score_ids(q.data(), pool_.ids.data(), pool_.ids.size(), pool_scores.data());
       if (!s.ok()) return s;
       info.distances += pool_.ids.size();
     }
     CandidatePool fresh;
-    s = answer_query(index_, pool_, q, stale ? nullptr : pool_scores.data(), k, pool_size, filter,
+    s = answer_query(index_, pool_, q, skip ? nullptr : pool_scores.data(), k, pool_size, filter,
                      options_.warm_min_cosine, options_.num_threads, out_scores.data(), out_ids.data(), info,
                      &fresh);
     if (!s.ok()) return s;

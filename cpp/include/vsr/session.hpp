@@ -51,8 +51,8 @@ struct SessionOptions {
   std::size_t pool_size = 0;
   // Never return an id this session already returned.
   bool exclude_seen = false;
-  // Below this cosine similarity between the new query and the pool's anchor a warm start is not
-  // worth it and the fallback search is cold.
+  // Below this cosine similarity between the new query and the pool's anchor the pool is not
+  // scored at all (the bound cannot hold, a warm start does not pay) and the search is cold.
   double warm_min_cosine = 0.9;
   // Ids that may be returned (allow/deny), for every turn; copied into the session.
   IdFilter filter;

@@ -138,6 +138,18 @@ py::tuple range_search(const vsr::Index& self, const py::handle& queries, float 
 
 }  // namespace
 
+vsr::Metric parse_metric(const std::string& name) {
+  auto m = vsr::metric_from_name(name);
+  if (!m) throw py::value_error("unknown metric '" + name + "'; expected one of 'ip', 'cosine', 'l2'");
+  return *m;
+}
+
+vsr::Storage parse_storage(const std::string& name) {
+  auto s = vsr::storage_from_name(name);
+  if (!s) throw py::value_error("unknown storage '" + name + "'; expected one of 'f32', 'f16', 'bf16', 'int8'");
+  return *s;
+}
+
 void bind_common(py::module_& m) {
   py::register_exception_translator([](std::exception_ptr p) {
     try {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "vsr/codec.hpp"
 #include "vsr/common.hpp"
 #include "vsr/index.hpp"
 
@@ -35,6 +36,9 @@ py::array_t<float, py::array::c_style> as_matrix(const py::handle& obj, std::siz
 py::array_t<std::int64_t, py::array::c_style> as_ids(const py::handle& obj, long n, const char* what);
 // An id filter from the allow= / deny= arguments (at most one may be given).
 vsr::IdFilter make_filter(const py::handle& allow, const py::handle& deny);
+// Metric and storage names ("ip", "cosine", "l2"; "f32", "f16", "bf16", "int8"); ValueError otherwise.
+vsr::Metric parse_metric(const std::string& name);
+vsr::Storage parse_storage(const std::string& name);
 // num_threads=None -> 0 (the index default); negative raises.
 int thread_count(const py::handle& num_threads);
 // str or os.PathLike -> filesystem path string.
@@ -47,5 +51,6 @@ void bind_common(py::module_& m);
 void bind_flat(py::module_& m);
 void bind_gpu(py::module_& m);
 void bind_session(py::module_& m);
+void bind_graph(py::module_& m);
 
 }  // namespace vsr_py

@@ -7,18 +7,6 @@ namespace vsr_py {
 
 namespace {
 
-vsr::Metric parse_metric(const std::string& name) {
-  auto m = vsr::metric_from_name(name);
-  if (!m) throw py::value_error("unknown metric '" + name + "'; expected one of 'ip', 'cosine', 'l2'");
-  return *m;
-}
-
-vsr::Storage parse_storage(const std::string& name) {
-  auto s = vsr::storage_from_name(name);
-  if (!s) throw py::value_error("unknown storage '" + name + "'; expected one of 'f32', 'f16', 'bf16', 'int8'");
-  return *s;
-}
-
 std::size_t parse_rerank(const py::handle& rerank) {
   if (py::isinstance<py::bool_>(rerank) || !py::isinstance<py::int_>(rerank))
     throw py::type_error("rerank must be an int factor (0 = off, e.g. 4 = re-rank the 4*k best exactly)");

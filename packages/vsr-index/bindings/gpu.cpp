@@ -65,11 +65,10 @@ void bind_gpu(py::module_& m) {
 
   py::class_<vsr::GpuFlatIndex>(m, "GpuFlatIndex")
       .def(py::init([](std::size_t dim, const std::string& metric, const std::string& storage, int device) {
-             auto mt = vsr::metric_from_name(metric);
-             if (!mt) throw py::value_error("unknown metric '" + metric + "'; expected one of 'ip', 'cosine', 'l2'");
+             const vsr::Metric mt = parse_metric(metric);
              auto st = vsr::element_type_from_name(storage);
              if (!st) throw py::value_error("unknown storage '" + storage + "'; expected 'f32', 'f16' or 'bf16'");
-             return unwrap(vsr::GpuFlatIndex::create(dim, *mt, *st, device));
+             return unwrap(vsr::GpuFlatIndex::create(dim, mt, *st, device));
            }),
            py::arg("dim"), py::arg("metric") = "ip", py::arg("storage") = "f16", py::arg("device") = 0)
       .def_property_readonly("dim", &vsr::GpuFlatIndex::dim)

@@ -1,0 +1,180 @@
+// Approximate search on a hierarchical navigable small-world graph (HNSW, Malkov & Yashunin 2018)
+// over compressed vectors, with exact re-ranking from float32 originals.
+//
+// Layout: node slots are rows. Layer-0 links are one flat array of (count, 2M links) per slot;
+// upper-layer links (few nodes) are per-node arrays. Codes (the storage codec's rows) drive the
+// graph walk; float32 originals, kept when the storage is compressed, re-rank the walk's results.
+// Removed nodes are unlinked and their in-neighbours re-linked through the removed node's
+// neighbours (so recall holds after many removals), and their slots are reused by later adds.
+//
+// Thread safety: searches run concurrently with each other; add/remove/save take an exclusive
+// lock (a build is itself parallel).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "vsr/codec.hpp"
+#include "vsr/index.hpp"
+#include "vsr/io.hpp"
+#include "vsr/kernels.hpp"
+#include "vsr/mapped_array.hpp"
+
+namespace vsr {
+
+struct GraphOptions {
+  Metric metric = Metric::inner_product;
+  Storage storage = Storage::f32;  // form the graph walk reads; compressed forms keep f32 originals
+  std::size_t M = 16;              // links per node on upper layers; 2M on layer 0
+  std::size_t ef_construction = 200;
+  std::size_t ef_search = 64;
+  std::uint64_t seed = 42;  // level assignment
+};
+
+class GraphIndex final : public Index {
+ public:
+  static Result<std::unique_ptr<GraphIndex>> make(std::size_t dim, const GraphOptions& options);
+  static Result<std::unique_ptr<GraphIndex>> load(const std::string& path, bool use_mmap, bool verify);
+
+  std::size_t dim() const noexcept override { return dim_; }
+  Metric metric() const noexcept override { return opts_.metric; }
+  std::size_t size() const noexcept override;
+  std::string_view kind_name() const noexcept override { return "graph"; }
+  const GraphOptions& options() const noexcept { return opts_; }
+  bool is_mapped() const noexcept;
+
+  // Inserts in parallel (num_threads() workers).
+  Status add(const float* vectors, std::size_t n, const idx_t* ids) override;
+  Status remove(const idx_t* ids, std::size_t n) override;
+  Status search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
+                const SearchParams& params) const override;
+  Status search_warm(const float* query, std::size_t k, const idx_t* seeds, std::size_t n_seeds, float* scores,
+                     idx_t* ids, const SearchParams& params) const override;
+  Status score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
+  std::uint64_t generation() const noexcept override { return generation_.load(); }
+  std::optional<float> max_norm() const noexcept override;
+  Status save(const std::string& path) const override;
+
+  // Candidate list size of searches (>= k is used); larger is slower and more accurate.
+  Status set_ef_search(std::size_t ef);
+  std::size_t ef_search() const noexcept { return ef_search_.load(); }
+  void set_num_threads(int n) noexcept { num_threads_.store(n < 0 ? 0 : n); }
+  int num_threads() const noexcept { return num_threads_.load(); }
+  // Links per node summed over layers (for memory reports and tests).
+  std::size_t link_count() const;
+
+ private:
+  struct Candidate {
+    float dist;  // lower is better: -similarity for ip/cosine, squared distance for l2
+    std::uint32_t slot;
+  };
+  // Per-thread visited marks for one walk; an epoch counter makes reset O(1).
+  class Visited {
+   public:
+    void reset(std::size_t n) {
+      if (marks_.size() < n) {
+        marks_.assign(n + n / 4, 0);
+        epoch_ = 0;
+      }
+      if (++epoch_ == 0) {
+        std::fill(marks_.begin(), marks_.end(), std::uint16_t(0));
+        epoch_ = 1;
+      }
+    }
+    // True if slot was already visited; marks it either way.
+    bool check_and_mark(std::uint32_t slot) noexcept {
+      if (marks_[slot] == epoch_) return true;
+      marks_[slot] = epoch_;
+      return false;
+    }
+
+   private:
+    std::vector<std::uint16_t> marks_;
+    std::uint16_t epoch_ = 0;
+  };
+  static Visited& thread_visited();
+
+  GraphIndex(std::size_t dim, const GraphOptions& options);
+
+  // Graph structure.
+  std::size_t max_links(int level) const noexcept { return level == 0 ? 2 * opts_.M : opts_.M; }
+  const std::uint32_t* links(std::uint32_t slot, int level) const noexcept;
+  std::uint32_t* links_mut(std::uint32_t slot, int level) noexcept;
+  std::mutex& node_lock(std::uint32_t slot) const noexcept { return node_locks_[slot % kNodeLocks]; }
+
+  // Distances.
+  float dist_to(const float* q, std::uint32_t slot) const noexcept;
+  float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
+  void decode_slot(std::uint32_t slot, float* out) const noexcept;
+  // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.
+  const float* row_f32(std::uint32_t slot, float* buffer) const noexcept;
+
+  // Search primitives (graph_index_search.cpp). `locked` reads links under node locks (build).
+  template <bool locked>
+  std::uint32_t greedy_descend(const float* q, std::uint32_t ep, float ep_dist, int from_level, int to_level,
+                               std::uint64_t& dcount) const;
+  template <bool locked>
+  void search_layer(const float* q, const std::vector<Candidate>& entry, std::size_t ef, int level,
+                    const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
+                    std::uint64_t& dcount) const;
+  void select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,
+                        std::vector<float>& buffer) const;
+  // One query end to end: filter strategy, walk (from seeds when given), re-rank, top-k.
+  void search_one(const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
+                  const IdFilter* filter, float* scores, idx_t* ids, std::uint64_t& dcount) const;
+  void scan_rows(const float* q, const std::vector<std::uint32_t>& rows, std::size_t k, float* scores, idx_t* ids,
+                 std::uint64_t& dcount) const;
+
+  // Build primitives (graph_index.cpp).
+  void insert(std::uint32_t slot, int level);
+  void connect(std::uint32_t slot, int level, const std::vector<std::uint32_t>& neighbors, std::vector<float>& buf);
+  void repair(const std::vector<char>& removed);
+  int random_level(std::uint32_t slot) const noexcept;
+  void grow(std::size_t capacity);
+  std::size_t capacity() const noexcept { return ids_.size(); }
+  void make_owned();
+  Status check_queries(const float* queries, std::size_t nq) const;
+  const float* prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const;
+
+  static constexpr std::size_t kNodeLocks = 4096;
+  static constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
+
+  std::size_t dim_;
+  GraphOptions opts_;
+  Codec codec_;
+  const Kernels* kernels_;
+  bool keep_originals_;
+  std::atomic<std::size_t> ef_search_;
+  std::atomic<int> num_threads_{0};
+
+  // Per slot (capacity rows); a free slot has id kNoId.
+  MappedArray<std::uint8_t> codes_;
+  MappedArray<float> originals_;
+  MappedArray<std::uint32_t> level0_;  // (1 + 2M) per slot: count, links
+  MappedArray<idx_t> ids_;
+  std::vector<std::uint8_t> levels_;
+  std::vector<std::vector<std::uint32_t>> upper_;  // level L: L * (1 + M) words
+  std::vector<std::uint32_t> free_slots_;
+  std::unordered_map<idx_t, std::uint32_t> slot_of_;
+  std::size_t live_ = 0;
+  idx_t next_id_ = 0;
+  std::uint32_t entry_ = kNoSlot;
+  int max_level_ = -1;
+
+  std::atomic<std::uint64_t> generation_{0};
+  mutable std::atomic<float> max_norm_{-1.0f};
+  std::unique_ptr<std::mutex[]> node_locks_;
+  std::mutex entry_mutex_;  // entry_/max_level_ during a parallel build
+  std::shared_ptr<io::FileReader> file_;
+  mutable std::shared_mutex mutex_;
+};
+
+}  // namespace vsr

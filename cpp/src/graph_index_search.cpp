@@ -1,0 +1,368 @@
+// GraphIndex: the graph walk (greedy descent, beam search on one layer), neighbour selection,
+// filtered search strategy, exact re-rank, and the public search entry points.
+#include <cmath>
+#include <string>
+
+#include "vsr/graph_index.hpp"
+#include "vsr/parallel.hpp"
+#include "vsr/topk.hpp"
+
+namespace vsr {
+
+namespace {
+
+// Heap orders on Candidate::dist, as function objects so the heap operations inline them.
+struct Farther {
+  template <typename C>
+  bool operator()(const C& a, const C& b) const noexcept {
+    return a.dist < b.dist;
+  }
+};
+struct Nearer {
+  template <typename C>
+  bool operator()(const C& a, const C& b) const noexcept {
+    return a.dist > b.dist;
+  }
+};
+
+}  // namespace
+
+GraphIndex::Visited& GraphIndex::thread_visited() {
+  thread_local Visited visited;
+  return visited;
+}
+
+const std::uint32_t* GraphIndex::links(std::uint32_t slot, int level) const noexcept {
+  if (level == 0) return level0_.data() + std::size_t(slot) * (1 + 2 * opts_.M);
+  return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
+}
+
+std::uint32_t* GraphIndex::links_mut(std::uint32_t slot, int level) noexcept {
+  if (level == 0) return level0_.own().data() + std::size_t(slot) * (1 + 2 * opts_.M);
+  return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
+}
+
+float GraphIndex::dist_to(const float* q, std::uint32_t slot) const noexcept {
+  const std::uint8_t* row = codes_.data() + std::size_t(slot) * codec_.row_bytes();
+  return opts_.metric == Metric::l2 ? codec_.l2sq(q, row) : -codec_.dot(q, row);
+}
+
+float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept {
+  if (!keep_originals_) return -dist_to(q, slot);
+  const float* x = originals_.data() + std::size_t(slot) * dim_;
+  return opts_.metric == Metric::l2 ? -kernels_->l2sq_f32(q, x, dim_) : kernels_->dot_f32(q, x, dim_);
+}
+
+void GraphIndex::decode_slot(std::uint32_t slot, float* out) const noexcept {
+  codec_.decode(codes_.data() + std::size_t(slot) * codec_.row_bytes(), out);
+}
+
+const float* GraphIndex::row_f32(std::uint32_t slot, float* buffer) const noexcept {
+  if (opts_.storage == Storage::f32)
+    return reinterpret_cast<const float*>(codes_.data() + std::size_t(slot) * codec_.row_bytes());
+  decode_slot(slot, buffer);
+  return buffer;
+}
+
+template <bool locked>
+std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float ep_dist, int from_level,
+                                         int to_level, std::uint64_t& dcount) const {
+  std::vector<std::uint32_t> copy;
+  for (int level = from_level; level > to_level; --level) {
+    bool moved = true;
+    while (moved) {
+      moved = false;
+      const std::uint32_t* l = links(ep, level);
+      if (locked) {
+        std::lock_guard lock(node_lock(ep));
+        copy.assign(l + 1, l + 1 + l[0]);
+      } else {
+        copy.assign(l + 1, l + 1 + l[0]);
+      }
+      for (std::uint32_t nb : copy) {
+        const float d = dist_to(q, nb);
+        ++dcount;
+        if (d < ep_dist) {
+          ep_dist = d;
+          ep = nb;
+          moved = true;
+        }
+      }
+    }
+  }
+  return ep;
+}
+
+template <bool locked>
+void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entry, std::size_t ef, int level,
+                              const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
+                              std::uint64_t& dcount) const {
+  visited.reset(capacity());
+  // Heaps reuse per-thread storage: a search allocates nothing once warm.
+  thread_local std::vector<Candidate> cand;  // min-heap: next to expand
+  std::vector<Candidate>& top = out;         // max-heap: best ef accepted so far
+  cand.clear();
+  top.clear();
+  auto accepted = [&](std::uint32_t slot) { return filter == nullptr || filter->accepts(ids_[slot]); };
+  for (const Candidate& e : entry) {
+    if (visited.check_and_mark(e.slot)) continue;
+    cand.push_back(e);
+    std::push_heap(cand.begin(), cand.end(), Nearer());
+    if (accepted(e.slot)) {
+      top.push_back(e);
+      std::push_heap(top.begin(), top.end(), Farther());
+      if (top.size() > ef) {
+        std::pop_heap(top.begin(), top.end(), Farther());
+        top.pop_back();
+      }
+    }
+  }
+  const std::size_t rb = codec_.row_bytes();
+  std::uint32_t buf[1 + 2 * 256];
+  while (!cand.empty()) {
+    const Candidate c = cand.front();
+    if (top.size() >= ef && c.dist > top.front().dist) break;
+    std::pop_heap(cand.begin(), cand.end(), Nearer());
+    cand.pop_back();
+    // Link lists live apart from the rows: fetch the next candidate's while this one is expanded.
+    if (!cand.empty()) __builtin_prefetch(links(cand.front().slot, level));
+    const std::uint32_t* l = links(c.slot, level);
+    std::uint32_t count;
+    if (locked) {
+      std::lock_guard lock(node_lock(c.slot));
+      count = l[0];
+      std::copy(l + 1, l + 1 + count, buf);
+    } else {
+      count = l[0];
+      std::copy(l + 1, l + 1 + count, buf);
+    }
+    if (count > 0) __builtin_prefetch(codes_.data() + std::size_t(buf[0]) * rb);
+    for (std::uint32_t i = 0; i < count; ++i) {
+      const std::uint32_t nb = buf[i];
+      // The next row's first lines load while this one is scored (hardware prefetch follows).
+      if (i + 1 < count) {
+        const std::uint8_t* next = codes_.data() + std::size_t(buf[i + 1]) * rb;
+        __builtin_prefetch(next);
+        __builtin_prefetch(next + 64);
+      }
+      if (visited.check_and_mark(nb)) continue;
+      const float d = dist_to(q, nb);
+      ++dcount;
+      if (top.size() < ef || d < top.front().dist) {
+        cand.push_back({d, nb});
+        std::push_heap(cand.begin(), cand.end(), Nearer());
+        if (accepted(nb)) {
+          top.push_back({d, nb});
+          std::push_heap(top.begin(), top.end(), Farther());
+          if (top.size() > ef) {
+            std::pop_heap(top.begin(), top.end(), Farther());
+            top.pop_back();
+          }
+        }
+      }
+    }
+  }
+  std::sort_heap(top.begin(), top.end(), Farther());  // ascending distance
+}
+
+template std::uint32_t GraphIndex::greedy_descend<true>(const float*, std::uint32_t, float, int, int,
+                                                        std::uint64_t&) const;
+template void GraphIndex::search_layer<true>(const float*, const std::vector<Candidate>&, std::size_t, int,
+                                             const IdFilter*, Visited&, std::vector<Candidate>&,
+                                             std::uint64_t&) const;
+
+void GraphIndex::select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,
+                                  std::vector<float>& buffer) const {
+  // HNSW heuristic: keep a candidate only if it is closer to the base than to every kept
+  // neighbour, which spreads links over directions instead of one dense cluster.
+  std::sort(cands.begin(), cands.end(), Farther());
+  out.clear();
+  buffer.resize(dim_);
+  for (const Candidate& c : cands) {
+    if (out.size() >= m) break;
+    const float* v = buffer.data();
+    if (!out.empty()) v = row_f32(c.slot, buffer.data());
+    bool keep = true;
+    for (std::uint32_t r : out)
+      if (dist_to(v, r) < c.dist) {
+        keep = false;
+        break;
+      }
+    if (keep) out.push_back(c.slot);
+  }
+}
+
+void GraphIndex::scan_rows(const float* q, const std::vector<std::uint32_t>& rows, std::size_t k, float* scores,
+                           idx_t* ids, std::uint64_t& dcount) const {
+  TopK top(k);
+  for (std::uint32_t slot : rows) top.push(exact_score(q, slot), ids_[slot]);
+  dcount += rows.size();
+  top.write_sorted(scores, ids, -TopK::kInf);
+}
+
+void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
+                            const IdFilter* filter, float* scores, idx_t* ids, std::uint64_t& dcount) const {
+  const std::size_t n = live_;
+  std::size_t ef = std::max(ef_search_.load(), k);
+  if (filter != nullptr) {
+    // Restrictive filters: a scan of the allowed rows is both exact and cheaper than a walk that
+    // must pass ef / selectivity nodes. Cost model: walk ~ ef * 2M / s, scan ~ s * n.
+    std::size_t allowed = 0;
+    if (filter->mode == IdFilter::Mode::allow) {
+      for (idx_t id : filter->ids) allowed += slot_of_.count(id);
+    } else {
+      std::size_t denied = 0;
+      for (idx_t id : filter->ids) denied += slot_of_.count(id);
+      allowed = n - denied;
+    }
+    const double walk_nodes = double(ef) * double(2 * opts_.M) * double(n) / double(std::max<std::size_t>(allowed, 1));
+    if (allowed == 0 || double(allowed) <= walk_nodes) {
+      std::vector<std::uint32_t> rows;
+      rows.reserve(allowed);
+      if (filter->mode == IdFilter::Mode::allow) {
+        for (idx_t id : filter->ids) {
+          auto it = slot_of_.find(id);
+          if (it != slot_of_.end()) rows.push_back(it->second);
+        }
+      } else {
+        for (std::uint32_t s = 0; s < capacity(); ++s)
+          if (ids_[s] != kNoId && filter->accepts(ids_[s])) rows.push_back(s);
+      }
+      scan_rows(q, rows, k, scores, ids, dcount);
+      return;
+    }
+    ef = std::min(n, std::size_t(std::ceil(double(ef) * double(n) / double(allowed))));
+  }
+  std::vector<Candidate> entry;
+  if (n_seeds > 0) {
+    entry.reserve(n_seeds);
+    for (std::size_t i = 0; i < n_seeds; ++i) entry.push_back({dist_to(q, seeds[i]), seeds[i]});
+    dcount += n_seeds;
+  } else {
+    float d = dist_to(q, entry_);
+    ++dcount;
+    std::uint32_t ep = greedy_descend<false>(q, entry_, d, max_level_, 0, dcount);
+    entry.push_back({ep == entry_ ? d : dist_to(q, ep), ep});
+    dcount += ep != entry_;
+  }
+  thread_local std::vector<Candidate> found;
+  search_layer<false>(q, entry, ef, 0, filter, thread_visited(), found, dcount);
+  TopK top(k);
+  if (keep_originals_) {
+    for (const Candidate& c : found) top.push(exact_score(q, c.slot), ids_[c.slot]);
+    dcount += found.size();
+  } else {
+    for (const Candidate& c : found) top.push(-c.dist, ids_[c.slot]);
+  }
+  top.write_sorted(scores, ids, -TopK::kInf);
+}
+
+Status GraphIndex::check_queries(const float* queries, std::size_t nq) const {
+  if (queries == nullptr) return make_error(ErrorCode::invalid_argument, "queries are null");
+  for (std::size_t i = 0; i < nq; ++i) {
+    double s = 0;
+    for (std::size_t j = 0; j < dim_; ++j) {
+      const float x = queries[i * dim_ + j];
+      if (!std::isfinite(x))
+        return make_error(ErrorCode::invalid_argument, "query " + std::to_string(i) + " contains NaN or infinity");
+      s += double(x) * x;
+    }
+    if (opts_.metric == Metric::cosine && s == 0)
+      return make_error(ErrorCode::invalid_argument, "query " + std::to_string(i) + " has zero norm (cosine)");
+  }
+  return {};
+}
+
+const float* GraphIndex::prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const {
+  if (opts_.metric != Metric::cosine) return queries;
+  storage.assign(queries, queries + nq * dim_);
+  for (std::size_t i = 0; i < nq; ++i) {
+    float* x = storage.data() + i * dim_;
+    double s = 0;
+    for (std::size_t j = 0; j < dim_; ++j) s += double(x[j]) * x[j];
+    const float inv = float(1.0 / std::sqrt(s));
+    for (std::size_t j = 0; j < dim_; ++j) x[j] *= inv;
+  }
+  return storage.data();
+}
+
+namespace {
+// Results in metric units: l2 reports distances (best = smallest), +inf for empty slots.
+void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
+  if (m == Metric::l2)
+    for (std::size_t j = 0; j < n; ++j) scores[j] = -scores[j];
+}
+}  // namespace
+
+Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
+                          const SearchParams& params) const {
+  if (nq == 0) return {};
+  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
+  Status st = check_queries(queries, nq);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(queries, nq, qstore);
+  std::shared_lock lock(mutex_);
+  if (k > live_)
+    return make_error(ErrorCode::invalid_argument,
+                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(live_) + " vectors in the index");
+  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
+    std::uint64_t dcount = 0;
+    for (std::size_t i = qb; i < qe; ++i) {
+      search_one(q + i * dim_, k, nullptr, 0, filter, scores + i * k, ids + i * k, dcount);
+      to_metric_units(opts_.metric, scores + i * k, k);
+    }
+    if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
+  });
+  return {};
+}
+
+Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* seeds, std::size_t n_seeds,
+                               float* scores, idx_t* ids, const SearchParams& params) const {
+  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (n_seeds == 0 || seeds == nullptr) return search(query, 1, k, scores, ids, params);
+  Status st = check_queries(query, 1);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(query, 1, qstore);
+  std::shared_lock lock(mutex_);
+  if (k > live_)
+    return make_error(ErrorCode::invalid_argument,
+                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(live_) + " vectors in the index");
+  // The best seeds are enough to start from: more would only add distance computations.
+  const std::size_t use = std::min(n_seeds, std::max(k, ef_search_.load()));
+  std::vector<std::uint32_t> slots(use);
+  for (std::size_t i = 0; i < use; ++i) {
+    auto it = slot_of_.find(seeds[i]);
+    if (it == slot_of_.end())
+      return make_error(ErrorCode::not_found, "seed id " + std::to_string(seeds[i]) + " is not in the index");
+    slots[i] = it->second;
+  }
+  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  std::uint64_t dcount = 0;
+  search_one(q, k, slots.data(), use, filter, scores, ids, dcount);
+  to_metric_units(opts_.metric, scores, k);
+  if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
+  return {};
+}
+
+Status GraphIndex::score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
+  Status st = check_queries(query, 1);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  const float* q = prepared(query, 1, qstore);
+  std::shared_lock lock(mutex_);
+  for (std::size_t i = 0; i < n; ++i) {
+    auto it = slot_of_.find(ids[i]);
+    if (it == slot_of_.end())
+      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
+    scores[i] = exact_score(q, it->second);
+  }
+  to_metric_units(opts_.metric, scores, n);
+  return {};
+}
+
+}  // namespace vsr

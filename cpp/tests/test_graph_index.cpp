@@ -1,0 +1,286 @@
+// GraphIndex: recall against the exact index for every metric and storage, incremental add,
+// removal with repair, filtered search, persistence, and sessions with warm starts.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "test_harness.hpp"
+#include "vsr/flat_index.hpp"
+#include "vsr/graph_index.hpp"
+#include "vsr/session.hpp"
+
+using namespace vsr;
+
+namespace {
+
+// n unit vectors around 50 centres; `center_seed` fixes the centres, so queries drawn with the
+// same centre seed come from the same distribution as the data.
+std::vector<float> clustered(std::size_t n, std::size_t d, unsigned seed, unsigned center_seed = 0) {
+  std::mt19937 crng(center_seed), rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> centers(50 * d), x(n * d);
+  for (auto& c : centers) c = g(crng);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t c = rng() % 50;
+    double s = 0;
+    for (std::size_t j = 0; j < d; ++j) {
+      x[i * d + j] = centers[c * d + j] + 0.7f * g(rng);
+      s += double(x[i * d + j]) * x[i * d + j];
+    }
+    for (std::size_t j = 0; j < d; ++j) x[i * d + j] = float(x[i * d + j] / std::sqrt(s));
+  }
+  return x;
+}
+
+std::unique_ptr<GraphIndex> make_graph(std::size_t d, Metric m, Storage s = Storage::f32, std::size_t M = 12) {
+  GraphOptions o;
+  o.metric = m;
+  o.storage = s;
+  o.M = M;
+  o.ef_construction = 100;
+  o.ef_search = 64;
+  auto g = GraphIndex::make(d, o).value();
+  g->set_num_threads(2);
+  return g;
+}
+
+// Mean recall@k of `index` against `truth` over the queries.
+double recall(const Index& index, const Index& truth, const std::vector<float>& queries, std::size_t k,
+              const IdFilter* filter = nullptr) {
+  const std::size_t d = index.dim(), nq = queries.size() / d;
+  std::vector<float> s(nq * k), ts(nq * k);
+  std::vector<idx_t> ids(nq * k), tids(nq * k);
+  SearchParams p;
+  p.filter = filter;
+  CHECK(index.search(queries.data(), nq, k, s.data(), ids.data(), p).ok());
+  CHECK(truth.search(queries.data(), nq, k, ts.data(), tids.data(), p).ok());
+  std::size_t hit = 0, total = 0;
+  for (std::size_t i = 0; i < nq; ++i) {
+    std::set<idx_t> t;
+    for (std::size_t j = 0; j < k; ++j)
+      if (tids[i * k + j] != kNoId) t.insert(tids[i * k + j]);
+    for (std::size_t j = 0; j < k; ++j) hit += t.count(ids[i * k + j]);
+    total += t.size();
+  }
+  return total ? double(hit) / double(total) : 1.0;
+}
+
+std::unique_ptr<FlatIndex> make_flat(const std::vector<float>& x, std::size_t d, Metric m) {
+  std::unique_ptr<FlatIndex> f(FlatIndex::create(d, m).value());
+  CHECK(f->add(x.data(), x.size() / d, nullptr).ok());
+  return f;
+}
+
+}  // namespace
+
+TEST(recall_is_high_for_every_metric_and_storage) {
+  const std::size_t n = 4000, d = 32, k = 10;
+  auto x = clustered(n, d, 1);
+  auto q = clustered(100, d, 2);
+  for (Metric m : {Metric::cosine, Metric::inner_product, Metric::l2})
+    for (Storage s : {Storage::f32, Storage::bf16, Storage::int8}) {
+      auto g = make_graph(d, m, s);
+      CHECK(g->add(x.data(), n, nullptr).ok());
+      CHECK(g->size() == n);
+      auto f = make_flat(x, d, m);
+      double r = recall(*g, *f, q, k);
+      if (r < 0.95) std::fprintf(stderr, "metric %d storage %d recall %.3f\n", int(m), int(s), r);
+      CHECK(r >= 0.95);
+    }
+}
+
+TEST(scores_are_exact_after_rerank) {
+  const std::size_t n = 2000, d = 24, k = 5;
+  auto x = clustered(n, d, 3);
+  auto g = make_graph(d, Metric::cosine, Storage::int8);
+  CHECK(g->add(x.data(), n, nullptr).ok());
+  std::vector<float> q(x.begin(), x.begin() + d), s(k), ref(k);
+  std::vector<idx_t> ids(k);
+  CHECK(g->search(q.data(), 1, k, s.data(), ids.data(), {}).ok());
+  CHECK(ids[0] == 0);
+  CHECK_NEAR(s[0], 1.0, 1e-5);
+  auto f = make_flat(x, d, Metric::cosine);
+  CHECK(f->score_ids(q.data(), ids.data(), k, ref.data()).ok());
+  for (std::size_t j = 0; j < k; ++j) CHECK_NEAR(s[j], ref[j], 1e-5);
+}
+
+TEST(incremental_adds_keep_recall_and_ids) {
+  const std::size_t n = 4000, d = 32, k = 10;
+  auto x = clustered(n, d, 5);
+  auto q = clustered(100, d, 6);
+  auto g = make_graph(d, Metric::l2);
+  std::vector<idx_t> ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(1000 + 3 * i);
+  for (std::size_t b = 0; b < n; b += 500) CHECK(g->add(x.data() + b * d, 500, ids.data() + b).ok());
+  CHECK(!g->add(x.data(), 1, ids.data()).ok());  // duplicate id
+  CHECK(g->size() == n);
+  std::unique_ptr<FlatIndex> f(FlatIndex::create(d, Metric::l2).value());
+  CHECK(f->add(x.data(), n, ids.data()).ok());
+  CHECK(recall(*g, *f, q, k) >= 0.95);
+}
+
+TEST(removal_repairs_links_and_keeps_recall) {
+  const std::size_t n = 5000, d = 32, k = 10;
+  auto x = clustered(n, d, 7);
+  auto q = clustered(100, d, 8);
+  auto g = make_graph(d, Metric::cosine);
+  CHECK(g->add(x.data(), n, nullptr).ok());
+  const std::size_t links_before = g->link_count();
+  // Remove 40% (every node whose id % 5 < 2), including the entry point's neighbourhood.
+  std::vector<idx_t> gone;
+  for (std::size_t i = 0; i < n; ++i)
+    if (i % 5 < 2) gone.push_back(idx_t(i));
+  CHECK(g->remove(gone.data(), gone.size()).ok());
+  CHECK(g->size() == n - gone.size());
+  CHECK(g->link_count() > links_before / 2);  // repaired, not just dropped
+  std::vector<float> kept;
+  std::vector<idx_t> kept_ids;
+  for (std::size_t i = 0; i < n; ++i)
+    if (i % 5 >= 2) {
+      kept.insert(kept.end(), x.begin() + i * d, x.begin() + (i + 1) * d);
+      kept_ids.push_back(idx_t(i));
+    }
+  std::unique_ptr<FlatIndex> f(FlatIndex::create(d, Metric::cosine).value());
+  CHECK(f->add(kept.data(), kept_ids.size(), kept_ids.data()).ok());
+  double r = recall(*g, *f, q, k);
+  if (r < 0.95) std::fprintf(stderr, "recall after removal %.3f\n", r);
+  CHECK(r >= 0.95);
+  // Removed ids are gone for good; freed slots are reused by new vectors.
+  std::vector<float> s(1);
+  CHECK(!g->score_ids(q.data(), gone.data(), 1, s.data()).ok());
+  CHECK(!g->remove(gone.data(), 1).ok());
+  std::vector<float> back;
+  for (idx_t id : gone) back.insert(back.end(), x.begin() + id * d, x.begin() + (id + 1) * d);
+  CHECK(g->add(back.data(), gone.size(), gone.data()).ok());
+  CHECK(g->size() == n);
+  auto full = make_flat(x, d, Metric::cosine);
+  CHECK(recall(*g, *full, q, k) >= 0.95);
+}
+
+TEST(restrictive_filters_keep_recall) {
+  const std::size_t n = 5000, d = 32, k = 10;
+  auto x = clustered(n, d, 9);
+  auto q = clustered(50, d, 10);
+  auto g = make_graph(d, Metric::inner_product);
+  CHECK(g->add(x.data(), n, nullptr).ok());
+  auto f = make_flat(x, d, Metric::inner_product);
+  for (std::size_t every : {2, 10, 50, 1000}) {
+    IdFilter allow;
+    allow.mode = IdFilter::Mode::allow;
+    for (std::size_t i = 0; i < n; i += every) allow.ids.insert(idx_t(i));
+    double r = recall(*g, *f, q, k, &allow);
+    if (r < 0.95) std::fprintf(stderr, "allow 1/%zu recall %.3f\n", every, r);
+    CHECK(r >= 0.95);
+  }
+  IdFilter deny;
+  deny.mode = IdFilter::Mode::deny;
+  for (std::size_t i = 0; i < n; i += 3) deny.ids.insert(idx_t(i));
+  CHECK(recall(*g, *f, q, k, &deny) >= 0.95);
+}
+
+TEST(save_and_load_round_trip_with_and_without_mmap) {
+  const std::size_t n = 3000, d = 16, k = 10;
+  auto x = clustered(n, d, 11);
+  auto q = clustered(50, d, 12);
+  auto g = make_graph(d, Metric::cosine, Storage::bf16);
+  CHECK(g->add(x.data(), n, nullptr).ok());
+  std::vector<idx_t> gone = {1, 5, 9};
+  CHECK(g->remove(gone.data(), gone.size()).ok());
+  const std::string path = "/tmp/vsr_test_graph_" + std::to_string(::getpid()) + ".vsr";
+  CHECK(g->save(path).ok());
+  for (bool mmap : {true, false}) {
+    auto loaded = GraphIndex::load(path, mmap, true);
+    CHECK(loaded.ok());
+    if (!loaded.ok()) continue;
+    auto& h = *loaded.value();
+    CHECK(h.size() == g->size());
+    CHECK(h.is_mapped() == mmap);
+    std::vector<float> s1(50 * k), s2(50 * k);
+    std::vector<idx_t> i1(50 * k), i2(50 * k);
+    CHECK(g->search(q.data(), 50, k, s1.data(), i1.data(), {}).ok());
+    CHECK(h.search(q.data(), 50, k, s2.data(), i2.data(), {}).ok());
+    CHECK(i1 == i2);
+    // A loaded (mapped) index accepts adds and removes.
+    std::vector<idx_t> more = {1, 5};
+    CHECK(h.add(x.data() + d, 1, more.data()).ok());
+    CHECK(h.remove(more.data(), 1).ok());
+  }
+  // Flipping a byte in the middle is caught by the checksum.
+  {
+    FILE* fp = std::fopen(path.c_str(), "r+b");
+    std::fseek(fp, 4096, SEEK_SET);
+    int c = std::fgetc(fp);
+    std::fseek(fp, 4096, SEEK_SET);
+    std::fputc(c ^ 0x5A, fp);
+    std::fclose(fp);
+    CHECK(!GraphIndex::load(path, true, true).ok());
+  }
+  std::remove(path.c_str());
+}
+
+TEST(sessions_on_the_graph_use_warm_starts) {
+  const std::size_t n = 6000, d = 32, k = 10;
+  auto x = clustered(n, d, 13);
+  auto g = make_graph(d, Metric::cosine);
+  CHECK(g->add(x.data(), n, nullptr).ok());
+  auto f = make_flat(x, d, Metric::cosine);
+  std::mt19937 rng(14);
+  std::normal_distribution<float> gauss;
+  int warm = 0, pool = 0, cold = 0;
+  double hit = 0;
+  for (std::size_t t = 0; t < 30; ++t) {
+    std::vector<float> q(x.begin() + t * 97 * d, x.begin() + (t * 97 + 1) * d);
+    SessionOptions opt;
+    opt.pool_size = 64;
+    auto s = Session::start(*g, q.data(), k, opt).value();
+    CHECK(!s->info().exact);
+    for (float noise : {0.02f, 0.15f, 0.3f, 2.0f}) {
+      std::vector<float> q2(q);
+      for (auto& v : q2) v += noise * gauss(rng) / std::sqrt(float(d));
+      std::vector<float> sc(k), fs(k);
+      std::vector<idx_t> ids(k), fids(k);
+      TurnInfo info;
+      CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
+      warm += info.path == TurnPath::warm;
+      pool += info.path == TurnPath::pool;
+      cold += info.path == TurnPath::cold;
+      CHECK(f->search(q2.data(), 1, k, fs.data(), fids.data(), {}).ok());
+      std::set<idx_t> truth(fids.begin(), fids.end());
+      for (idx_t id : ids) hit += truth.count(id);
+    }
+  }
+  CHECK(warm > 0 && pool > 0 && cold > 0);
+  CHECK(hit / (30.0 * 4 * k) >= 0.95);
+}
+
+TEST(bad_arguments_are_rejected) {
+  GraphOptions o;
+  o.M = 1;
+  CHECK(!GraphIndex::make(8, o).ok());
+  o.M = 16;
+  CHECK(!GraphIndex::make(0, o).ok());
+  o.ef_search = 0;
+  CHECK(!GraphIndex::make(8, o).ok());
+  auto g = make_graph(4, Metric::cosine);
+  std::vector<float> bad = {1, 2, std::nanf(""), 4};
+  CHECK(!g->add(bad.data(), 1, nullptr).ok());
+  std::vector<float> zero(4, 0.f);
+  CHECK(!g->add(zero.data(), 1, nullptr).ok());
+  CHECK(g->size() == 0);
+  std::vector<float> ok = {1, 2, 3, 4}, s(2);
+  CHECK(g->add(ok.data(), 1, nullptr).ok());
+  std::vector<idx_t> ids(2);
+  CHECK(!g->search(ok.data(), 1, 2, s.data(), ids.data(), {}).ok());  // k > size
+  CHECK(!g->set_ef_search(0).ok());
+  idx_t missing = 77;
+  CHECK(!g->remove(&missing, 1).ok());
+  CHECK(!g->search_warm(ok.data(), 1, &missing, 1, s.data(), ids.data(), {}).ok());
+}
+
+VSR_TEST_MAIN

@@ -1,0 +1,133 @@
+"""GraphIndex from Python: recall against numpy, removal, filters, persistence, sessions, errors."""
+
+import numpy as np
+import pytest
+
+import vsr_index
+
+
+def _clustered(n, d, seed, centers_seed=0):
+    centers = np.random.default_rng(centers_seed).standard_normal((40, d))
+    rng = np.random.default_rng(seed)
+    x = centers[rng.integers(0, 40, n)] + 0.6 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _recall(ids, base, queries, k, allowed=None):
+    scores = queries @ base.T
+    if allowed is not None:
+        mask = np.full(len(base), -np.inf)
+        mask[allowed] = 0
+        scores = scores + mask
+    truth = np.argsort(-scores, axis=1)[:, :k]
+    return np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, truth, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _clustered(4000, 32, 1), _clustered(100, 32, 2)
+
+
+@pytest.fixture(scope="module")
+def graph(data):
+    base, _ = data
+    index = vsr_index.GraphIndex(32, metric="cosine", storage="int8", M=12, ef_construction=100)
+    index.num_threads = 2
+    index.add(base)
+    return index
+
+
+def test_recall_and_exact_scores(graph, data):
+    base, queries = data
+    scores, ids = graph.search(queries, 10)
+    assert _recall(ids, base, queries, 10) >= 0.97
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ base.T, ids, 1), rtol=1e-5, atol=1e-6)
+    assert graph.kind == "graph" and graph.storage == "int8" and graph.M == 12 and len(graph) == 4000
+
+
+def test_ef_search_trades_recall(graph, data):
+    base, queries = data
+    graph.ef_search = 10
+    low = _recall(graph.search(queries, 10)[1], base, queries, 10)
+    graph.ef_search = 128
+    high = _recall(graph.search(queries, 10)[1], base, queries, 10)
+    graph.ef_search = 64
+    assert high >= low and high >= 0.98
+
+
+def test_restrictive_allow_list_keeps_recall(graph, data):
+    base, queries = data
+    allowed = np.arange(0, 4000, 97)
+    _, ids = graph.search(queries, 10, allow=allowed)
+    assert set(ids.ravel().tolist()) <= set(allowed.tolist())
+    assert _recall(ids, base, queries, 10, allowed) == 1.0  # exact scan of the allowed rows
+
+
+def test_remove_keeps_recall(data):
+    base, queries = data
+    index = vsr_index.GraphIndex(32, metric="ip", M=12, ef_construction=100)
+    index.add(base)
+    gone = np.arange(0, 4000, 3)
+    assert index.remove(gone) == len(gone)
+    _, ids = index.search(queries, 10)
+    assert not set(ids.ravel().tolist()) & set(gone.tolist())
+    keep = np.setdiff1d(np.arange(4000), gone)
+    assert _recall(ids, base, queries, 10, keep) >= 0.95
+    with pytest.raises(KeyError, match="not in the index"):
+        index.remove([0])
+
+
+def test_save_load_mmap_round_trip(graph, data, tmp_path):
+    _, queries = data
+    path = tmp_path / "g.vsr"
+    graph.save(path)
+    assert vsr_index.index_kind(path) == "graph"
+    loaded = vsr_index.load(path)
+    assert isinstance(loaded, vsr_index.GraphIndex) and loaded.is_mapped
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], graph.search(queries, 10)[1])
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt"):
+        vsr_index.GraphIndex.load(path)
+
+
+def test_session_on_graph_reports_paths(graph, data):
+    base, _ = data
+    rng = np.random.default_rng(3)
+    paths = []
+    for t in range(10):
+        q = base[t * 31]
+        s = graph.session(q, 10, pool_size=64)
+        assert s.info["path"] == "search" and s.info["exact"] is False
+        for noise in (0.01, 0.3, 3.0):
+            q2 = (q + noise * rng.standard_normal(32) / np.sqrt(32)).astype(np.float32)
+            _, ids, info = s.refine(q2)
+            paths.append(info["path"])
+            assert info["distances"] > 0
+            assert _recall(ids[None], base, q2[None] / np.linalg.norm(q2), 10) >= 0.8
+    assert {"pool", "warm", "cold"} <= set(paths)
+    _, ids, info = graph.refine_group(base[0], np.stack([base[0], base[1]]), 5)
+    assert ids[0, 0] == 0 and ids[1, 0] == 1
+
+
+def test_bad_parameters_raise(data):
+    with pytest.raises(ValueError, match="M must be"):
+        vsr_index.GraphIndex(8, M=1)
+    with pytest.raises(ValueError, match="ef_search"):
+        vsr_index.GraphIndex(8, ef_search=0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        vsr_index.GraphIndex(8, metric="hamming")
+    with pytest.raises(ValueError, match="unknown storage"):
+        vsr_index.GraphIndex(8, storage="int4")
+    index = vsr_index.GraphIndex(8, metric="cosine")
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(np.full((2, 8), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.ones((2, 7), dtype=np.float32))
+    assert len(index) == 0
+    index.add(np.eye(8, dtype=np.float32))
+    with pytest.raises(ValueError, match="exceeds"):
+        index.search(np.eye(8, dtype=np.float32), 9)
+    with pytest.raises(ValueError, match="ef_search"):
+        index.ef_search = 0
