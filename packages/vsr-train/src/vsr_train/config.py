@@ -8,6 +8,7 @@ silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
+
+from vsr_model.rewards import RewardConfig
 
 
 class ConfigError(ValueError):
@@ -197,20 +200,6 @@ class SFTConfig:
 
 
 @dataclass
-class RewardWeights:
-    """Weights of the six rewards (METHOD.md); the reward functions themselves live in vsr_model.rewards."""
-
-    verification: float = 1.4
-    think_format: float = 0.05
-    time_format: float = 0.05
-    temporal_iou: float = 0.4
-    refine_presence: float = 0.1
-    retrieval: float = 0.8
-    # "paper": exp(-L_ret) = p(gt | refined); "code": p(refined) - p(original).
-    retrieval_variant: Literal["paper", "code"] = "paper"
-
-
-@dataclass
 class GRPOSettings:
     group_size: int = 8
     # Prompts per optimizer micro-batch on each rank; each expands into group_size completions.
@@ -281,7 +270,8 @@ class GRPOConfig:
     max_steps: int = 1000
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=1))
-    rewards: RewardWeights = field(default_factory=RewardWeights)
+    # The reward weights and retrieval-reward variant are vsr_model.rewards.RewardConfig itself.
+    rewards: RewardConfig = field(default_factory=RewardConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
@@ -395,6 +385,13 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping, got {type(value).__name__}")
         return dict(value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: '{key}' must be one of {[m.value for m in tp]}, got {value!r}"
+            ) from None
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
@@ -479,9 +476,11 @@ def apply_override(data: dict[str, Any], item: str, where: str) -> None:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-data form of a config (tuples become lists) for logging next to a run."""
+    """Plain-data form of a config (tuples become lists, enums their values) for logging next to a run."""
 
     def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
         if isinstance(value, tuple):
             return [plain(v) for v in value]
         if isinstance(value, list):

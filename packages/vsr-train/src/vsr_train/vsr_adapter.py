@@ -382,21 +382,10 @@ class VideoSearchGRPOTask:
     """
 
     def __init__(self, cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> None:
-        from vsr_model.rewards import RewardConfig
-
         self.cfg = cfg
         self.ctx = _SearchContext(cfg.data, dist.device)
         self.num_prompts = len(self.ctx.examples)
-        weights = cfg.rewards
-        self.reward_config = RewardConfig(
-            verification=weights.verification,
-            think_format=weights.think_format,
-            time_format=weights.time_format,
-            temporal_iou=weights.temporal_iou,
-            refine_presence=weights.refine_presence,
-            retrieval=weights.retrieval,
-            retrieval_kind="probability" if weights.retrieval_variant == "paper" else "gain",
-        )
+        self.reward_config = cfg.rewards
         # The SQR heads get no policy-gradient signal (the latents are not sampled tokens); they either stay
         # frozen (the authors' setting) or keep training on the retrieval objective (auxiliary_loss).
         loaded.model.sqr.requires_grad_(cfg.rollout.train_sqr_heads)
