@@ -61,7 +61,8 @@ class DeviceGuard {
 // ---- kernels ---------------------------------------------------------------------------------
 
 // One block per row: converts a row to the storage type, normalises it for cosine, records its
-// squared norm (of the stored, rounded values) for l2, and flags non-finite input.
+// squared norm (of the stored, rounded values) for l2, and flags non-finite input. Queries go
+// through the same kernel with float32 as the storage type.
 template <typename TIn, typename TStore>
 __global__ void ingest_rows(const TIn* in, TStore* out, float* sqnorm, int dim, bool normalise, int* bad) {
   __shared__ float scratch[kWarps];
@@ -89,29 +90,6 @@ __global__ void ingest_rows(const TIn* in, TStore* out, float* sqnorm, int dim, 
   }
   stored_ss = gpu::block_sum(stored_ss, scratch);
   if (threadIdx.x == 0) sqnorm[blockIdx.x] = stored_ss;
-}
-
-// One block per query: float32 copy, normalised for cosine, squared norm for l2, finiteness flag.
-template <typename TIn>
-__global__ void prepare_queries(const TIn* in, float* out, float* sqnorm, int dim, bool normalise, int* bad) {
-  __shared__ float scratch[kWarps];
-  const TIn* src = in + std::size_t(blockIdx.x) * dim;
-  float* dst = out + std::size_t(blockIdx.x) * dim;
-  float ss = 0;
-  bool finite = true;
-  for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-    float v = gpu::to_float(src[j]);
-    finite &= isfinite(v);
-    ss += v * v;
-  }
-  if (__syncthreads_or(!finite)) {
-    if (threadIdx.x == 0) atomicExch(bad, 1);
-    return;
-  }
-  ss = gpu::block_sum(ss, scratch);
-  float scale = (normalise && ss > 0) ? rsqrtf(ss) : 1.0f;
-  for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] = gpu::to_float(src[j]) * scale;
-  if (threadIdx.x == 0) sqnorm[blockIdx.x] = normalise ? 1.0f : ss;
 }
 
 // Loads VW consecutive elements starting at p (16-byte aligned when VW > 1) as floats.
@@ -289,19 +267,18 @@ cudaError_t dispatch_scan(const ScanArgs& a, int qb, int chunks, std::size_t sme
   }
 }
 
-template <typename TIn>
-cudaError_t launch_prepare(const void* in, float* out, float* sqnorm, int n, int dim, bool normalise, int* bad,
-                           cudaStream_t stream) {
-  prepare_queries<TIn><<<n, kThreads, 0, stream>>>(static_cast<const TIn*>(in), out, sqnorm, dim, normalise, bad);
-  return cudaGetLastError();
-}
-
 template <typename TIn, typename TStore>
 cudaError_t launch_ingest(const void* in, void* out, float* sqnorm, int n, int dim, bool normalise, int* bad,
                           cudaStream_t stream) {
   ingest_rows<TIn, TStore><<<n, kThreads, 0, stream>>>(static_cast<const TIn*>(in), static_cast<TStore*>(out),
                                                          sqnorm, dim, normalise, bad);
   return cudaGetLastError();
+}
+
+template <typename TIn>
+cudaError_t launch_prepare(const void* in, float* out, float* sqnorm, int n, int dim, bool normalise, int* bad,
+                           cudaStream_t stream) {
+  return launch_ingest<TIn, float>(in, out, sqnorm, n, dim, normalise, bad, stream);
 }
 
 template <typename TIn>
