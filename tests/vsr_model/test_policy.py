@@ -123,7 +123,7 @@ def test_frame_token_is_special(policy):
 
 
 @pytest.mark.slow
-def test_default_composite_loads_smollm2_and_efficientnet(engine):
+def test_default_composite_loads_smollm2_and_efficientnet(engine, tmp_path):
     from vsr_model.policy.composite import CompositePolicyConfig
     from vsr_model.sqr import SQRConfig
 
@@ -138,6 +138,13 @@ def test_default_composite_loads_smollm2_and_efficientnet(engine):
     assert latents.shape == (1, 2, engine.embed_dim) and torch.isfinite(latents).all()
     out = policy.generate(policy.encode(items), GenerationSettings(max_new_tokens=4))
     assert len(out.token_ids[0]) <= 4
+    # The LLM comes from a GGUF file; a trained policy must still save and reload (training
+    # checkpoints do exactly this) with identical outputs.
+    policy.save_pretrained(tmp_path / "policy")
+    reloaded = load_policy(tmp_path / "policy").eval()
+    with torch.no_grad():
+        again = latent_rollout(reloaded, reloaded.encode(items, [format_response("no", False)])).latents
+    torch.testing.assert_close(again, latents)
 
 
 def test_greedy_generation_agrees_with_teacher_forced_forward_under_padding(policy):

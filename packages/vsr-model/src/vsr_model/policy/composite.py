@@ -114,6 +114,26 @@ def frame_timeline(timestamps: np.ndarray) -> str:
     return " ".join(f"<{float(t):.1f}s>{FRAME_TOKEN}" for t in timestamps)
 
 
+def plain_weights_from_gguf(lm: PreTrainedModel) -> PreTrainedModel:
+    """A GGUF checkpoint loaded without GGUF matmul kernels is dequantized into ordinary tensors, yet
+    transformers still marks the model as quantized and then refuses `save_pretrained`. The policy
+    trains and saves full-precision weights, so the mark is dropped; blocks kept quantized are refused."""
+    quantizer = getattr(lm, "hf_quantizer", None)
+    if quantizer is None:
+        return lm
+    packed = [name for name, tensor in lm.state_dict().items() if not tensor.dtype.is_floating_point]
+    if quantizer.quantization_config.quant_method != "gguf" or packed:
+        raise ValueError(
+            f"the LLM was loaded with {type(quantizer).__name__} keeping quantized weights "
+            f"(e.g. {packed[:3]}); the composite policy needs full-precision weights to train and save"
+        )
+    lm.hf_quantizer = None
+    for cfg in (lm.config, lm.config.get_text_config()):
+        if getattr(cfg, "quantization_config", None) is not None:
+            del cfg.quantization_config
+    return lm
+
+
 class CompositeVideoPolicy(VideoPolicy):
     """`frame_encoder` maps uint8 frames (T, H, W, 3) to features (T, F) and exposes `feature_dim`
     (vsr_model.backbones.FrameEncoder)."""
@@ -266,6 +286,7 @@ class CompositeVideoPolicy(VideoPolicy):
             kwargs = {"gguf_file": config.gguf_file} if config.gguf_file else {}
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.llm, **kwargs)
             lm = lm or AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, **kwargs)
+        lm = plain_weights_from_gguf(lm)
         if frame_encoder is None:
             frame_encoder = load_named_frame_encoder(config.frame_encoder)
         return cls(lm, tokenizer, frame_encoder, config, sqr_config)
