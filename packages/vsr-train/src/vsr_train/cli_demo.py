@@ -41,7 +41,7 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
         "--size",
         choices=sorted(SIZES),
         default=None,
-        help="tiny (random miniature models, seconds), cpu (default, ~20 min on 2 cores), gpu",
+        help="tiny (random miniature models, a few minutes: the CI path), cpu (default: real offline weights), gpu",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of every stage (default 0)")
     parser.add_argument(
