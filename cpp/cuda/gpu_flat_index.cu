@@ -16,6 +16,7 @@
 
 #include "gpu_kernels.cuh"
 #include "vsr/gpu_flat_index.hpp"
+#include "vsr/input_checks.hpp"
 
 namespace vsr {
 
@@ -447,13 +448,9 @@ Status GpuFlatIndex::add(const void* vectors, ElementType type, Memory where, st
   if (vectors == nullptr) return make_error(ErrorCode::invalid_argument, "vectors is null");
   if (m.size + n > std::size_t(std::numeric_limits<std::uint32_t>::max() - 1))
     return make_error(ErrorCode::out_of_range, "a GPU index holds at most 2^32 - 2 vectors");
-  std::unordered_set<idx_t> batch;
   if (ids) {
-    for (std::size_t i = 0; i < n; ++i) {
-      if (ids[i] < 0) return make_error(ErrorCode::invalid_argument, "ids must be non-negative, got " + std::to_string(ids[i]));
-      if (m.id_set.count(ids[i]) || !batch.insert(ids[i]).second)
-        return make_error(ErrorCode::invalid_argument, "duplicate id " + std::to_string(ids[i]));
-    }
+    Status id_check = check_new_ids(ids, n, m.id_set);
+    if (!id_check.ok()) return id_check;
   }
   DeviceGuard guard(m.device);
   if (where == Memory::device) {

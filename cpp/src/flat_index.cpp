@@ -7,6 +7,7 @@
 #include <string>
 #include <unordered_set>
 
+#include "vsr/input_checks.hpp"
 #include "vsr/topk.hpp"
 
 namespace vsr {
@@ -28,28 +29,6 @@ constexpr std::size_t kMaxQueriesPerTask = 512;
 constexpr std::size_t kMinRowsPerTask = 4096;
 // An allow-list this much smaller than the index is scored row by row instead of scanning.
 constexpr std::size_t kGatherRatio = 16;
-
-bool all_finite(const float* x, std::size_t n) noexcept {
-  for (std::size_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) return false;
-  return true;
-}
-
-// Normalises each of n rows in place; false if a row has zero norm.
-bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row) noexcept {
-  for (std::size_t r = 0; r < n; ++r) {
-    float* v = x + r * d;
-    double s = 0;
-    for (std::size_t i = 0; i < d; ++i) s += double(v[i]) * v[i];
-    if (!(s > 0)) {
-      *bad_row = r;
-      return false;
-    }
-    const float inv = float(1.0 / std::sqrt(s));
-    for (std::size_t i = 0; i < d; ++i) v[i] *= inv;
-  }
-  return true;
-}
 
 std::size_t rows_per_block(std::size_t row_bytes, std::size_t multiple) noexcept {
   return std::clamp<std::size_t>(kBlockBytes / row_bytes / multiple * multiple, multiple, 4096 / multiple * multiple);
@@ -89,12 +68,6 @@ struct RangeSink {
     }
   }
 };
-
-double sqnorm(const float* q, std::size_t d) noexcept {
-  double s = 0;
-  for (std::size_t i = 0; i < d; ++i) s += double(q[i]) * q[i];
-  return s;
-}
 
 }  // namespace
 
@@ -154,43 +127,13 @@ void FlatIndex::make_owned() {
   file_.reset();
 }
 
-Status FlatIndex::check_queries(const float* queries, std::size_t nq) const {
-  if (queries == nullptr && nq > 0) return make_error(ErrorCode::invalid_argument, "queries is null");
-  for (std::size_t i = 0; i < nq; ++i) {
-    if (!all_finite(queries + i * dim_, dim_))
-      return make_error(ErrorCode::invalid_argument, "query " + std::to_string(i) + " contains NaN or infinity");
-    if (opts_.metric == Metric::cosine && sqnorm(queries + i * dim_, dim_) == 0.0)
-      return make_error(ErrorCode::invalid_argument,
-                        "query " + std::to_string(i) + " is all zeros and has no cosine direction");
-  }
-  return {};
-}
-
-const float* FlatIndex::prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const {
-  if (opts_.metric != Metric::cosine) return queries;
-  storage.assign(queries, queries + nq * dim_);
-  std::size_t bad = 0;
-  normalize_rows(storage.data(), nq, dim_, &bad);  // zero rows were rejected by check_queries
-  return storage.data();
-}
-
 Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   if (n == 0) return {};
-  if (vectors == nullptr) return make_error(ErrorCode::invalid_argument, "vectors is null");
-  for (std::size_t r = 0; r < n; ++r)
-    if (!all_finite(vectors + r * dim_, dim_))
-      return make_error(ErrorCode::invalid_argument, "vector " + std::to_string(r) + " contains NaN or infinity");
   // Encode outside the lock: searches keep running meanwhile.
   std::vector<float> normalized;
-  const float* rows = vectors;
-  if (opts_.metric == Metric::cosine) {
-    normalized.assign(vectors, vectors + n * dim_);
-    std::size_t bad = 0;
-    if (!normalize_rows(normalized.data(), n, dim_, &bad))
-      return make_error(ErrorCode::invalid_argument,
-                        "vector " + std::to_string(bad) + " is all zeros and has no cosine direction");
-    rows = normalized.data();
-  }
+  Result<const float*> prepared = prepare_rows(vectors, n, dim_, opts_.metric, "vector", normalized);
+  if (!prepared.ok()) return prepared.error();
+  const float* rows = prepared.value();
   const std::size_t rb = codec_.row_bytes();
   std::vector<std::uint8_t> encoded(n * rb);
   Status st = codec_.encode(rows, n, encoded.data());
@@ -205,14 +148,8 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   std::unique_lock lock(mutex_);
   // Validate every id before touching storage so a failed add changes nothing.
   if (ids != nullptr) {
-    std::unordered_set<idx_t> batch;
-    batch.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      if (ids[i] < 0)
-        return make_error(ErrorCode::invalid_argument, "ids must be non-negative, got " + std::to_string(ids[i]));
-      if (row_of_.count(ids[i]) || !batch.insert(ids[i]).second)
-        return make_error(ErrorCode::invalid_argument, "duplicate id " + std::to_string(ids[i]));
-    }
+    Status id_check = check_new_ids(ids, n, row_of_);
+    if (!id_check.ok()) return id_check;
   }
   make_owned();
   const std::size_t old_rows = ids_.size();
@@ -246,14 +183,8 @@ Status FlatIndex::remove(const idx_t* ids, std::size_t n) {
   if (n == 0) return {};
   if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   std::unique_lock lock(mutex_);
-  std::unordered_set<idx_t> seen;
-  seen.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (row_of_.count(ids[i]) == 0)
-      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
-    if (!seen.insert(ids[i]).second)
-      return make_error(ErrorCode::invalid_argument, "id " + std::to_string(ids[i]) + " is listed twice");
-  }
+  Status st = check_existing_ids(ids, n, row_of_);
+  if (!st.ok()) return st;
   make_owned();
   auto& codes = codes_.own();
   auto& originals = originals_.own();
@@ -341,18 +272,17 @@ float FlatIndex::exact_score(const float* q, std::size_t row) const noexcept {
 Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
                          const SearchParams& params) const {
   if (nq == 0) return {};
-  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
-  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
-  Status st = check_queries(queries, nq);
+  Status st = check_search_args(k, scores, ids);
   if (!st.ok()) return st;
   std::vector<float> qstore;
-  const float* q = prepared(queries, nq, qstore);
+  Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
 
   std::shared_lock lock(mutex_);
   const std::size_t n = ids_.size();
-  if (k > n)
-    return make_error(ErrorCode::invalid_argument,
-                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(n) + " vectors in the index");
+  st = check_k_fits(k, n);
+  if (!st.ok()) return st;
   const std::size_t cand = opts_.rerank > 0 ? std::min(n, k * opts_.rerank) : k;
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
@@ -427,10 +357,10 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
                                const SearchParams& params) const {
   if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
   if (!std::isfinite(radius)) return make_error(ErrorCode::invalid_argument, "radius must be finite");
-  Status st = check_queries(queries, nq);
-  if (!st.ok()) return st;
   std::vector<float> qstore;
-  const float* q = prepared(queries, nq, qstore);
+  Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
   const bool l2 = opts_.metric == Metric::l2;
   // Block scores reach the threshold with a small slack for rounding (and for the stored form's
   // error), then each hit is confirmed with its exact score.
@@ -482,10 +412,10 @@ Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const id
                                   float* scores) const {
   if (nq == 0 || n == 0) return {};
   if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
-  Status st = check_queries(queries, nq);
-  if (!st.ok()) return st;
   std::vector<float> qstore;
-  const float* q = prepared(queries, nq, qstore);
+  Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
   std::shared_lock lock(mutex_);
   std::vector<std::size_t> rows(n);
   for (std::size_t j = 0; j < n; ++j) {

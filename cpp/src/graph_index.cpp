@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "vsr/graph_index.hpp"
+#include "vsr/input_checks.hpp"
 #include "vsr/parallel.hpp"
 
 namespace vsr {
@@ -103,39 +104,19 @@ void GraphIndex::grow(std::size_t cap) {
 
 Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   if (n == 0) return {};
-  if (vectors == nullptr) return make_error(ErrorCode::invalid_argument, "vectors is null");
-  std::vector<float> rows(vectors, vectors + n * dim_);
-  for (std::size_t r = 0; r < n; ++r) {
-    float* x = rows.data() + r * dim_;
-    double s = 0;
-    for (std::size_t j = 0; j < dim_; ++j) {
-      if (!std::isfinite(x[j]))
-        return make_error(ErrorCode::invalid_argument, "vector " + std::to_string(r) + " contains NaN or infinity");
-      s += double(x[j]) * x[j];
-    }
-    if (opts_.metric == Metric::cosine) {
-      if (s == 0)
-        return make_error(ErrorCode::invalid_argument,
-                          "vector " + std::to_string(r) + " is all zeros and has no cosine direction");
-      const float inv = float(1.0 / std::sqrt(s));
-      for (std::size_t j = 0; j < dim_; ++j) x[j] *= inv;
-    }
-  }
+  std::vector<float> normalized;
+  Result<const float*> prepared = prepare_rows(vectors, n, dim_, opts_.metric, "vector", normalized);
+  if (!prepared.ok()) return prepared.error();
+  const float* rows = prepared.value();
   const std::size_t rb = codec_.row_bytes();
   std::vector<std::uint8_t> encoded(n * rb);
-  Status st = codec_.encode(rows.data(), n, encoded.data());
+  Status st = codec_.encode(rows, n, encoded.data());
   if (!st.ok()) return st;
 
   std::unique_lock lock(mutex_);
   if (ids != nullptr) {
-    std::unordered_set<idx_t> batch;
-    batch.reserve(n);
-    for (std::size_t i = 0; i < n; ++i) {
-      if (ids[i] < 0)
-        return make_error(ErrorCode::invalid_argument, "ids must be non-negative, got " + std::to_string(ids[i]));
-      if (slot_of_.count(ids[i]) || !batch.insert(ids[i]).second)
-        return make_error(ErrorCode::invalid_argument, "duplicate id " + std::to_string(ids[i]));
-    }
+    Status id_check = check_new_ids(ids, n, slot_of_);
+    if (!id_check.ok()) return id_check;
   }
   if (capacity() + n - std::min(n, free_slots_.size()) > std::size_t(kNoSlot))
     return make_error(ErrorCode::out_of_range, "a graph index holds at most 2^32 - 1 vectors");
@@ -158,7 +139,7 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
     const std::uint32_t s = slots[i];
     std::memcpy(&codes[std::size_t(s) * rb], &encoded[i * rb], rb);
     if (keep_originals_)
-      std::memcpy(&originals_.own()[std::size_t(s) * dim_], rows.data() + i * dim_, dim_ * sizeof(float));
+      std::memcpy(&originals_.own()[std::size_t(s) * dim_], rows + i * dim_, dim_ * sizeof(float));
     const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
     id_vec[s] = id;
     slot_of_.emplace(id, s);
@@ -188,7 +169,7 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   if (max_norm_.load() >= 0) {
     float m = max_norm_.load();
     for (std::size_t i = 0; i < n; ++i) {
-      const float* x = rows.data() + i * dim_;
+      const float* x = rows + i * dim_;
       m = std::max(m, std::sqrt(kernels_->dot_f32(x, x, dim_)));
     }
     max_norm_.store(m);
@@ -260,14 +241,8 @@ Status GraphIndex::remove(const idx_t* ids, std::size_t n) {
   if (n == 0) return {};
   if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   std::unique_lock lock(mutex_);
-  std::unordered_set<idx_t> seen;
-  seen.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (slot_of_.count(ids[i]) == 0)
-      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
-    if (!seen.insert(ids[i]).second)
-      return make_error(ErrorCode::invalid_argument, "id " + std::to_string(ids[i]) + " is listed twice");
-  }
+  Status st = check_existing_ids(ids, n, slot_of_);
+  if (!st.ok()) return st;
   make_owned();
   std::vector<char> removed(capacity(), 0);
   for (std::size_t i = 0; i < n; ++i) removed[slot_of_.at(ids[i])] = 1;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "vsr/graph_index.hpp"
+#include "vsr/input_checks.hpp"
 #include "vsr/parallel.hpp"
 #include "vsr/topk.hpp"
 
@@ -257,35 +258,6 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
   top.write_sorted(scores, ids, -TopK::kInf);
 }
 
-Status GraphIndex::check_queries(const float* queries, std::size_t nq) const {
-  if (queries == nullptr) return make_error(ErrorCode::invalid_argument, "queries are null");
-  for (std::size_t i = 0; i < nq; ++i) {
-    double s = 0;
-    for (std::size_t j = 0; j < dim_; ++j) {
-      const float x = queries[i * dim_ + j];
-      if (!std::isfinite(x))
-        return make_error(ErrorCode::invalid_argument, "query " + std::to_string(i) + " contains NaN or infinity");
-      s += double(x) * x;
-    }
-    if (opts_.metric == Metric::cosine && s == 0)
-      return make_error(ErrorCode::invalid_argument, "query " + std::to_string(i) + " has zero norm (cosine)");
-  }
-  return {};
-}
-
-const float* GraphIndex::prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const {
-  if (opts_.metric != Metric::cosine) return queries;
-  storage.assign(queries, queries + nq * dim_);
-  for (std::size_t i = 0; i < nq; ++i) {
-    float* x = storage.data() + i * dim_;
-    double s = 0;
-    for (std::size_t j = 0; j < dim_; ++j) s += double(x[j]) * x[j];
-    const float inv = float(1.0 / std::sqrt(s));
-    for (std::size_t j = 0; j < dim_; ++j) x[j] *= inv;
-  }
-  return storage.data();
-}
-
 namespace {
 // Results in metric units: l2 reports distances (best = smallest), +inf for empty slots.
 void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
@@ -297,16 +269,15 @@ void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
 Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
                           const SearchParams& params) const {
   if (nq == 0) return {};
-  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
-  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
-  Status st = check_queries(queries, nq);
+  Status st = check_search_args(k, scores, ids);
   if (!st.ok()) return st;
   std::vector<float> qstore;
-  const float* q = prepared(queries, nq, qstore);
+  Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
   std::shared_lock lock(mutex_);
-  if (k > live_)
-    return make_error(ErrorCode::invalid_argument,
-                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(live_) + " vectors in the index");
+  st = check_k_fits(k, live_);
+  if (!st.ok()) return st;
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
@@ -322,16 +293,16 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
 
 Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* seeds, std::size_t n_seeds,
                                float* scores, idx_t* ids, const SearchParams& params) const {
-  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
-  if (n_seeds == 0 || seeds == nullptr) return search(query, 1, k, scores, ids, params);
-  Status st = check_queries(query, 1);
+  Status st = check_search_args(k, scores, ids);
   if (!st.ok()) return st;
+  if (n_seeds == 0 || seeds == nullptr) return search(query, 1, k, scores, ids, params);
   std::vector<float> qstore;
-  const float* q = prepared(query, 1, qstore);
+  Result<const float*> prepared = prepare_rows(query, 1, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
   std::shared_lock lock(mutex_);
-  if (k > live_)
-    return make_error(ErrorCode::invalid_argument,
-                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(live_) + " vectors in the index");
+  st = check_k_fits(k, live_);
+  if (!st.ok()) return st;
   // The best seeds are enough to start from: more would only add distance computations.
   const std::size_t use = std::min(n_seeds, std::max(k, ef_search_.load()));
   std::vector<std::uint32_t> slots(use);
@@ -350,10 +321,10 @@ Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* s
 }
 
 Status GraphIndex::score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
-  Status st = check_queries(query, 1);
-  if (!st.ok()) return st;
   std::vector<float> qstore;
-  const float* q = prepared(query, 1, qstore);
+  Result<const float*> prepared = prepare_rows(query, 1, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
   std::shared_lock lock(mutex_);
   for (std::size_t i = 0; i < n; ++i) {
     auto it = slot_of_.find(ids[i]);

@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "vsr/input_checks.hpp"
 #include "vsr/topk.hpp"
 
 namespace vsr {
@@ -24,11 +25,7 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);  // float32
 
-double norm(const float* x, std::size_t d) noexcept {
-  double s = 0;
-  for (std::size_t i = 0; i < d; ++i) s += double(x[i]) * x[i];
-  return std::sqrt(s);
-}
+double norm(const float* x, std::size_t d) noexcept { return std::sqrt(sqnorm(x, d)); }
 
 double distance(const float* a, const float* b, std::size_t d) noexcept {
   double s = 0;
@@ -50,15 +47,10 @@ double cosine_similarity(const float* a, const float* b, std::size_t d) noexcept
 // measured in the space the index scores in.
 Status prepare_query(const Index& index, const float* q, std::vector<float>& out) {
   const std::size_t d = index.dim();
-  if (q == nullptr) return make_error(ErrorCode::invalid_argument, "query is null");
-  for (std::size_t i = 0; i < d; ++i)
-    if (!std::isfinite(q[i])) return make_error(ErrorCode::invalid_argument, "query contains NaN or infinity");
-  out.assign(q, q + d);
-  if (index.metric() == Metric::cosine) {
-    double n = norm(q, d);
-    if (n == 0) return make_error(ErrorCode::invalid_argument, "cosine query has zero norm");
-    for (auto& x : out) x = float(x / n);
-  }
+  Result<const float*> prepared = prepare_rows(q, 1, d, index.metric(), "query", out);
+  if (!prepared.ok()) return prepared.error();
+  // Non-cosine metrics score the input as it is; the session keeps its own copy.
+  if (prepared.value() != out.data()) out.assign(q, q + d);
   return {};
 }
 

@@ -84,9 +84,6 @@ class FlatIndex final : public Index {
   void scan(const float* queries, std::size_t nq, std::size_t row_begin, std::size_t row_end, Sink& sink) const;
   // Rows of the allow-list ids present in the index, ascending.
   std::vector<std::size_t> allowed_rows(const IdFilter& filter) const;
-  Status check_queries(const float* queries, std::size_t nq) const;
-  // Query rows ready for the kernels: normalised copies for cosine, else the input.
-  const float* prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const;
   float exact_score(const float* q, std::size_t row) const noexcept;
   void make_owned();
 

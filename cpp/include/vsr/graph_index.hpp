@@ -141,8 +141,6 @@ class GraphIndex final : public Index {
   void grow(std::size_t capacity);
   std::size_t capacity() const noexcept { return ids_.size(); }
   void make_owned();
-  Status check_queries(const float* queries, std::size_t nq) const;
-  const float* prepared(const float* queries, std::size_t nq, std::vector<float>& storage) const;
 
   static constexpr std::size_t kNodeLocks = 4096;
   static constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;

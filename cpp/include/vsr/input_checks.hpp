@@ -1,0 +1,59 @@
+// Argument checks every index kind applies at its edge, so each rule and its message exist once.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "vsr/common.hpp"
+
+namespace vsr {
+
+// True when none of the n values is NaN or infinite.
+bool all_finite(const float* x, std::size_t n) noexcept;
+// Sum of squares in double precision.
+double sqnorm(const float* x, std::size_t d) noexcept;
+// Normalises each of n rows in place; false (and *bad_row) at the first row with zero norm.
+bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row) noexcept;
+
+// Rows as the metric scores them: rejects NaN/inf (and, for cosine, all-zero rows) naming the row
+// as `noun` ("query", "vector"); for cosine returns normalised copies held in `storage`, otherwise
+// the input itself.
+Result<const float*> prepare_rows(const float* rows, std::size_t n, std::size_t dim, Metric metric,
+                                  const char* noun, std::vector<float>& storage);
+
+// k positive and output buffers present.
+Status check_search_args(std::size_t k, const float* scores, const idx_t* ids);
+// k no larger than the number of vectors searched.
+Status check_k_fits(std::size_t k, std::size_t size);
+
+// New ids: non-negative, not in `existing`, not repeated in the batch.
+template <typename Lookup>
+Status check_new_ids(const idx_t* ids, std::size_t n, const Lookup& existing) {
+  std::unordered_set<idx_t> batch;
+  batch.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (ids[i] < 0)
+      return make_error(ErrorCode::invalid_argument, "ids must be non-negative, got " + std::to_string(ids[i]));
+    if (existing.count(ids[i]) || !batch.insert(ids[i]).second)
+      return make_error(ErrorCode::invalid_argument, "duplicate id " + std::to_string(ids[i]));
+  }
+  return {};
+}
+
+// Ids to remove: each present in `existing` and listed once.
+template <typename Lookup>
+Status check_existing_ids(const idx_t* ids, std::size_t n, const Lookup& existing) {
+  std::unordered_set<idx_t> seen;
+  seen.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (existing.count(ids[i]) == 0)
+      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
+    if (!seen.insert(ids[i]).second)
+      return make_error(ErrorCode::invalid_argument, "id " + std::to_string(ids[i]) + " is listed twice");
+  }
+  return {};
+}
+
+}  // namespace vsr

@@ -1,0 +1,62 @@
+#include "vsr/input_checks.hpp"
+
+#include <cmath>
+
+namespace vsr {
+
+bool all_finite(const float* x, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+double sqnorm(const float* x, std::size_t d) noexcept {
+  double s = 0;
+  for (std::size_t i = 0; i < d; ++i) s += double(x[i]) * x[i];
+  return s;
+}
+
+bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row) noexcept {
+  for (std::size_t r = 0; r < n; ++r) {
+    float* v = x + r * d;
+    const double s = sqnorm(v, d);
+    if (!(s > 0)) {
+      *bad_row = r;
+      return false;
+    }
+    const float inv = float(1.0 / std::sqrt(s));
+    for (std::size_t i = 0; i < d; ++i) v[i] *= inv;
+  }
+  return true;
+}
+
+Result<const float*> prepare_rows(const float* rows, std::size_t n, std::size_t dim, Metric metric,
+                                  const char* noun, std::vector<float>& storage) {
+  if (rows == nullptr && n > 0) return make_error(ErrorCode::invalid_argument, std::string(noun) + " array is null");
+  for (std::size_t r = 0; r < n; ++r)
+    if (!all_finite(rows + r * dim, dim))
+      return make_error(ErrorCode::invalid_argument,
+                        std::string(noun) + " " + std::to_string(r) + " contains NaN or infinity");
+  if (metric != Metric::cosine) return rows;
+  storage.assign(rows, rows + n * dim);
+  std::size_t bad = 0;
+  if (!normalize_rows(storage.data(), n, dim, &bad))
+    return make_error(ErrorCode::invalid_argument,
+                      std::string(noun) + " " + std::to_string(bad) + " is all zeros and has no cosine direction");
+  return static_cast<const float*>(storage.data());
+}
+
+Status check_search_args(std::size_t k, const float* scores, const idx_t* ids) {
+  if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
+  return {};
+}
+
+Status check_k_fits(std::size_t k, std::size_t size) {
+  if (k > size)
+    return make_error(ErrorCode::invalid_argument,
+                      "k = " + std::to_string(k) + " exceeds the " + std::to_string(size) + " vectors in the index");
+  return {};
+}
+
+}  // namespace vsr
