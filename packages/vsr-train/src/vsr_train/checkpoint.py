@@ -272,6 +272,18 @@ class CheckpointManager:
         set_rng_state(torch.load(rng_file, weights_only=False))
         return state
 
+    def resume(self, engine, order, resume: str) -> tuple[int, Path | None]:
+        """Restore the run `resume` points at (engine, RNG, data order); return (step, folder), or
+        (0, None) when there is nothing to resume."""
+        folder = self.resolve_resume(resume)
+        if folder is None:
+            return 0, None
+        state = self.load(engine, folder)
+        order.load_state_dict(state["data_order"])
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", folder, step)
+        return step, folder
+
 
 def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
     """Full model state dict on rank 0 (None elsewhere). ZeRO-3 gathers the shards layer by layer."""

@@ -9,7 +9,6 @@ checkpoint. The math lives in grpo_math; the task (prompts, rollouts, rewards) b
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 from pathlib import Path
@@ -26,30 +25,18 @@ from vsr_train.runtime import (
     DistInfo,
     all_reduce_sum,
     build_deepspeed_config,
-    build_optimizer,
-    build_scheduler,
-    deepspeed_engine,
     frozen_engine,
     init_distributed,
-    param_groups,
     seed_everything,
+    training_engine,
     zero_stage,
 )
-from vsr_train.tasks import GRPOTask, Rollouts, SyntheticTokenTask
-
-log = logging.getLogger(__name__)
+from vsr_train.tasks import GRPOTask, Rollouts, synthetic_token_task
 
 
 def build_grpo_task(cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> GRPOTask:
     if cfg.data.kind == "synthetic_tokens":
-        if cfg.model.kind != "hf_causal_lm":
-            raise ValueError(
-                "data.kind 'synthetic_tokens' trains a plain causal LM (model.kind hf_causal_lm)"
-            )
-        config = loaded.model.config
-        return SyntheticTokenTask(
-            cfg.data, config.vocab_size, cfg.seed, getattr(config, "eos_token_id", None)
-        )
+        return synthetic_token_task(cfg.data, cfg.model.kind, loaded.model, cfg.seed)
     from vsr_train.vsr_adapter import VideoSearchGRPOTask
 
     return VideoSearchGRPOTask(cfg, loaded, dist)
@@ -98,12 +85,8 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     task = build_grpo_task(cfg, loaded, dist)
     n_prompts = prompts_per_step(cfg)
     order = ShardedOrder(task.num_prompts, n_prompts, dist.rank, dist.world_size, cfg.seed)
-    groups = param_groups(loaded.model, cfg.optim, loaded.sqr_prefixes)
-    optimizer = build_optimizer(groups, cfg.deepspeed, cfg.optim)
     total_updates = cfg.max_steps * cfg.grpo.num_iterations
-    engine = deepspeed_engine(
-        loaded.model, optimizer, build_scheduler(optimizer, cfg.optim, total_updates), ds_config
-    )
+    engine = training_engine(loaded, cfg.optim, cfg.deepspeed, ds_config, total_updates)
     ref_model = reference[0] if reference is not None else None
     synced = zero_stage(ds_config) == 3  # every rank must join each generation forward under ZeRO-3
 
@@ -111,13 +94,7 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     checkpoints = CheckpointManager(
         output_dir / "checkpoints", dist, cfg.checkpoint.keep_last, cfg.checkpoint.verify_checksums
     )
-    step = 0
-    resume_from = checkpoints.resolve_resume(cfg.checkpoint.resume)
-    if resume_from is not None:
-        state = checkpoints.load(engine, resume_from)
-        order.load_state_dict(state["data_order"])
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", resume_from, step)
+    step, resume_from = checkpoints.resume(engine, order, cfg.checkpoint.resume)
     logger = RunLogger(
         output_dir, dist, cfg.max_steps, cfg.logging.tensorboard, cfg.logging.progress_bar, "grpo"
     )

@@ -251,6 +251,17 @@ def deepspeed_engine(model: torch.nn.Module, optimizer, scheduler, ds_config: di
     return engine
 
 
+def training_engine(
+    loaded, optim: OptimConfig, settings: DeepSpeedSettings, ds_config: dict[str, Any], total_updates: int
+):
+    """The DeepSpeed engine of a training stage: parameter groups (SQR heads at their own learning
+    rate), optimizer and schedule over `total_updates` optimizer steps."""
+    optimizer = build_optimizer(param_groups(loaded.model, optim, loaded.sqr_prefixes), settings, optim)
+    return deepspeed_engine(
+        loaded.model, optimizer, build_scheduler(optimizer, optim, total_updates), ds_config
+    )
+
+
 def frozen_engine(model: torch.nn.Module, ds_config: dict[str, Any]):
     """A frozen copy (the GRPO reference): ZeRO-3 shards it like the policy; lower stages keep it whole."""
     model.eval()

@@ -3,7 +3,6 @@ query for the VideoSearch-R1 task), one readable loop on a DeepSpeed engine."""
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -18,28 +17,16 @@ from vsr_train.run_log import RunLogger
 from vsr_train.runtime import (
     DistInfo,
     build_deepspeed_config,
-    build_optimizer,
-    build_scheduler,
-    deepspeed_engine,
     init_distributed,
-    param_groups,
     seed_everything,
+    training_engine,
 )
-from vsr_train.tasks import SFTTask, SyntheticTokenTask
-
-log = logging.getLogger(__name__)
+from vsr_train.tasks import SFTTask, synthetic_token_task
 
 
 def build_sft_task(cfg: SFTConfig, loaded: LoadedModel, dist: DistInfo) -> SFTTask:
     if cfg.data.kind == "synthetic_tokens":
-        if cfg.model.kind != "hf_causal_lm":
-            raise ValueError(
-                "data.kind 'synthetic_tokens' trains a plain causal LM (model.kind hf_causal_lm)"
-            )
-        config = loaded.model.config
-        return SyntheticTokenTask(
-            cfg.data, config.vocab_size, cfg.seed, getattr(config, "eos_token_id", None)
-        )
+        return synthetic_token_task(cfg.data, cfg.model.kind, loaded.model, cfg.seed)
     from vsr_train.vsr_adapter import VideoSearchSFTTask
 
     return VideoSearchSFTTask(cfg, loaded, dist)
@@ -67,23 +54,13 @@ def run_sft(cfg: SFTConfig) -> Path:
         task.num_examples, cfg.deepspeed.micro_batch_size, dist.rank, dist.world_size, cfg.seed
     )
     total_steps = total_sft_steps(cfg, order)
-    groups = param_groups(loaded.model, cfg.optim, loaded.sqr_prefixes)
-    optimizer = build_optimizer(groups, cfg.deepspeed, cfg.optim)
-    engine = deepspeed_engine(
-        loaded.model, optimizer, build_scheduler(optimizer, cfg.optim, total_steps), ds_config
-    )
+    engine = training_engine(loaded, cfg.optim, cfg.deepspeed, ds_config, total_steps)
 
     output_dir = Path(cfg.output_dir)
     checkpoints = CheckpointManager(
         output_dir / "checkpoints", dist, cfg.checkpoint.keep_last, cfg.checkpoint.verify_checksums
     )
-    step = 0
-    resume_from = checkpoints.resolve_resume(cfg.checkpoint.resume)
-    if resume_from is not None:
-        state = checkpoints.load(engine, resume_from)
-        order.load_state_dict(state["data_order"])
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", resume_from, step)
+    step, resume_from = checkpoints.resume(engine, order, cfg.checkpoint.resume)
     logger = RunLogger(
         output_dir, dist, total_steps, cfg.logging.tensorboard, cfg.logging.progress_bar, "sft"
     )

@@ -114,6 +114,14 @@ def causal_lm_logprobs(
     return token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature)
 
 
+def synthetic_token_task(data: DataConfig, model_kind: str, model, seed: int) -> SyntheticTokenTask:
+    """The token task on the loaded plain causal LM (its vocabulary and end-of-sequence token)."""
+    if model_kind != "hf_causal_lm":
+        raise ValueError("data.kind 'synthetic_tokens' trains a plain causal LM (model.kind hf_causal_lm)")
+    config = model.config
+    return SyntheticTokenTask(data, config.vocab_size, seed, getattr(config, "eos_token_id", None))
+
+
 class SyntheticTokenTask:
     """Random-token prompts for a causal LM with vocabulary ``vocab_size`` (ids 3.. are content)."""
 
