@@ -242,6 +242,23 @@ class VideoPolicy(nn.Module):
             raise ValueError(f"{REFINE_TOKEN} is not in the policy's vocabulary")
         return int(token_id)
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        # <REFINE> is always the last token of a response: generation stops there as at EOS.
+        return [self.tokenizer.eos_token_id, self.refine_token_id]
+
+    def generation_kwargs(self, settings: GenerationSettings) -> dict:
+        """Sampling and stopping arguments of Hugging Face `generate`, the same for every family."""
+        return {
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": settings.do_sample,
+            "temperature": settings.temperature if settings.do_sample else None,
+            "top_p": settings.top_p if settings.do_sample else None,
+            "num_return_sequences": settings.num_return_sequences,
+            "eos_token_id": self.stop_token_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+
     def text_position_ids(self, start: torch.Tensor, length: int) -> torch.Tensor:
         """Positions of `length` text tokens starting at `start` (B,): (B, length) for a plain LM."""
         return start[:, None] + torch.arange(length, device=start.device)[None, :]

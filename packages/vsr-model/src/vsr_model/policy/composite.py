@@ -240,22 +240,12 @@ class CompositeVideoPolicy(VideoPolicy):
 
     def generate(self, batch: PolicyBatch, settings: GenerationSettings) -> Generation:
         batch = batch.to(self.device)
-        # <REFINE> is always the last token of a response: stop there as at EOS.
-        stop = [self.tokenizer.eos_token_id, self.refine_token_id]
         with torch.no_grad():
             embeds = self.embed_inputs(batch)
             out = self.lm.generate(
-                inputs_embeds=embeds,
-                attention_mask=batch.attention_mask,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature if settings.do_sample else None,
-                top_p=settings.top_p if settings.do_sample else None,
-                num_return_sequences=settings.num_return_sequences,
-                eos_token_id=stop,
-                pad_token_id=self.tokenizer.pad_token_id,
+                inputs_embeds=embeds, attention_mask=batch.attention_mask, **self.generation_kwargs(settings)
             )
-        return decode_completions(self.tokenizer, out, stop)
+        return decode_completions(self.tokenizer, out, self.stop_token_ids)
 
     def policy_config(self) -> dict:
         return {"composite": asdict(self.config)}

@@ -231,23 +231,16 @@ class QwenVLPolicy(VideoPolicy):
 
     def generate(self, batch: PolicyBatch, settings: GenerationSettings) -> Generation:
         batch = batch.to(self.device)
-        stop = [self.tokenizer.eos_token_id, self.refine_token_id]
         inputs = dict(batch.model_inputs)
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.dtype)
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature if settings.do_sample else None,
-                top_p=settings.top_p if settings.do_sample else None,
-                num_return_sequences=settings.num_return_sequences,
-                eos_token_id=stop,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **self.generation_kwargs(settings),
                 **inputs,
             )
-        return decode_completions(self.tokenizer, out[:, batch.input_ids.shape[1] :], stop)
+        return decode_completions(self.tokenizer, out[:, batch.input_ids.shape[1] :], self.stop_token_ids)
 
     def policy_config(self) -> dict:
         return {"qwen_vl": asdict(self.config)}
