@@ -255,12 +255,11 @@ def run_demo(settings: DemoSettings) -> Path:
             ),
         )
 
-    engine_cfg = write_yaml(
-        p.configs / "engine.yaml", deep_merge(size.engine_overrides, over.get("engine", {}))
-    )
+    engine_settings = deep_merge(size.engine_overrides, over.get("engine", {}))
+    engine_cfg = write_yaml(p.configs / "engine.yaml", engine_settings)
     runner.run(
         "engine",
-        {"config": yaml.safe_load(engine_cfg.read_text()), "epochs": size.engine_epochs, "seed": seed},
+        {"config": engine_settings, "epochs": size.engine_epochs, "seed": seed},
         lambda: vsr(
             "engine",
             "fit",
