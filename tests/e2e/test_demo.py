@@ -32,7 +32,7 @@ def test_tiny_demo_produces_every_artifact_and_resumes(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["seed"] == 3 and summary["settings"]["size"] == "tiny"
-    assert set(summary["results"]) == {key for key, *_ in VARIANTS}
+    assert set(summary["results"]) == {v.key for v in VARIANTS}
     for key, result in summary["results"].items():
         for metric in (
             "vcmr_r1_iou0.3",
@@ -47,13 +47,13 @@ def test_tiny_demo_produces_every_artifact_and_resumes(tmp_path):
         assert len(traces) == 4, f"{key}: expected one trace per evaluated query"
         for line in traces:
             turns = json.loads(line)["turns"]
-            assert 1 <= len(turns) <= dict((k, t) for k, _, _, t in VARIANTS)[key]
+            assert 1 <= len(turns) <= {v.key: v.turns for v in VARIANTS}[key]
     table = (out / "results.md").read_text()
-    for _, title, _, _ in VARIANTS:
-        assert title in table
+    for variant in VARIANTS:
+        assert variant.title in table
     for plot in ("variants.png", "sqr_per_turn.png"):
         assert (out / "plots" / plot).read_bytes()[:8] == PNG_MAGIC
-    for stage in STAGES + [f"eval_{key}" for key, *_ in VARIANTS]:
+    for stage in STAGES + [f"eval_{v.key}" for v in VARIANTS]:
         record = json.loads((out / "stages" / f"{stage}.json").read_text())
         assert record["stage"] == stage and record["seconds"] >= 0
 

@@ -179,3 +179,27 @@ def test_config_validation():
         AgentConfig.from_dict({"turns": 2})
     with pytest.raises(ValueError, match="unknown refinement mode"):
         AgentConfig(refinement="latent")
+
+
+@pytest.mark.parametrize(("turns", "final_refine"), [(1, False), (1, True), (2, True)])
+def test_cut_of_a_longer_run_equals_a_run_with_fewer_turns(engine, policy, script, turns, final_refine):
+    # A verdict that depends on the query and the video, so queries stop at different turns.
+    data = moments(engine, 6)
+    first = [engine.search(engine.encode_query([m.query]), 1)[0][0].video_id for m in data]
+    accept = {m.query: {m.video_id} | ({first[i]} if i % 3 == 0 else set()) for i, m in enumerate(data)}
+    script(
+        lambda q, v: (
+            format_response("yes", True, (2.0, 6.0)) if v in accept[q] else format_response("no", False)
+        )
+    )
+    long = run_agent(policy, engine, Corpus(), data, AgentConfig(max_turns=3, batch_size=4, top_k=5))
+    short = run_agent(
+        policy,
+        engine,
+        Corpus(),
+        data,
+        AgentConfig(max_turns=turns, batch_size=4, top_k=5, final_refine=final_refine),
+    )
+    assert any(len(t.turns) == 3 for t in long) and any(len(t.turns) == 1 for t in long)
+    assert [t.cut(turns, final_refine).to_dict() for t in long] == [t.to_dict() for t in short]
+    assert summarize([t.cut(turns, final_refine) for t in long]) == summarize(short)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vsr_train.config import EvalConfig
-from vsr_train.evaluate import PAPER_COLUMNS, paper_table, run_eval
+from vsr_train.evaluate import PAPER_COLUMNS, derive_shorter_run, paper_table, run_eval
 from vsr_train.tiny import tiny_search_setup, tiny_video_policy
 
 
@@ -48,3 +48,15 @@ def test_eval_writes_every_artifact(tmp_path):
     assert summary["summary"]["generated_tokens_per_query"] > 0
     assert (out / "results.md").read_text().startswith("| Method |")
     assert (out / "per_turn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Shorter runs cut from this one's traces: the single-shot agent and SQR with one turn.
+    single = json.loads(derive_shorter_run(out, tmp_path / "single", "single", 1, final_refine=False).read_text())
+    one = json.loads(derive_shorter_run(out, tmp_path / "one", "one", 1).read_text())
+    assert single["config"]["refinement"] == "none" and one["config"]["max_turns"] == 1
+    assert single["summary"]["mean_turns"] == one["summary"]["mean_turns"] == 1.0
+    assert single["summary"]["vr_post_refinement_r1"] == single["summary"]["vr_verified_r1"]
+    full_tokens = summary["summary"]["generated_tokens_per_query"]
+    assert single["summary"]["generated_tokens_per_query"] <= one["summary"]["generated_tokens_per_query"]
+    assert one["summary"]["generated_tokens_per_query"] <= full_tokens
+    with pytest.raises(ValueError, match="cannot cut 3 turns"):
+        derive_shorter_run(out, tmp_path / "three", "three", 3)

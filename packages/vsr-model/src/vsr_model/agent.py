@@ -222,6 +222,7 @@ def _run_batch(policy, engine, corpus, moments, config: AgentConfig) -> list[Que
                 response=generation.texts[i],
                 parsed=parsed,
                 label_matched=(shown == state.gt_video) if state.gt_video is not None else None,
+                response_tokens=len(generation.token_ids[i]),
             )
             state.trace.turns.append(record)
             state.seen.add(shown)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 REFINE_TOKEN = "<REFINE>"
@@ -293,6 +293,8 @@ class TurnTrace:
     label_matched: bool | None = None
     rewritten_query: str | None = None
     refinement_tokens: int = 0
+    # Tokens the policy generated for `response` (None in traces written before it was recorded).
+    response_tokens: int | None = None
 
     @property
     def shown_video(self) -> str:
@@ -315,6 +317,7 @@ class TurnTrace:
             "label_matched": self.label_matched,
             "rewritten_query": self.rewritten_query,
             "refinement_tokens": self.refinement_tokens,
+            "response_tokens": self.response_tokens,
         }
 
     @classmethod
@@ -337,6 +340,7 @@ class TurnTrace:
             label_matched=row.get("label_matched"),
             rewritten_query=row.get("rewritten_query"),
             refinement_tokens=int(row.get("refinement_tokens", 0)),
+            response_tokens=None if row.get("response_tokens") is None else int(row["response_tokens"]),
         )
 
 
@@ -372,6 +376,33 @@ class QueryTrace:
     def answer_span(self) -> tuple[float, float] | None:
         turn = self.answer_turn
         return turn.parsed.span if turn is not None else None
+
+    def cut(self, max_turns: int, final_refine: bool = True) -> QueryTrace:
+        """This trace as the agent would have left it with `max_turns` verify turns.
+
+        Greedy decoding makes a query's first t turns the same whatever the turn limit, so a run with
+        more turns holds the shorter runs: the post-refinement ranking after turn t is the ranking
+        turn t+1 was shown. `final_refine=False` is the single-shot agent, which never refines: its
+        final ranking is the one it verified and it spends no refinement tokens.
+        """
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        kept = [replace(t) for t in self.turns[:max_turns]]
+        cut = QueryTrace(self.query_id, self.query, self.gt_video, self.gt_span, kept)
+        if len(kept) == len(self.turns):
+            cut.final_ranking = list(self.final_ranking)
+        elif kept[-1].parsed.matched:
+            cut.final_ranking = list(kept[-1].ranking)
+        else:
+            # The search that followed the last kept rejection is what turn max_turns + 1 was shown.
+            cut.final_ranking = list(self.turns[max_turns].ranking)
+        if not final_refine and kept:
+            last = kept[-1]
+            if not last.parsed.matched:
+                last.refinement_tokens = 0
+                last.rewritten_query = None
+                cut.final_ranking = list(last.ranking)
+        return cut
 
     def to_dict(self) -> dict:
         return {

@@ -39,6 +39,7 @@ class DemoSize:
     group_size: int
     eval_queries: int
     max_new_tokens: int
+    eval_batch_size: int = 8
     tiny_models: bool = False
     micro_batch_size: int = 2
     num_negatives: int = 24  # InfoNCE negatives; the training corpus needs more videos than this
@@ -88,13 +89,25 @@ SIZES: dict[str, DemoSize] = {
     ),
 }
 
-# (name in the table, refinement, max turns)
-VARIANTS: list[tuple[str, str, str, int]] = [
-    ("single_shot", "Single shot (no refinement)", "none", 1),
-    ("hqr_2", "Text rewrite (HQR), 2 turns", "hqr", 2),
-    ("sqr_1", "SQR, 1 turn", "sqr", 1),
-    ("sqr_2", "SQR, 2 turns", "sqr", 2),
-    ("sqr_3", "SQR, 3 turns", "sqr", 3),
+@dataclass(frozen=True)
+class Variant:
+    """One row of the results table. A variant with `cut_from` is not run again: greedy decoding makes
+    its trajectories the first `turns` turns of that longer run's (QueryTrace.cut), so its results are
+    derived from those traces."""
+
+    key: str
+    title: str
+    refinement: str  # sqr | hqr | none
+    turns: int
+    cut_from: str | None = None
+
+
+VARIANTS: list[Variant] = [
+    Variant("single_shot", "Single shot (no refinement)", "none", 1, cut_from="sqr_3"),
+    Variant("hqr_2", "Text rewrite (HQR), 2 turns", "hqr", 2),
+    Variant("sqr_1", "SQR, 1 turn", "sqr", 1, cut_from="sqr_3"),
+    Variant("sqr_2", "SQR, 2 turns", "sqr", 2, cut_from="sqr_3"),
+    Variant("sqr_3", "SQR, 3 turns", "sqr", 3),
 ]
 
 
@@ -370,10 +383,11 @@ def run_demo(settings: DemoSettings) -> Path:
     runner.run("grpo", grpo_cfg, lambda: vsr("train", "grpo", "--config", str(grpo_yaml)))
 
     policy = str(_final_policy(p.grpo))
-    for key, title, refinement, turns in VARIANTS:
+    evaluated = {}
+    for variant in [v for v in VARIANTS if v.cut_from is None]:
         eval_cfg = deep_merge(
             {
-                "output_dir": str(p.evals / key),
+                "output_dir": str(p.evals / variant.key),
                 "seed": settings.seed,
                 "policy": policy,
                 "engine_dir": str(p.corpus_test / "engine"),
@@ -381,20 +395,42 @@ def run_demo(settings: DemoSettings) -> Path:
                 "corpus_split": "test",
                 "queries": str(annotations / f"{settings.dataset}_test.jsonl"),
                 "max_queries": size.eval_queries,
-                "max_turns": turns,
-                "refinement": refinement,
+                "max_turns": variant.turns,
+                "refinement": variant.refinement,
                 "exclude_seen_videos": True,
                 "max_new_tokens": size.max_new_tokens,
-                "name": title,
+                "batch_size": size.eval_batch_size,
+                "name": variant.title,
             },
             over.get("eval", {}),
         )
-        eval_yaml = write_yaml(p.configs / f"eval_{key}.yaml", eval_cfg)
+        evaluated[variant.key] = eval_cfg
+        eval_yaml = write_yaml(p.configs / f"eval_{variant.key}.yaml", eval_cfg)
         runner.run(
-            f"eval_{key}", eval_cfg, lambda eval_yaml=eval_yaml: vsr("eval", "--config", str(eval_yaml))
+            f"eval_{variant.key}",
+            eval_cfg,
+            lambda eval_yaml=eval_yaml: vsr("eval", "--config", str(eval_yaml)),
+        )
+    for variant in [v for v in VARIANTS if v.cut_from is not None]:
+        runner.run(
+            f"eval_{variant.key}",
+            {"source": evaluated[variant.cut_from], "turns": variant.turns, "refinement": variant.refinement},
+            lambda variant=variant: _derive_variant(p, variant),
         )
 
     return write_report(settings, p, runner.timings)
+
+
+def _derive_variant(p: DemoPaths, variant: Variant) -> None:
+    from vsr_train.evaluate import derive_shorter_run
+
+    derive_shorter_run(
+        p.evals / variant.cut_from,
+        p.evals / variant.key,
+        variant.title,
+        variant.turns,
+        final_refine=variant.refinement != "none",
+    )
 
 
 def _save_tiny_policy(p: DemoPaths, seed: int) -> None:
@@ -410,13 +446,13 @@ def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float]
     from vsr_train.evaluate import paper_table, plot_per_turn
 
     rows, per_turn = [], {}
-    for key, title, _refinement, _turns in VARIANTS:
-        summary_path = p.evals / key / "summary.json"
+    for variant in VARIANTS:
+        summary_path = p.evals / variant.key / "summary.json"
         if not summary_path.is_file():
-            raise SystemExit(f"[demo] evaluation {key} left no {summary_path}")
+            raise SystemExit(f"[demo] evaluation {variant.key} left no {summary_path}")
         result = json.loads(summary_path.read_text())
-        rows.append((title, result["summary"]))
-        per_turn[key] = result.get("per_turn", [])
+        rows.append((variant.title, result["summary"]))
+        per_turn[variant.key] = result.get("per_turn", [])
     table = paper_table(rows)
     p.plots.mkdir(parents=True, exist_ok=True)
     if per_turn.get("sqr_3"):
@@ -427,7 +463,7 @@ def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float]
     report = {
         "settings": {**asdict(settings), "out": str(settings.out)},
         "size": asdict(settings.sizing()),
-        "results": {key: summary for (key, *_), (_, summary) in zip(VARIANTS, rows, strict=True)},
+        "results": {v.key: summary for v, (_, summary) in zip(VARIANTS, rows, strict=True)},
         "stage_seconds": timings,
         "table_markdown": table,
     }

@@ -99,15 +99,81 @@ def _agent_config(cfg: EvalConfig):
     )
 
 
-def _generated_tokens(trace_row: dict[str, Any], tokenizer) -> int:
+def _generated_tokens(trace_row: dict[str, Any], tokenizer=None) -> int:
     """Tokens the policy produced for one query: every turn's response (+ N latents per soft refinement,
-    which is what SQR generates instead of rewrite text)."""
+    which is what SQR generates instead of rewrite text). Traces record each response's token count;
+    older ones are re-tokenised with ``tokenizer``."""
     total = 0
     for turn in trace_row["turns"]:
-        total += len(tokenizer.encode(turn["response"], add_special_tokens=False))
+        if turn.get("response_tokens") is not None:
+            total += int(turn["response_tokens"])
+        elif tokenizer is not None:
+            total += len(tokenizer.encode(turn["response"], add_special_tokens=False))
+        else:
+            raise ValueError(
+                f"query {trace_row.get('query_id')!r}: a turn without response_tokens and no tokenizer to count it"
+            )
         if turn.get("rewritten_query") is None:
             total += int(turn.get("refinement_tokens", 0))
     return total
+
+
+def write_results(
+    output: Path,
+    name: str,
+    rows: list[dict[str, Any]],
+    max_turns: int,
+    config: dict[str, Any],
+    tokenizer=None,
+) -> Path:
+    """traces.jsonl, summary.json (summary + per-turn table), results.md and per_turn.png of one run."""
+    from vsr_model.metrics import per_turn_table, summarize
+    from vsr_model.protocol import QueryTrace
+
+    output.mkdir(parents=True, exist_ok=True)
+    traces_path = output / "traces.jsonl"
+    tmp = traces_path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(traces_path)
+    all_traces = [QueryTrace.from_dict(r) for r in rows]
+    summary = summarize(all_traces)
+    tokens = [_generated_tokens(r, tokenizer) for r in rows]
+    summary["generated_tokens_per_query"] = sum(tokens) / len(tokens)
+    per_turn = per_turn_table(all_traces, max_turns)
+    write_json_atomic(
+        output / "summary.json", {"name": name, "summary": summary, "per_turn": per_turn, "config": config}
+    )
+    (output / "results.md").write_text(paper_table([(name, summary)]))
+    plot_per_turn(per_turn, output / "per_turn.png", name)
+    log.info("results:\n%s", paper_table([(name, summary)]))
+    return output / "summary.json"
+
+
+def derive_shorter_run(
+    source: Path, output: Path, name: str, max_turns: int, final_refine: bool = True
+) -> Path:
+    """The results of the same agent with fewer verify turns (``final_refine=False``: single shot, no
+    refinement), cut from the traces of a longer greedy run (see QueryTrace.cut): no model runs again."""
+    from vsr_model.protocol import QueryTrace
+
+    summary_file = source / "summary.json"
+    if not summary_file.is_file():
+        raise FileNotFoundError(f"{source} holds no finished evaluation (summary.json)")
+    source_config = json.loads(summary_file.read_text())["config"]
+    if max_turns > int(source_config["max_turns"]):
+        raise ValueError(f"cannot cut {max_turns} turns from a run of {source_config['max_turns']}")
+    if source_config["refinement"] != "sqr" and not (max_turns == 1 and not final_refine):
+        raise ValueError("only SQR runs (or single shot from any run) can be cut to fewer turns")
+    rows = [json.loads(line) for line in (source / "traces.jsonl").read_text().splitlines() if line.strip()]
+    cut = [QueryTrace.from_dict(r).cut(max_turns, final_refine).to_dict() for r in rows]
+    config = {
+        **source_config,
+        "max_turns": max_turns,
+        "refinement": source_config["refinement"] if final_refine else "none",
+        "name": name,
+        "derived_from": str(source),
+    }
+    return write_results(output, name, cut, max_turns, config)
 
 
 def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | None:
@@ -118,9 +184,7 @@ def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | N
     from vsr_model.corpus import Corpus
     from vsr_model.data import read_moments
     from vsr_model.engine.base import SearchEngine
-    from vsr_model.metrics import per_turn_table, summarize
     from vsr_model.policy import load_policy
-    from vsr_model.protocol import QueryTrace
 
     dist = init_distributed(DeepSpeedSettings(dist_backend=cfg.dist_backend))
     seed_everything(cfg.seed, dist.rank)
@@ -162,18 +226,4 @@ def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | N
     rows.sort(key=lambda r: order[r["query_id"]])
     if len(rows) != len(moments):
         raise RuntimeError(f"merged {len(rows)} traces for {len(moments)} queries")
-    traces_path = output / "traces.jsonl"
-    traces_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    all_traces = [QueryTrace.from_dict(r) for r in rows]
-    summary = summarize(all_traces)
-    tokens = [_generated_tokens(r, policy.tokenizer) for r in rows]
-    summary["generated_tokens_per_query"] = sum(tokens) / len(tokens)
-    per_turn = per_turn_table(all_traces, cfg.max_turns)
-    write_json_atomic(
-        output / "summary.json",
-        {"name": cfg.name, "summary": summary, "per_turn": per_turn, "config": config_to_dict(cfg)},
-    )
-    (output / "results.md").write_text(paper_table([(cfg.name, summary)]))
-    plot_per_turn(per_turn, output / "per_turn.png", cfg.name)
-    log.info("results:\n%s", paper_table([(cfg.name, summary)]))
-    return output / "summary.json"
+    return write_results(output, cfg.name, rows, cfg.max_turns, config_to_dict(cfg), policy.tokenizer)
