@@ -50,7 +50,9 @@ def test_eval_writes_every_artifact(tmp_path):
     assert (out / "per_turn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Shorter runs cut from this one's traces: the single-shot agent and SQR with one turn.
-    single = json.loads(derive_shorter_run(out, tmp_path / "single", "single", 1, final_refine=False).read_text())
+    single = json.loads(
+        derive_shorter_run(out, tmp_path / "single", "single", 1, final_refine=False).read_text()
+    )
     one = json.loads(derive_shorter_run(out, tmp_path / "one", "one", 1).read_text())
     assert single["config"]["refinement"] == "none" and one["config"]["max_turns"] == 1
     assert single["summary"]["mean_turns"] == one["summary"]["mean_turns"] == 1.0

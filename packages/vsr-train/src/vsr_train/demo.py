@@ -89,6 +89,7 @@ SIZES: dict[str, DemoSize] = {
     ),
 }
 
+
 @dataclass(frozen=True)
 class Variant:
     """One row of the results table. A variant with `cut_from` is not run again: greedy decoding makes
