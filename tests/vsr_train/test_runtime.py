@@ -83,3 +83,41 @@ def test_lr_schedules():
     assert lr_multiplier(8, warm, 12) == pytest.approx(0.5)
     assert lr_multiplier(12, warm, 12) == pytest.approx(0.0, abs=1e-12)
     assert lr_multiplier(100, OptimConfig(scheduler="constant"), 10) == 1.0
+
+
+def test_param_groups_give_sqr_heads_and_connector_their_own_rates():
+    import torch
+
+    from vsr_train.runtime import param_groups
+
+    model = torch.nn.ModuleDict(
+        {
+            "lm": torch.nn.Linear(4, 4),
+            "projector": torch.nn.Linear(4, 4),
+            "sqr": torch.nn.Linear(4, 4),
+            "frozen": torch.nn.Linear(4, 4),
+        }
+    )
+    model["frozen"].requires_grad_(False)
+    optim = OptimConfig(lr=1e-5, sqr_lr=5e-5, connector_lr=1e-3, weight_decay=0.1)
+    groups = {g["name"]: g for g in param_groups(model, optim, ("sqr.",), ("projector.",))}
+    assert sorted(groups) == [
+        "connector_decay",
+        "connector_no_decay",
+        "main_decay",
+        "main_no_decay",
+        "sqr_decay",
+        "sqr_no_decay",
+    ]
+    assert groups["connector_decay"]["params"] == [model["projector"].weight]
+    assert groups["connector_no_decay"]["params"] == [model["projector"].bias]
+    assert [g["lr"] for g in (groups["main_decay"], groups["connector_decay"], groups["sqr_decay"])] == [
+        1e-5,
+        1e-3,
+        5e-5,
+    ]
+    assert groups["sqr_no_decay"]["weight_decay"] == 0.0 and groups["sqr_decay"]["weight_decay"] == 0.1
+    # Unset rates fall back to lr; frozen parameters are in no group.
+    fallback = param_groups(model, OptimConfig(lr=2e-5, sqr_lr=None), ("sqr.",), ("projector.",))
+    assert {g["lr"] for g in fallback} == {2e-5}
+    assert sum(len(g["params"]) for g in fallback) == 6

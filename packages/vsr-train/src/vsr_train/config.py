@@ -88,6 +88,9 @@ class OptimConfig:
     lr: float = 2e-5
     # Learning rate of the SQR heads (readout / roll-in / append projectors); None = same as lr.
     sqr_lr: float | None = 5e-5
+    # Learning rate of a freshly initialised vision connector (the composite policy's frame projector);
+    # None = same as lr.
+    connector_lr: float | None = None
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -96,8 +99,9 @@ class OptimConfig:
 
     def validate(self, where: str) -> None:
         _positive(where, "optim.lr", self.lr)
-        if self.sqr_lr is not None:
-            _positive(where, "optim.sqr_lr", self.sqr_lr)
+        for name in ("sqr_lr", "connector_lr"):
+            if getattr(self, name) is not None:
+                _positive(where, f"optim.{name}", getattr(self, name))
         if self.warmup_steps < 0:
             raise ConfigError(f"{where}: optim.warmup_steps must be >= 0")
         if not all(0.0 <= b < 1.0 for b in self.betas):

@@ -43,6 +43,9 @@ class DemoSize:
     tiny_models: bool = False
     micro_batch_size: int = 2
     num_negatives: int = 24  # InfoNCE negatives; the training corpus needs more videos than this
+    # Stage-1 learning rates (vsr_train.config.OptimConfig keys). A short CPU run raises them so the
+    # freshly initialised frame projector and SQR heads move within a few dozen steps.
+    sft_optim: dict[str, Any] = field(default_factory=dict)
     engine_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +78,7 @@ SIZES: dict[str, DemoSize] = {
         group_size=4,
         eval_queries=40,
         max_new_tokens=80,
+        sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 5e-4},
     ),
     "gpu": DemoSize(
         synth_preset="large",
@@ -86,6 +90,7 @@ SIZES: dict[str, DemoSize] = {
         eval_queries=2000,
         max_new_tokens=768,
         micro_batch_size=8,
+        sft_optim={"lr": 2e-5, "sqr_lr": 5e-5, "connector_lr": 1e-4},
     ),
 }
 
@@ -358,6 +363,7 @@ def run_demo(settings: DemoSettings) -> Path:
             "output_dir": str(p.sft),
             "max_steps": size.sft_steps,
             "num_negatives": size.num_negatives,
+            "optim": dict(size.sft_optim),
             "model": {"kind": "vsr_policy", "name_or_path": initial_policy},
             "data": data,
             "checkpoint": {"every_steps": max(1, size.sft_steps), "keep_last": 1, "resume": "auto"},

@@ -23,6 +23,8 @@ class LoadedModel:
     tokenizer: Any | None
     # Parameter-name prefixes of the SQR heads (their own learning rate); empty for a plain LM.
     sqr_prefixes: tuple[str, ...] = ()
+    # Parameter-name prefixes of a freshly initialised vision connector (``optim.connector_lr``).
+    connector_prefixes: tuple[str, ...] = ()
     # Custom export (model, folder, full state dict or None); default: transformers' save_pretrained.
     save_fn: Callable[[torch.nn.Module, Path, dict[str, torch.Tensor] | None], None] | None = None
     _keepalive: list[Any] = field(default_factory=list)

@@ -187,27 +187,36 @@ def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
 
 
 def param_groups(
-    model: torch.nn.Module, optim: OptimConfig, sqr_prefixes: tuple[str, ...] = ()
+    model: torch.nn.Module,
+    optim: OptimConfig,
+    sqr_prefixes: tuple[str, ...] = (),
+    connector_prefixes: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """AdamW groups: (main | SQR heads) x (decay | no decay). SQR heads get ``optim.sqr_lr``."""
-    buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    """AdamW groups: (main | connector | SQR heads) x (decay | no decay). SQR heads get ``optim.sqr_lr``,
+    the vision connector (a freshly initialised frame projector) ``optim.connector_lr``; None = ``lr``."""
+    rates = {"main": optim.lr, "connector": optim.connector_lr, "sqr": optim.sqr_lr}
+    buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_sqr = any(name.startswith(p) for p in sqr_prefixes)
-        buckets.setdefault((is_sqr, _no_decay(name, param)), []).append(param)
+        kind = "main"
+        if any(name.startswith(p) for p in sqr_prefixes):
+            kind = "sqr"
+        elif any(name.startswith(p) for p in connector_prefixes):
+            kind = "connector"
+        buckets.setdefault((kind, _no_decay(name, param)), []).append(param)
     if not buckets:
         raise ValueError("the model has no trainable parameters")
     groups = []
-    for (is_sqr, no_decay), params in sorted(buckets.items()):
-        lr = optim.sqr_lr if (is_sqr and optim.sqr_lr is not None) else optim.lr
+    for (kind, no_decay), params in sorted(buckets.items()):
+        lr = rates[kind] if rates[kind] is not None else optim.lr
         groups.append(
             {
                 "params": params,
                 "lr": lr,
                 "initial_lr": lr,
                 "weight_decay": 0.0 if no_decay else optim.weight_decay,
-                "name": f"{'sqr' if is_sqr else 'main'}_{'no_decay' if no_decay else 'decay'}",
+                "name": f"{kind}_{'no_decay' if no_decay else 'decay'}",
             }
         )
     return groups
@@ -256,7 +265,9 @@ def training_engine(
 ):
     """The DeepSpeed engine of a training stage: parameter groups (SQR heads at their own learning
     rate), optimizer and schedule over `total_updates` optimizer steps."""
-    optimizer = build_optimizer(param_groups(loaded.model, optim, loaded.sqr_prefixes), settings, optim)
+    optimizer = build_optimizer(
+        param_groups(loaded.model, optim, loaded.sqr_prefixes, loaded.connector_prefixes), settings, optim
+    )
     return deepspeed_engine(
         loaded.model, optimizer, build_scheduler(optimizer, optim, total_updates), ds_config
     )

@@ -31,6 +31,8 @@ from vsr_train.tasks import Rollouts, split_rows
 log = logging.getLogger(__name__)
 
 SQR_PREFIXES = ("sqr.",)
+# The composite policy's frame projector starts from random weights (the Qwen families' mergers do not).
+CONNECTOR_PREFIXES = ("projector.",)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,7 +101,13 @@ def load_vsr_policy(
         if backbone is None or not hasattr(backbone, "gradient_checkpointing_enable"):
             raise ValueError(f"{type(policy).__name__} exposes no HF backbone for gradient checkpointing")
         backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return LoadedModel(model=policy, tokenizer=None, sqr_prefixes=SQR_PREFIXES, save_fn=_save_policy)
+    return LoadedModel(
+        model=policy,
+        tokenizer=None,
+        sqr_prefixes=SQR_PREFIXES,
+        connector_prefixes=CONNECTOR_PREFIXES,
+        save_fn=_save_policy,
+    )
 
 
 def _force_eval(module: torch.nn.Module, _inputs) -> None:
