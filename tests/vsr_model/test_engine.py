@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 from tests.vsr_model.conftest import tiny_dual_encoder_config
 from vsr_model.engine import DualEncoderEngine, Hit, SearchEngine
-from vsr_model.engine.evaluate import ground_truth_ranks, recall_summary
 from vsr_model.engine.fit import FitConfig, info_nce
 from vsr_model.engine.query import mean_pool, splice_soft_tokens
+from vsr_model.metrics import recall_summary, score_ranks, video_retrieval
 from vsr_model.video import VideoClip
 
 TEXTS = ["a small red circle moves left", "the blue astronaut spins on a brick wall background"]
@@ -165,11 +165,18 @@ def test_info_nce_hand_computed():
 def test_ranks_and_recall():
     queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     videos = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
-    ranks = ground_truth_ranks(queries, videos, np.array([0, 2, 2]))
+    ranks = score_ranks(queries, videos, np.array([0, 2, 2]))
     assert ranks.tolist() == [1, 1, 3]
     s = recall_summary(ranks, 3, ks=(1, 2))
     assert s["R@1"] == pytest.approx(2 / 3) and s["R@2"] == pytest.approx(2 / 3)
     assert s["chance_R@1"] == pytest.approx(1 / 3) and s["MRR"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+    # the agent's VR metric over explicit rankings is the same computation, in percent
+    names = ["a", "b", "c"]
+    rankings = [[names[j] for j in torch.argsort(queries[i] @ videos.T, descending=True)] for i in range(3)]
+    vr = video_retrieval(rankings, [names[t] for t in (0, 2, 2)], ks=(1, 2))
+    assert vr["r1"] == pytest.approx(100 * s["R@1"]) and vr["mrr"] == pytest.approx(100 * s["MRR"])
+    with pytest.raises(ValueError, match="3 targets for 2 queries"):
+        score_ranks(queries[:2], videos, np.array([0, 1, 2]))
 
 
 @pytest.mark.slow
