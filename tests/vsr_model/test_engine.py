@@ -155,6 +155,39 @@ def test_save_load_roundtrip(tmp_path, tiny_engine):
         SearchEngine.load(tmp_path)
 
 
+def test_the_index_is_saved_by_vsr_index_and_served_from_its_memory_map(tmp_path, tiny_engine):
+    import vsr_index
+
+    vecs = unit_rows(30, seed=2)
+    ids = [f"v{i:02d}" for i in range(30)]
+    tiny_engine.add_videos(ids, vecs)
+    tiny_engine.save(tmp_path / "eng")
+    assert vsr_index.index_kind(tmp_path / "eng" / "index.vsr") == "flat"
+    loaded = SearchEngine.load(tmp_path / "eng")
+    assert loaded.index.index.is_mapped and isinstance(loaded.index.vectors(), np.memmap)
+    assert loaded.video_ids == ids and loaded.search(vecs[:5], k=3) == tiny_engine.search(vecs[:5], k=3)
+    assert torch.equal(loaded.video_embeddings(["v07", "v03"]), vecs[[7, 3]])
+    assert loaded.session(vecs[4], k=2).hits == tiny_engine.session(vecs[4], k=2).hits
+    # a loaded engine takes more videos and saves over its own folder
+    more = unit_rows(2, seed=3)
+    loaded.add_videos(["new0", "new1"], more)
+    assert loaded.search(more, k=1)[1][0].video_id == "new1"
+    loaded.save(tmp_path / "eng")
+    again = SearchEngine.load(tmp_path / "eng")
+    assert again.video_ids == [*ids, "new0", "new1"]
+    assert torch.equal(again.video_embeddings(["new1", "v00"]), torch.cat([more[1:], vecs[:1]]))
+    # the earlier layout (rows + ids, no index file) is indexed from its rows
+    (tmp_path / "eng" / "index.vsr").unlink()
+    old = SearchEngine.load(tmp_path / "eng")
+    assert not old.index.index.is_mapped and old.search(vecs[:3], k=2) == again.search(vecs[:3], k=2)
+    # an index file that does not belong to the id map is refused
+    other = vsr_index.FlatIndex(32, "cosine")
+    other.add(unit_rows(3).numpy())
+    other.save(tmp_path / "eng" / "index.vsr")
+    with pytest.raises(ValueError, match="rebuild it"):
+        SearchEngine.load(tmp_path / "eng")
+
+
 def test_info_nce_hand_computed():
     q = torch.eye(3)
     t = 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from vsr_model.data.records import Moment
@@ -26,5 +27,5 @@ def evaluate_retrieval(engine, moments: Sequence[Moment], ks: Sequence[int] = VR
         raise ValueError("no queries to evaluate")
     targets = engine.index.rows_of([m.video_id for m in moments])
     queries = encode_queries(engine, [m.query for m in moments])
-    videos = torch.from_numpy(engine.index.vectors())
+    videos = torch.from_numpy(np.array(engine.index.vectors()))  # a copy: the rows may be memory-mapped
     return recall_summary(score_ranks(queries, videos, targets), len(engine), ks)
