@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from test_policy_fakes import tiny_qwen_model
 
 from tests.vsr_model.conftest import tiny_dual_encoder_config
+from vsr_model.corpus import Corpus
 from vsr_model.engine import DualEncoderEngine, SearchEngine, VLMEmbeddingConfig, VLMEmbeddingEngine
 from vsr_model.engine.vlm import CHAT_SUFFIX, chat_prefix
 from vsr_model.video import FrameSampling, VideoClip
@@ -241,20 +242,39 @@ def test_a_checkpoint_path_is_loaded_and_saved_by_reference(tmp_path, qwen3):
     assert (tmp_path / "eng_with_weights" / "model" / "config.json").is_file()
 
 
-def test_corpus_build_with_the_vlm_engine(tmp_path, tiny_benchmark, qwen3):
-    from vsr_model.corpus import BuildConfig, Corpus, build_index
+def test_cli_init_corpus_build_and_eval_with_the_vlm_engine(tmp_path, tiny_benchmark, qwen3, capsys):
+    """`vsr engine init` from a checkpoint folder, then `vsr corpus build` and `vsr engine eval`."""
+    import json
 
-    engine = make_engine(qwen3, sampling=FrameSampling(fps=0.5, max_frames=4, max_pixels=48 * 64))
-    engine.save(tmp_path / "base")
-    corpus = Corpus.from_jsonl(tiny_benchmark / "videos.jsonl", split="test", sampling=engine.sampling)
-    fresh = SearchEngine.load(tmp_path / "base")
-    summary = build_index(
-        fresh, corpus, tmp_path / "out", BuildConfig(batch_size=3, chunk_size=2), progress=False
+    import yaml
+
+    from vsr_index.cli import main
+
+    model, tokenizer, (lo, hi) = qwen3
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    settings = {"model": str(tmp_path / "ckpt"), "dtype": "float32", "min_pixels": lo, "max_pixels": hi,
+                "sampling": {"fps": 0.5, "max_frames": 4, "max_pixels": 48 * 64}}  # fmt: skip
+    (tmp_path / "engine.yaml").write_text(yaml.safe_dump({"family": "vlm_embedding", "engine": settings}))
+    assert (
+        main(["engine", "init", "--config", str(tmp_path / "engine.yaml"), "--out", str(tmp_path / "base")])
+        == 0
     )
-    assert summary["indexed"] == len(corpus) and summary["failed"] == 0
-    built = SearchEngine.load(tmp_path / "out" / "engine")
-    assert isinstance(built, VLMEmbeddingEngine) and built.video_ids == corpus.ids
-    direct = engine.encode_videos([corpus.clip(v) for v in corpus.ids])
+    assert json.loads(capsys.readouterr().out)["family"] == "vlm_embedding"
+    assert main(["corpus", "build", "--engine", str(tmp_path / "base"), "--videos", str(tiny_benchmark / "videos.jsonl"),
+                 "--split", "test", "--out", str(tmp_path / "idx"), "--batch-size", "3", "--quiet"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["indexed"] == 4
+    built = SearchEngine.load(tmp_path / "idx" / "engine")
+    assert isinstance(built, VLMEmbeddingEngine) and built.config.sampling.max_frames == 4
+    corpus = Corpus.from_jsonl(tiny_benchmark / "videos.jsonl", split="test", sampling=built.sampling)
+    assert built.video_ids == corpus.ids
+    direct = make_engine(qwen3, sampling=built.sampling).encode_videos([corpus.clip(v) for v in corpus.ids])
     assert torch.allclose(built.video_embeddings(corpus.ids), direct, atol=1e-4)
-    hits = built.search(direct, k=1)
-    assert [h[0].video_id for h in hits] == corpus.ids
+    assert [h[0].video_id for h in built.search(direct, k=1)] == corpus.ids
+    assert main(["engine", "eval", "--engine", str(tmp_path / "idx" / "engine"), "--annotations",
+                 str(tiny_benchmark / "annotations" / "synth_test.jsonl"), "--out", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "r.json").read_text())["all"]
+    assert report["videos"] == 4 and 0 <= report["R@1"] <= report["R@5"] == 1.0
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"family": "vlm", "engine": settings}))
+    with pytest.raises(ValueError, match="unknown engine family 'vlm'"):
+        main(["engine", "init", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")])

@@ -224,6 +224,11 @@ class SearchEngine(ABC):
         self.embed_dim, self.query_input_dim = int(embed_dim), int(query_input_dim)
         self.index = VideoIndex(self.embed_dim, metric)
 
+    @classmethod
+    @abstractmethod
+    def from_config(cls, values: dict[str, Any]) -> SearchEngine:
+        """A new engine (empty index) from the family's settings as a mapping (YAML / JSON)."""
+
     # --- encoders (family-specific) -------------------------------------------------------
     @abstractmethod
     def encode_query(self, texts: Sequence[str], soft_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -325,3 +330,12 @@ _FAMILIES: dict[str, type[SearchEngine]] = {}
 def register_family(cls: type[SearchEngine]) -> type[SearchEngine]:
     _FAMILIES[cls.family] = cls
     return cls
+
+
+def build_engine(family: str, values: dict[str, Any]) -> SearchEngine:
+    """A new engine of the named family ("dual_encoder", "vlm_embedding") from its settings."""
+    import vsr_model.engine  # noqa: F401  (registers every family)
+
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown engine family {family!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[family].from_config(values)

@@ -149,6 +149,10 @@ class VLMEmbeddingEngine(SearchEngine):
         self.video_prefix = self._encode(chat_prefix(cfg.video_instruction or cfg.instruction))
         self.suffix = self._encode(CHAT_SUFFIX)
 
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> VLMEmbeddingEngine:
+        return cls(VLMEmbeddingConfig.from_dict(values))
+
     # --- helpers ------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
