@@ -33,7 +33,12 @@ from vsr_model.engine.query import (
 )
 from vsr_model.fileio import atomic_directory
 from vsr_model.policy.base import check_clip, config_from_dict
-from vsr_model.policy.qwen_vl import QwenVideoInputs, qwen_model_class, read_normalisation
+from vsr_model.policy.qwen_vl import (
+    QwenVideoInputs,
+    QwenVisionSettings,
+    qwen_model_class,
+    read_normalisation,
+)
 from vsr_model.video import FrameSampling, VideoClip
 
 logger = logging.getLogger(__name__)
@@ -41,34 +46,28 @@ logger = logging.getLogger(__name__)
 DEFAULT_INSTRUCTION = "Represent the user's input."
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 MODEL_FOLDER = "model"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
-class VLMEmbeddingConfig:
+class VLMEmbeddingConfig(QwenVisionSettings):
     """`model`: HF name or local path of the checkpoint (loaded on build and on every load of a saved
     engine); None for a model object handed to the constructor, whose weights are then saved with
     the engine. `store_weights` copies a named checkpoint into the engine folder as well (machines
-    without a hub). `video_instruction` None uses `instruction` for videos too. `min_pixels` /
-    `max_pixels`: per-frame pixel budget after resizing; `image_mean` / `image_std` None: the
-    checkpoint's preprocessor_config.json, else the family's default. `max_length` caps a query's
-    tokens (prompt, content and soft tokens; content is truncated to fit)."""
+    without a hub). `video_instruction` None uses `instruction` for videos too. `max_length` caps a
+    query's tokens (prompt, content and soft tokens; content is truncated to fit). Pixel budget,
+    normalisation and dtype: QwenVisionSettings."""
 
     model: str | None = "Qwen/Qwen3-VL-Embedding-2B"
     instruction: str = DEFAULT_INSTRUCTION
     video_instruction: str | None = None
     max_length: int = 512
     padding_side: str = "right"
-    min_pixels: int = 16 * 32 * 32
-    max_pixels: int = 256 * 32 * 32
-    image_mean: tuple[float, float, float] | None = None
-    image_std: tuple[float, float, float] | None = None
-    dtype: str = "bfloat16"
     sampling: FrameSampling = field(default_factory=lambda: FrameSampling(fps=1.0, max_frames=64))
     metric: str = "cosine"
     store_weights: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.sampling, dict):
             self.sampling = config_from_dict(FrameSampling, self.sampling)
         if not self.instruction.strip() or (
@@ -79,16 +78,6 @@ class VLMEmbeddingConfig:
             raise ValueError(f"VLMEmbeddingConfig.max_length must be >= 8, got {self.max_length}")
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"VLMEmbeddingConfig.padding_side must be one of {PADDING_SIDES}")
-        if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"VLMEmbeddingConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if value is not None:
-                if len(value) != 3:
-                    raise ValueError(f"VLMEmbeddingConfig.{name} needs 3 channel values, got {value!r}")
-                setattr(self, name, tuple(float(v) for v in value))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> VLMEmbeddingConfig:

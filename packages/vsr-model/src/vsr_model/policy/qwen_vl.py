@@ -61,11 +61,11 @@ def qwen_model_class(model_type: str, lm_head: bool = True) -> type[PreTrainedMo
 
 
 @dataclass
-class QwenVLPolicyConfig:
-    """`model`: HF name or local path. `min_pixels`/`max_pixels`: per-frame pixel budget after resizing.
-    `image_mean`/`image_std`: None to read the checkpoint's preprocessor_config.json or the family default."""
+class QwenVisionSettings:
+    """Settings every user of a Qwen-VL checkpoint shares. `min_pixels`/`max_pixels`: per-frame pixel
+    budget after resizing. `image_mean`/`image_std`: None to read the checkpoint's
+    preprocessor_config.json or the family default. `dtype`: the weights' dtype."""
 
-    model: str = "Qwen/Qwen3-VL-2B-Instruct"
     min_pixels: int = 16 * 32 * 32
     max_pixels: int = 256 * 32 * 32
     image_mean: tuple[float, float, float] | None = None
@@ -73,16 +73,26 @@ class QwenVLPolicyConfig:
     dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
         if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+            raise ValueError(
+                f"{name}: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}"
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
+            raise ValueError(f"{name}: dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for field_name in ("image_mean", "image_std"):
+            value = getattr(self, field_name)
             if value is not None:
                 if len(value) != 3:
-                    raise ValueError(f"{name} needs 3 channel values, got {value!r}")
-                setattr(self, name, tuple(float(v) for v in value))
+                    raise ValueError(f"{name}: {field_name} needs 3 channel values, got {value!r}")
+                setattr(self, field_name, tuple(float(v) for v in value))
+
+
+@dataclass
+class QwenVLPolicyConfig(QwenVisionSettings):
+    """`model`: HF name or local path; the vision settings are QwenVisionSettings'."""
+
+    model: str = "Qwen/Qwen3-VL-2B-Instruct"
 
     @classmethod
     def from_dict(cls, values: dict) -> QwenVLPolicyConfig:
