@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 from tests.vsr_model.conftest import tiny_dual_encoder_config
 from vsr_model.engine import DualEncoderEngine, Hit, SearchEngine
-from vsr_model.engine.evaluate import ground_truth_ranks, recall_summary
 from vsr_model.engine.fit import FitConfig, info_nce
 from vsr_model.engine.query import mean_pool, splice_soft_tokens
+from vsr_model.metrics import recall_summary, score_ranks, video_retrieval
 from vsr_model.video import VideoClip
 
 TEXTS = ["a small red circle moves left", "the blue astronaut spins on a brick wall background"]
@@ -155,6 +155,39 @@ def test_save_load_roundtrip(tmp_path, tiny_engine):
         SearchEngine.load(tmp_path)
 
 
+def test_the_index_is_saved_by_vsr_index_and_served_from_its_memory_map(tmp_path, tiny_engine):
+    import vsr_index
+
+    vecs = unit_rows(30, seed=2)
+    ids = [f"v{i:02d}" for i in range(30)]
+    tiny_engine.add_videos(ids, vecs)
+    tiny_engine.save(tmp_path / "eng")
+    assert vsr_index.index_kind(tmp_path / "eng" / "index.vsr") == "flat"
+    loaded = SearchEngine.load(tmp_path / "eng")
+    assert loaded.index.index.is_mapped and isinstance(loaded.index.vectors(), np.memmap)
+    assert loaded.video_ids == ids and loaded.search(vecs[:5], k=3) == tiny_engine.search(vecs[:5], k=3)
+    assert torch.equal(loaded.video_embeddings(["v07", "v03"]), vecs[[7, 3]])
+    assert loaded.session(vecs[4], k=2).hits == tiny_engine.session(vecs[4], k=2).hits
+    # a loaded engine takes more videos and saves over its own folder
+    more = unit_rows(2, seed=3)
+    loaded.add_videos(["new0", "new1"], more)
+    assert loaded.search(more, k=1)[1][0].video_id == "new1"
+    loaded.save(tmp_path / "eng")
+    again = SearchEngine.load(tmp_path / "eng")
+    assert again.video_ids == [*ids, "new0", "new1"]
+    assert torch.equal(again.video_embeddings(["new1", "v00"]), torch.cat([more[1:], vecs[:1]]))
+    # the earlier layout (rows + ids, no index file) is indexed from its rows
+    (tmp_path / "eng" / "index.vsr").unlink()
+    old = SearchEngine.load(tmp_path / "eng")
+    assert not old.index.index.is_mapped and old.search(vecs[:3], k=2) == again.search(vecs[:3], k=2)
+    # an index file that does not belong to the id map is refused
+    other = vsr_index.FlatIndex(32, "cosine")
+    other.add(unit_rows(3).numpy())
+    other.save(tmp_path / "eng" / "index.vsr")
+    with pytest.raises(ValueError, match="rebuild it"):
+        SearchEngine.load(tmp_path / "eng")
+
+
 def test_info_nce_hand_computed():
     q = torch.eye(3)
     t = 0.5
@@ -165,11 +198,18 @@ def test_info_nce_hand_computed():
 def test_ranks_and_recall():
     queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     videos = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
-    ranks = ground_truth_ranks(queries, videos, np.array([0, 2, 2]))
+    ranks = score_ranks(queries, videos, np.array([0, 2, 2]))
     assert ranks.tolist() == [1, 1, 3]
     s = recall_summary(ranks, 3, ks=(1, 2))
     assert s["R@1"] == pytest.approx(2 / 3) and s["R@2"] == pytest.approx(2 / 3)
     assert s["chance_R@1"] == pytest.approx(1 / 3) and s["MRR"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+    # the agent's VR metric over explicit rankings is the same computation, in percent
+    names = ["a", "b", "c"]
+    rankings = [[names[j] for j in torch.argsort(queries[i] @ videos.T, descending=True)] for i in range(3)]
+    vr = video_retrieval(rankings, [names[t] for t in (0, 2, 2)], ks=(1, 2))
+    assert vr["r1"] == pytest.approx(100 * s["R@1"]) and vr["mrr"] == pytest.approx(100 * s["MRR"])
+    with pytest.raises(ValueError, match="3 targets for 2 queries"):
+        score_ranks(queries[:2], videos, np.array([0, 1, 2]))
 
 
 @pytest.mark.slow

@@ -150,10 +150,9 @@ class FakeEngine:
 QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
 
 
-def tiny_qwen_policy(model_type: str, engine: FakeEngine, num_latents: int = 3, seed: int = 0):
-    """A randomly initialised Qwen2.5-VL or Qwen3-VL (real classes, tiny sizes) as a QwenVLPolicy."""
-    from vsr_model.policy.qwen_vl import QwenVLPolicy, QwenVLPolicyConfig
-
+def tiny_qwen_model(model_type: str, seed: int = 0):
+    """(Qwen2.5-VL or Qwen3-VL ...ForConditionalGeneration with tiny random weights, its tokenizer with
+    the vision special tokens, (min_pixels, max_pixels) giving a few patches per frame)."""
     tokenizer = tiny_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
@@ -219,6 +218,14 @@ def tiny_qwen_policy(model_type: str, engine: FakeEngine, num_latents: int = 3, 
             Qwen3VLConfig(text_config=text, vision_config=vision, **common)
         )
         pixels = (4 * 32 * 32, 16 * 32 * 32)
+    return model.eval(), tokenizer, pixels
+
+
+def tiny_qwen_policy(model_type: str, engine: FakeEngine, num_latents: int = 3, seed: int = 0):
+    """A randomly initialised Qwen2.5-VL or Qwen3-VL (real classes, tiny sizes) as a QwenVLPolicy."""
+    from vsr_model.policy.qwen_vl import QwenVLPolicy, QwenVLPolicyConfig
+
+    model, tokenizer, pixels = tiny_qwen_model(model_type, seed)
     sqr = SQRConfig(
         embed_dim=engine.embed_dim, query_input_dim=engine.query_input_dim, num_latents=num_latents
     )

@@ -1,4 +1,5 @@
-"""`vsr engine ...`: fit the dual encoder on a benchmark's train split, evaluate an indexed engine."""
+"""`vsr engine ...`: create an engine from settings, fit the dual encoder on a benchmark's train split,
+evaluate an indexed engine."""
 
 from __future__ import annotations
 
@@ -92,14 +93,41 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    from vsr_model.engine.base import build_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = load_yaml(args.config)
+    unknown = set(cfg) - {"family", "engine"}
+    if unknown or "family" not in cfg:
+        raise SystemExit(f"{args.config}: expected keys `family` and `engine`, got {sorted(cfg)}")
+    engine = build_engine(str(cfg["family"]), dict(cfg.get("engine") or {}))
+    out = engine.save(args.out)
+    print(json.dumps({"engine": str(out), "family": engine.family, "embed_dim": engine.embed_dim}, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     print((Path(args.engine) / "engine.json").read_text())
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("engine", help="search engine: fit, evaluate, inspect")
+    parser = subparsers.add_parser("engine", help="search engine: create, fit, evaluate, inspect")
     sub = parser.add_subparsers(dest="engine_command", metavar="ENGINE_COMMAND")
+
+    init = sub.add_parser(
+        "init", help="write a new engine (empty index) from a YAML of `family` and `engine` settings"
+    )
+    init.add_argument(
+        "--config",
+        required=True,
+        help="YAML: family (vlm_embedding | dual_encoder) and engine (VLMEmbeddingConfig / DualEncoderConfig)",
+    )
+    init.add_argument(
+        "--out", required=True, help="engine folder to write (then `vsr corpus build --engine`)"
+    )
+    init.set_defaults(func=_init)
 
     fit = sub.add_parser(
         "fit", help="train the dual encoder's temporal pooler + projector on a benchmark's train split"

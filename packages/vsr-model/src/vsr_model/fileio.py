@@ -1,11 +1,14 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename. A reader never sees half a file."""
+"""Atomic file writes: temp file in the same folder, fsync, rename. A reader never sees half a file
+(or half a folder: `atomic_directory`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -70,3 +73,26 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+@contextmanager
+def atomic_directory(directory: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder next to `directory`; when the block succeeds it takes the place
+    of `directory` (an existing one is moved aside first and removed after); on error it is removed."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield staging
+        if directory.exists():
+            backup = directory.with_name(directory.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            directory.rename(backup)
+            staging.rename(directory)
+            shutil.rmtree(backup)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(directory.parent)

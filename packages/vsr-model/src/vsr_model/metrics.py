@@ -7,7 +7,8 @@
   of its top-K predictions has the ground-truth video and IoU >= m.
 - VR R@k and MRR: the rank of the ground-truth video in a ranking. Reported for the ranking of the
   turn the agent stopped on (its first entry is the video it verified) and for the last, post-
-  refinement ranking (what the authors report).
+  refinement ranking (what the authors report). The engine's own evaluation ranks every indexed
+  video by score (`score_ranks`); both go through `recall_and_mrr`.
 - VER: verdict accuracy over every verify decision. Lenient drops unparseable verdicts from the
   denominator (the authors' choice); strict counts them wrong.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 from vsr_model.protocol import QueryTrace, TurnTrace
 
@@ -111,15 +114,65 @@ def vcmr_recall_at_k(
     return out
 
 
+def score_ranks(queries, videos, targets: Sequence[int] | np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """1-based rank of video targets[i] for query i, scoring every video (queries @ videos.T; torch
+    tensors or numpy arrays). Ties count against the target."""
+    import torch
+
+    queries, videos = torch.as_tensor(queries), torch.as_tensor(videos)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    if t.shape != (queries.shape[0],):
+        raise ValueError(f"{t.shape[0] if t.ndim else 0} targets for {queries.shape[0]} queries")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= videos.shape[0]):
+        raise ValueError(f"target rows must lie in [0, {videos.shape[0]})")
+    ranks = np.empty(len(t), dtype=np.int64)
+    for i in range(0, queries.shape[0], chunk):
+        scores = queries[i : i + chunk] @ videos.T
+        gt = scores.gather(1, t[i : i + chunk, None])
+        ranks[i : i + chunk] = (scores >= gt).sum(1).numpy()
+    return ranks
+
+
+def recall_and_mrr(ranks: Sequence[int | None] | np.ndarray, ks: Sequence[int] = VR_KS) -> dict[str, float]:
+    """R@k for each k and MRR as fractions, from 1-based ranks (None: the target was not retrieved,
+    which counts 0 towards both)."""
+    if len(ranks) == 0:
+        raise ValueError("no queries to evaluate")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"k must be >= 1, got {list(ks)}")
+    found = np.array([r for r in ranks if r is not None], dtype=np.float64)
+    if (found < 1).any():
+        raise ValueError("ranks are 1-based")
+    out = {f"R@{k}": float((found <= k).sum() / len(ranks)) for k in ks}
+    out["MRR"] = float((1.0 / found).sum() / len(ranks))
+    return out
+
+
 def video_retrieval(
     rankings: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = VR_KS
 ) -> dict:
     """VR R@k (percent) and MRR (percent; 0 where the target was not retrieved)."""
     if len(rankings) != len(targets):
         raise ValueError(f"{len(rankings)} rankings for {len(targets)} targets")
+    if not rankings:
+        return {**{f"r{k}": float("nan") for k in ks}, "mrr": float("nan")}
     ranks = [rank_of(r, t) for r, t in zip(rankings, targets, strict=True)]
-    out = {f"r{k}": _percent(sum(r is not None and r <= k for r in ranks), len(ranks)) for k in ks}
-    out["mrr"] = _percent(sum(1.0 / r for r in ranks if r is not None), len(ranks))
+    fractions = recall_and_mrr(ranks, ks)
+    out = {f"r{k}": 100.0 * fractions[f"R@{k}"] for k in ks}
+    out["mrr"] = 100.0 * fractions["MRR"]
+    return out
+
+
+def recall_summary(ranks: np.ndarray, num_videos: int, ks: Sequence[int] = VR_KS) -> dict[str, float]:
+    """R@k and MRR (fractions) of full-corpus ranks, the median rank, and what a random ranking gets
+    (chance R@k = min(k, N) / N)."""
+    out: dict[str, float] = {"queries": len(ranks), "videos": int(num_videos)}
+    fractions = recall_and_mrr(ranks, ks)
+    for k in ks:
+        out[f"R@{k}"] = fractions[f"R@{k}"]
+        out[f"chance_R@{k}"] = min(k, num_videos) / num_videos
+    out["MRR"] = fractions["MRR"]
+    out["median_rank"] = float(np.median(ranks))
     return out
 
 

@@ -23,8 +23,9 @@ from vsr_model.video import FrameSampling, VideoClip
 
 logger = logging.getLogger(__name__)
 
-INDEX_VECTORS = "index_vectors.npy"
-INDEX_IDS = "index_ids.json"
+INDEX_FILE = "index.vsr"  # the vsr_index index itself (served memory-mapped after a load)
+INDEX_VECTORS = "index_vectors.npy"  # the same rows for lookups by id (memory-mapped, never read whole)
+INDEX_IDS = "index_ids.json"  # video id of each row
 ENGINE_META = "engine.json"
 
 
@@ -52,7 +53,12 @@ def as_query_matrix(queries: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
 
 
 class VideoIndex:
-    """vsr_index FlatIndex of video embeddings with a string id map; rows are never reused."""
+    """vsr_index FlatIndex of video embeddings with a string id map; rows are never reused.
+
+    Saved as the vsr_index file (search is served from its memory map after a load), the id map, and
+    the rows as .npy, memory-mapped too, for lookups by id (`vectors`: InfoNCE negatives, evaluation),
+    since vsr_index offers no way to read stored vectors back.
+    """
 
     def __init__(self, dim: int, metric: str = "cosine"):
         import vsr_index
@@ -135,18 +141,39 @@ class VideoIndex:
         return EngineSession(self, inner)
 
     def save(self, directory: Path) -> None:
+        self.index.save(directory / INDEX_FILE)  # atomic (temp file + rename) inside vsr_index
         atomic_save_npy(directory / INDEX_VECTORS, self.vectors())
         atomic_write_json(directory / INDEX_IDS, self.ids)
 
     def load_into(self, directory: Path) -> None:
+        """Read a saved index into this empty one: the vsr_index file and the rows memory-mapped.
+        A folder without index.vsr (the earlier layout: rows + ids only) is indexed from its rows."""
+        import vsr_index
+
+        if self.ids:
+            raise RuntimeError("load_into needs an empty index")
         ids = json.loads((directory / INDEX_IDS).read_text())
-        vectors = np.load(directory / INDEX_VECTORS, allow_pickle=False)
-        if vectors.shape != (len(ids), self.dim):
+        vectors = np.load(directory / INDEX_VECTORS, mmap_mode="r", allow_pickle=False)
+        if vectors.shape != (len(ids), self.dim) or vectors.dtype != np.float32:
             raise ValueError(
-                f"{directory}: index vectors {vectors.shape} do not match {len(ids)} ids x dim {self.dim}"
+                f"{directory}: index rows {vectors.dtype} {vectors.shape} do not match {len(ids)} ids x dim {self.dim}"
             )
-        if ids:
-            self.add(ids, vectors)
+        if not (directory / INDEX_FILE).is_file():
+            if ids:
+                self.add(ids, vectors)
+            return
+        index = vsr_index.load(directory / INDEX_FILE, mmap=True)
+        if (index.kind, index.dim, index.metric, len(index)) != ("flat", self.dim, self.metric, len(ids)):
+            raise ValueError(
+                f"{directory / INDEX_FILE}: a {index.kind} {index.metric} index of {len(index)} x {index.dim}, "
+                f"expected flat {self.metric} of {len(ids)} x {self.dim}; rebuild it with `vsr corpus build`"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{directory / INDEX_IDS}: repeated video ids")
+        self.index = index
+        self.ids = [str(v) for v in ids]
+        self.rows = {v: i for i, v in enumerate(self.ids)}
+        self._vectors = [vectors] if ids else []
 
 
 class EngineSession:
@@ -196,6 +223,11 @@ class SearchEngine(ABC):
     def __init__(self, embed_dim: int, query_input_dim: int, metric: str = "cosine"):
         self.embed_dim, self.query_input_dim = int(embed_dim), int(query_input_dim)
         self.index = VideoIndex(self.embed_dim, metric)
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, values: dict[str, Any]) -> SearchEngine:
+        """A new engine (empty index) from the family's settings as a mapping (YAML / JSON)."""
 
     # --- encoders (family-specific) -------------------------------------------------------
     @abstractmethod
@@ -256,7 +288,7 @@ class SearchEngine(ABC):
 
     def video_embeddings(self, video_ids: Sequence[str]) -> torch.Tensor:
         """Stored (L2-normalised) embeddings of indexed videos, in the order asked (InfoNCE negatives)."""
-        return torch.from_numpy(self.index.vectors()[self.index.rows_of(list(video_ids))].copy())
+        return torch.from_numpy(np.array(self.index.vectors()[self.index.rows_of(list(video_ids))]))
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -298,3 +330,12 @@ _FAMILIES: dict[str, type[SearchEngine]] = {}
 def register_family(cls: type[SearchEngine]) -> type[SearchEngine]:
     _FAMILIES[cls.family] = cls
     return cls
+
+
+def build_engine(family: str, values: dict[str, Any]) -> SearchEngine:
+    """A new engine of the named family ("dual_encoder", "vlm_embedding") from its settings."""
+    import vsr_model.engine  # noqa: F401  (registers every family)
+
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown engine family {family!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[family].from_config(values)

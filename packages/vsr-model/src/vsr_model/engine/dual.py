@@ -190,6 +190,10 @@ class DualEncoderEngine(SearchEngine):
         self.pooler = TemporalPooler(self.frame_encoder.feature_dim, self.embed_dim, self.config.pooler)
         self.pooler.eval()
 
+    @classmethod
+    def from_config(cls, values: dict[str, Any]) -> DualEncoderEngine:
+        return cls(DualEncoderConfig.from_dict(values))
+
     @property
     def device(self) -> torch.device:
         return next(self.pooler.parameters()).device

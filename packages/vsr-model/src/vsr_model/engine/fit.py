@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from vsr_model.corpus import Corpus
 from vsr_model.data.records import Moment
 from vsr_model.engine.dual import DualEncoderEngine, FrameFeatures
-from vsr_model.engine.evaluate import encode_queries, ground_truth_ranks, recall_summary
+from vsr_model.engine.evaluate import encode_queries
 from vsr_model.fileio import atomic_torch_save
+from vsr_model.metrics import recall_summary, score_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def evaluate_features(engine: DualEncoderEngine, moments: Sequence[Moment], feat
             [engine.pool([feats[v] for v in ids[i : i + 128]]).cpu() for i in range(0, len(ids), 128)]
         )
     targets = np.array([rows[m.video_id] for m in moments])
-    return recall_summary(ground_truth_ranks(query_emb, videos, targets), len(ids))
+    return recall_summary(score_ranks(query_emb, videos, targets), len(ids))
 
 
 def fit_pooler(

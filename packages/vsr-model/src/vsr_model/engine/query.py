@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PADDING_SIDES = ("right", "left")
+
 
 @dataclass
 class SplicedBatch:
+    input_ids: torch.Tensor  # (B, L) token ids; pad ids where soft tokens sit
     inputs_embeds: torch.Tensor  # (B, L, H)
     attention_mask: torch.Tensor  # (B, L) long
     last_index: torch.Tensor  # (B,) index of each row's last real token (for last-token pooling)
@@ -37,6 +40,26 @@ def check_soft_tokens(soft_tokens: torch.Tensor | None, batch: int, width: int) 
     return int(soft_tokens.shape[1])
 
 
+def pad_token_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, index of each row's last real token) of rows padded on one side."""
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("cannot pad an empty batch or an empty row")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    last = torch.empty(len(rows), dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = 0 if padding_side == "right" else width - len(row)
+        ids[b, start : start + len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+        mask[b, start : start + len(row)] = 1
+        last[b] = start + len(row) - 1
+    return ids, mask, last
+
+
 def splice_soft_tokens(
     embedding: nn.Module,
     prefix: Sequence[int],
@@ -45,45 +68,42 @@ def splice_soft_tokens(
     pad_id: int,
     soft_tokens: torch.Tensor | None,
     max_length: int,
+    padding_side: str = "right",
 ) -> SplicedBatch:
-    """Build input embeddings for prefix + content + soft + suffix, right-padded.
+    """Build input embeddings for prefix + content + soft + suffix, padded on `padding_side`.
 
     Content is truncated so every row fits in max_length (prefix, suffix and soft tokens are kept).
     Gradients flow from the result into `soft_tokens`.
     """
     weight = embedding.weight
     batch = len(contents)
+    if batch == 0:
+        raise ValueError("no queries to encode")
     n_soft = check_soft_tokens(soft_tokens, batch, weight.shape[1])
     budget = max_length - len(prefix) - len(suffix) - n_soft
     if budget < 1:
         raise ValueError(
             f"max_length {max_length} leaves no room for query text ({len(prefix)} prefix, {len(suffix)} suffix, {n_soft} soft tokens)"
         )
-    rows, soft_pos, lengths = [], [], []
+    rows, soft_offsets = [], []
     for content in contents:
         content = list(content)[:budget]
         if not content:
             raise ValueError("a query tokenised to no content tokens")
-        start = len(prefix) + len(content)
+        soft_offsets.append(len(prefix) + len(content))
         rows.append(list(prefix) + content + [pad_id] * n_soft + list(suffix))
-        soft_pos.append(list(range(start, start + n_soft)))
-        lengths.append(len(rows[-1]))
-    width = max(lengths)
-    ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row)
-        mask[b, : len(row)] = 1
+    ids, mask, last = pad_token_rows(rows, pad_id, padding_side)
     device = weight.device
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask, last = ids.to(device), mask.to(device), last.to(device)
     embeds = embedding(ids)
-    positions = torch.tensor(soft_pos, dtype=torch.long, device=device).reshape(batch, n_soft)
+    # a row's soft tokens start right after its content, counted from the row's first real token
+    starts = torch.tensor(soft_offsets, device=device) + (last + 1 - mask.sum(1))
+    positions = starts[:, None] + torch.arange(n_soft, device=device)[None, :]
     if n_soft:
         b_idx = torch.arange(batch, device=device).repeat_interleave(n_soft)
         values = soft_tokens.to(device=device, dtype=embeds.dtype).reshape(batch * n_soft, -1)
         embeds = embeds.index_put((b_idx, positions.reshape(-1)), values)
-    last = torch.tensor(lengths, device=device) - 1
-    return SplicedBatch(embeds, mask, last, positions)
+    return SplicedBatch(ids, embeds, mask, last, positions)
 
 
 def special_token_frame(tokenizer) -> tuple[list[int], list[int]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vsr_model.fileio import atomic_directory
 from vsr_model.protocol import REFINE_TOKEN, RefinementMode, build_verify_prompt
 from vsr_model.sqr import PrefillState, SQRConfig, SQRHeads
 
@@ -352,27 +351,13 @@ class VideoPolicy(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Save backbone (HF format), tokenizer, SQR heads and the policy config, atomically."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as staging:
             self._save_backbone(staging)
             self.tokenizer.save_pretrained(staging)
             state = {k: v.detach().contiguous().cpu() for k, v in self.sqr.state_dict().items()}
             save_file(state, staging / SQR_HEADS_FILE)
             config = {"family": self.family, **self.policy_config(), "sqr": self.sqr.config.to_dict()}
             (staging / POLICY_CONFIG_FILE).write_text(json.dumps(config, indent=2))
-            if directory.exists():
-                backup = directory.with_name(directory.name + ".old")
-                shutil.rmtree(backup, ignore_errors=True)
-                directory.rename(backup)
-                staging.rename(directory)
-                shutil.rmtree(backup)
-            else:
-                staging.rename(directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
 
 def load_sqr_heads(directory: Path, hidden_size: int, config: SQRConfig) -> SQRHeads:

@@ -47,24 +47,25 @@ _DEFAULT_MEAN_STD = {
 }
 
 
-def _model_class(model_type: str) -> type[PreTrainedModel]:
+def qwen_model_class(model_type: str, lm_head: bool = True) -> type[PreTrainedModel]:
+    """The HF class of a Qwen-VL family: with the LM head (policy) or the bare model (embedder)."""
     if model_type == QWEN2_5_VL:
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
 
-        return Qwen2_5_VLForConditionalGeneration
+        return Qwen2_5_VLForConditionalGeneration if lm_head else Qwen2_5_VLModel
     if model_type == QWEN3_VL:
-        from transformers import Qwen3VLForConditionalGeneration
+        from transformers import Qwen3VLForConditionalGeneration, Qwen3VLModel
 
-        return Qwen3VLForConditionalGeneration
+        return Qwen3VLForConditionalGeneration if lm_head else Qwen3VLModel
     raise ValueError(f"unsupported Qwen-VL model type {model_type!r}; supported: {QWEN2_5_VL}, {QWEN3_VL}")
 
 
 @dataclass
-class QwenVLPolicyConfig:
-    """`model`: HF name or local path. `min_pixels`/`max_pixels`: per-frame pixel budget after resizing.
-    `image_mean`/`image_std`: None to read the checkpoint's preprocessor_config.json or the family default."""
+class QwenVisionSettings:
+    """Settings every user of a Qwen-VL checkpoint shares. `min_pixels`/`max_pixels`: per-frame pixel
+    budget after resizing. `image_mean`/`image_std`: None to read the checkpoint's
+    preprocessor_config.json or the family default. `dtype`: the weights' dtype."""
 
-    model: str = "Qwen/Qwen3-VL-2B-Instruct"
     min_pixels: int = 16 * 32 * 32
     max_pixels: int = 256 * 32 * 32
     image_mean: tuple[float, float, float] | None = None
@@ -72,30 +73,115 @@ class QwenVLPolicyConfig:
     dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
         if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+            raise ValueError(
+                f"{name}: need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}"
+            )
         if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
+            raise ValueError(f"{name}: dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        for field_name in ("image_mean", "image_std"):
+            value = getattr(self, field_name)
             if value is not None:
                 if len(value) != 3:
-                    raise ValueError(f"{name} needs 3 channel values, got {value!r}")
-                setattr(self, name, tuple(float(v) for v in value))
+                    raise ValueError(f"{name}: {field_name} needs 3 channel values, got {value!r}")
+                setattr(self, field_name, tuple(float(v) for v in value))
+
+
+@dataclass
+class QwenVLPolicyConfig(QwenVisionSettings):
+    """`model`: HF name or local path; the vision settings are QwenVisionSettings'."""
+
+    model: str = "Qwen/Qwen3-VL-2B-Instruct"
 
     @classmethod
     def from_dict(cls, values: dict) -> QwenVLPolicyConfig:
         return config_from_dict(cls, values)
 
 
-def _read_normalisation(location: str, model_type: str) -> tuple[tuple, tuple]:
+def read_normalisation(location: str | None, model_type: str) -> tuple[tuple, tuple]:
+    """Pixel mean/std from a checkpoint folder's (video_)preprocessor_config.json, else the family's."""
     for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        if not location:
+            break
         path = Path(location) / name
         if path.is_file():
             data = json.loads(path.read_text())
             if "image_mean" in data and "image_std" in data:
                 return tuple(data["image_mean"]), tuple(data["image_std"])
     return _DEFAULT_MEAN_STD[model_type]
+
+
+class QwenVideoInputs:
+    """How a Qwen-VL checkpoint is shown a clip: the patch layout its vision tower expects, the video
+    placeholder text carrying the frames' true times, and the model inputs of a padded batch (patches,
+    grids, mm_token_type_ids, M-RoPE position ids). Shared by the policy and the embedding engine."""
+
+    def __init__(self, config, tokenizer, min_pixels: int, max_pixels: int, mean: tuple, std: tuple):
+        self.model_type = config.model_type
+        qwen_model_class(self.model_type)  # validates the type
+        vision = config.vision_config
+        self.layout = PatchLayout(
+            patch_size=int(vision.patch_size),
+            temporal_patch_size=int(vision.temporal_patch_size),
+            merge_size=int(vision.spatial_merge_size),
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+        self.video_token_id = int(config.video_token_id)
+        self.vision_start = tokenizer.convert_ids_to_tokens(int(config.vision_start_token_id))
+        self.vision_end = tokenizer.convert_ids_to_tokens(int(config.vision_end_token_id))
+        self.video_token = tokenizer.convert_ids_to_tokens(self.video_token_id)
+
+    def video_text(self, patches: FramePatches) -> str:
+        tokens_per_group = patches.grid_h * patches.grid_w // self.layout.merge_size**2
+        if self.model_type == QWEN3_VL:
+            return "".join(
+                f"<{t:.1f} seconds>{self.vision_start}{self.video_token * tokens_per_group}{self.vision_end}"
+                for t in patches.group_times
+            )
+        times = ", ".join(f"{t:.1f}" for t in patches.group_times)
+        pads = self.video_token * (tokens_per_group * patches.grid_t)
+        return f"{self.vision_start}{pads}{self.vision_end}\nFrame times (seconds): {times}"
+
+    def clip_inputs(self, clip) -> tuple[FramePatches, dict[str, torch.Tensor]]:
+        """The patches of a clip's frames (true times kept) and its per-item model inputs."""
+        patches = patchify_frames(np.asarray(clip.frames), np.asarray(clip.timestamps), self.layout)
+        inputs = {
+            "pixel_values_videos": patches.pixel_values,
+            "video_grid_thw": torch.tensor([[patches.grid_t, patches.grid_h, patches.grid_w]]),
+            "second_per_grid_ts": torch.tensor([patches.seconds_per_group], dtype=torch.float32),
+        }
+        return patches, inputs
+
+    def check_video_tokens(self, ids: list[int], patches: FramePatches) -> None:
+        expected = patches.grid_t * patches.grid_h * patches.grid_w // self.layout.merge_size**2
+        found = sum(1 for t in ids if t == self.video_token_id)
+        if found != expected:
+            raise ValueError(f"prompt has {found} video tokens, the frames need {expected}")
+
+    def collate(
+        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, per_item: list[dict] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """M-RoPE position ids (3, B, L) of a padded batch (either side) and its model inputs.
+
+        `model` is the bare Qwen-VL model (it owns get_rope_index); per_item None: a text-only batch."""
+        inputs: dict[str, torch.Tensor] = {}
+        rope_kwargs = {}
+        if per_item:
+            inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"] for p in per_item])
+            inputs["video_grid_thw"] = torch.cat([p["video_grid_thw"] for p in per_item])
+            rope_kwargs["video_grid_thw"] = inputs["video_grid_thw"]
+            if self.model_type == QWEN2_5_VL:
+                inputs["second_per_grid_ts"] = torch.cat([p["second_per_grid_ts"] for p in per_item])
+                rope_kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
+        inputs["mm_token_type_ids"] = (ids == self.video_token_id).int() * 2
+        position_ids, _ = model.get_rope_index(
+            ids, mm_token_type_ids=inputs["mm_token_type_ids"], attention_mask=mask, **rope_kwargs
+        )
+        return position_ids, inputs
 
 
 class QwenVLPolicy(VideoPolicy):
@@ -106,7 +192,7 @@ class QwenVLPolicy(VideoPolicy):
     ):
         super().__init__()
         self.model_type = model.config.model_type
-        _model_class(self.model_type)  # validates the type
+        qwen_model_class(self.model_type)  # validates the type
         self.config = config
         self._tokenizer = tokenizer
         if REFINE_TOKEN not in tokenizer.get_vocab():
@@ -118,25 +204,16 @@ class QwenVLPolicy(VideoPolicy):
         if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         self.model = model
-        vision = model.config.vision_config
         if config.image_mean is None or config.image_std is None:
-            mean, std = _read_normalisation(config.model, self.model_type)
+            mean, std = read_normalisation(config.model, self.model_type)
             config.image_mean = config.image_mean or tuple(mean)
             config.image_std = config.image_std or tuple(std)
-        self.layout = PatchLayout(
-            patch_size=int(vision.patch_size),
-            temporal_patch_size=int(vision.temporal_patch_size),
-            merge_size=int(vision.spatial_merge_size),
-            min_pixels=config.min_pixels,
-            max_pixels=config.max_pixels,
-            mean=config.image_mean,
-            std=config.image_std,
+        self.vision = QwenVideoInputs(
+            model.config, tokenizer, config.min_pixels, config.max_pixels, config.image_mean, config.image_std
         )
+        self.layout = self.vision.layout
+        self.video_token_id = self.vision.video_token_id
         cfg = model.config
-        self.video_token_id = int(cfg.video_token_id)
-        self.vision_start = tokenizer.convert_ids_to_tokens(int(cfg.vision_start_token_id))
-        self.vision_end = tokenizer.convert_ids_to_tokens(int(cfg.vision_end_token_id))
-        self.video_token = tokenizer.convert_ids_to_tokens(self.video_token_id)
         hidden = cfg.get_text_config().hidden_size
         self.sqr = sqr if sqr is not None else SQRHeads(hidden, sqr_config)
         if self.sqr.hidden_size != hidden:
@@ -155,50 +232,15 @@ class QwenVLPolicy(VideoPolicy):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 
-    def video_text(self, patches: FramePatches) -> str:
-        tokens_per_group = patches.grid_h * patches.grid_w // self.layout.merge_size**2
-        if self.model_type == QWEN3_VL:
-            return "".join(
-                f"<{t:.1f} seconds>{self.vision_start}{self.video_token * tokens_per_group}{self.vision_end}"
-                for t in patches.group_times
-            )
-        times = ", ".join(f"{t:.1f}" for t in patches.group_times)
-        pads = self.video_token * (tokens_per_group * patches.grid_t)
-        return f"{self.vision_start}{pads}{self.vision_end}\nFrame times (seconds): {times}"
-
     def _prompt_tokens(self, item: VerifyInput):
-        patches = patchify_frames(np.asarray(item.clip.frames), np.asarray(item.clip.timestamps), self.layout)
-        text = self.render_prompt_text(item, self.video_text(patches))
+        patches, inputs = self.vision.clip_inputs(item.clip)
+        text = self.render_prompt_text(item, self.vision.video_text(patches))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        expected = patches.grid_t * patches.grid_h * patches.grid_w // self.layout.merge_size**2
-        found = sum(1 for t in ids if t == self.video_token_id)
-        if found != expected:
-            raise ValueError(f"prompt has {found} video tokens, the frames need {expected}")
-        inputs = {
-            "pixel_values_videos": patches.pixel_values,
-            "video_grid_thw": torch.tensor([[patches.grid_t, patches.grid_h, patches.grid_w]]),
-            "second_per_grid_ts": torch.tensor([patches.seconds_per_group], dtype=torch.float32),
-        }
+        self.vision.check_video_tokens(ids, patches)
         return ids, inputs
 
     def _collate(self, ids, mask, per_item):
-        inputs = {
-            "pixel_values_videos": torch.cat([p["pixel_values_videos"] for p in per_item]),
-            "video_grid_thw": torch.cat([p["video_grid_thw"] for p in per_item]),
-            "mm_token_type_ids": (ids == self.video_token_id).int() * 2,
-        }
-        rope_kwargs = {}
-        if self.model_type == QWEN2_5_VL:
-            inputs["second_per_grid_ts"] = torch.cat([p["second_per_grid_ts"] for p in per_item])
-            rope_kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
-        position_ids, _ = self.model.model.get_rope_index(
-            ids,
-            mm_token_type_ids=inputs["mm_token_type_ids"],
-            video_grid_thw=inputs["video_grid_thw"],
-            attention_mask=mask,
-            **rope_kwargs,
-        )
-        return position_ids, inputs
+        return self.vision.collate(self.model.model, ids, mask, per_item)
 
     def text_position_ids(self, start: torch.Tensor, length: int) -> torch.Tensor:
         # After the vision block every text token advances all three M-RoPE axes together.
@@ -261,7 +303,9 @@ class QwenVLPolicy(VideoPolicy):
             from transformers import AutoConfig
 
             model_type = AutoConfig.from_pretrained(config.model).model_type
-            model = _model_class(model_type).from_pretrained(config.model, dtype=getattr(torch, config.dtype))
+            model = qwen_model_class(model_type).from_pretrained(
+                config.model, dtype=getattr(torch, config.dtype)
+            )
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model)
         return cls(model, tokenizer, config, sqr_config)
 
@@ -275,7 +319,7 @@ class QwenVLPolicy(VideoPolicy):
         sqr_config = SQRConfig.from_dict(saved["sqr"])
         model_dir = directory / "model"
         model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
-        model = _model_class(model_type).from_pretrained(model_dir, dtype=getattr(torch, config.dtype))
+        model = qwen_model_class(model_type).from_pretrained(model_dir, dtype=getattr(torch, config.dtype))
         tokenizer = AutoTokenizer.from_pretrained(directory)
         heads = load_sqr_heads(directory, model.config.get_text_config().hidden_size, sqr_config)
         return cls(model, tokenizer, config, sqr_config, sqr=heads)
