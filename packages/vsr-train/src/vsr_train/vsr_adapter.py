@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from vsr_train.config import GRPOConfig, ModelConfig, SFTConfig
+from vsr_train.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig
+from vsr_train.group_retrieval import group_refined_top1
 from vsr_train.grpo_math import token_logprobs
 from vsr_train.models import LoadedModel
-from vsr_train.runtime import DistInfo, zero_stage
+from vsr_train.runtime import DistInfo, gathered_parameters, load_deepspeed_json, zero_stage
 from vsr_train.tasks import Rollouts, split_rows
 
 log = logging.getLogger(__name__)
@@ -51,17 +52,16 @@ def load_vsr_policy(
     cfg: ModelConfig, ds_config: dict[str, Any], precision: str, engine_dir: str | None = None
 ) -> LoadedModel:
     """A saved vsr policy (a folder with vsr_policy.json), or a fresh composite policy over an HF LLM
-    (``name_or_path``; the default SmolLM2 when unset) with SQR heads sized for the engine."""
+    (``name_or_path``; the default SmolLM2 when unset) with SQR heads sized for the engine.
+
+    Every rank builds the whole policy; under ZeRO-3 ``deepspeed.initialize`` then partitions it. No
+    transformers ``HfDeepSpeedConfig`` is created: the rollout runs on whole weights without collectives
+    (runtime.whole_model), which Hugging Face generate's ZeRO-3 default (synced_gpus) would contradict."""
     from vsr_model.policy import load_policy
     from vsr_model.policy.base import POLICY_CONFIG_FILE
     from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy
     from vsr_model.sqr import SQRConfig
 
-    if zero_stage(ds_config) == 3:
-        raise ValueError(
-            "model.kind vsr_policy runs on ZeRO-1/2 (its generation and latent rollout call the policy's own "
-            "methods, which are not gathered under ZeRO-3); use deepspeed.config zero1 or zero2"
-        )
     path = Path(cfg.name_or_path) if cfg.name_or_path else None
     if path is not None and (path / POLICY_CONFIG_FILE).is_file():
         policy = load_policy(path)
@@ -107,9 +107,12 @@ def _force_eval(module: torch.nn.Module, _inputs) -> None:
         module.eval()
 
 
-def _save_policy(model: torch.nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
-    # ZeRO-1/2 only (see load_vsr_policy): the module holds full weights, so its own atomic save applies.
-    model.save_pretrained(folder)
+def _save_policy(engine, folder: Path, is_main: bool) -> None:
+    """The policy folder (vsr_model.policy.load_policy reads it) on rank 0. Collective: under ZeRO-3 every
+    rank gathers the whole weights, then the policy's own atomic save writes them."""
+    with gathered_parameters(engine) as policy:
+        if is_main:
+            policy.save_pretrained(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -283,13 +286,11 @@ def _top1(hits: Sequence[Any], example: Example) -> str:
 
 
 def policy_token_logprobs(model: torch.nn.Module, batch, temperature: float) -> torch.Tensor:
-    """log p(x_{t+1} | x_{<=t}) of a PolicyBatch under the policy (video embedded), [B, L-1]."""
-    policy = _unwrap(model)
-    batch = batch.to(policy.device)
-    hidden, _ = policy.run_backbone(
-        policy.embed_inputs(batch), batch.attention_mask, batch.position_ids, batch=batch
-    )
-    return token_logprobs(policy.logits(hidden[:, :-1]), batch.input_ids[:, 1:], temperature)
+    """log p(x_{t+1} | x_{<=t}) of a PolicyBatch under the policy (video embedded), [B, L-1]. ``model`` is
+    the DeepSpeed engine (or a bare policy): its forward fetches ZeRO-3 partitioned weights."""
+    batch = batch.to(_unwrap(model).device)
+    logits = model(batch, use_cache=False).logits
+    return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:], temperature)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -324,19 +325,20 @@ class VideoSearchSFTTask:
         }
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        from vsr_model.sqr import info_nce, latent_rollout, prefill, refined_query
+        from vsr_model.sqr import info_nce, latent_rollout, refined_query
 
         policy = _unwrap(model)
         encoded, examples = batch["policy_batch"], batch["examples"]
-        state = prefill(policy, encoded)
-        logits = policy.logits(state.hidden[:, :-1]).float()
+        # The model's (engine's) forward keeps the KV cache the latent rollout continues from.
+        out = model(encoded, use_cache=True)
+        logits = out.logits[:, :-1].float()
         targets = encoded.input_ids[:, 1:]
         mask = encoded.completion_mask[:, 1:]
         ce = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
         parts = {"loss/ce": float(ce.detach())}
         loss = ce
         if self.cfg.infonce_weight > 0:
-            latents = latent_rollout(policy, encoded, state=state).latents
+            latents = latent_rollout(policy, encoded, state=out.state).latents
             query, _ = refined_query(policy.sqr, self.ctx.engine, [e.query for e in examples], latents)
             pos, neg = self.ctx.negatives(
                 examples,
@@ -375,11 +377,18 @@ class VideoSearchGRPOTask:
     """G sampled trajectories per prompt, scored with vsr_model.rewards.
 
     single_turn: one verify turn on the example's pre-retrieved top-1 (the paper's released setting).
-    multi_turn:  live retrieval through one engine session per trajectory; after a rejection with <REFINE>,
-                 SQR refines the query and the session searches again (never showing a video twice when
-                 rollout.exclude_seen_videos) for up to ``rollout.max_turns`` turns. Every turn is a fresh
-                 prompt and a row of the loss; a trajectory's reward is the mean of its turns' rewards.
+    multi_turn:  live retrieval: the group's original query retrieves its first video; after a rejection
+                 with <REFINE>, SQR refines each trajectory's query and the group's refined queries search
+                 again together (engine.refine_group, one candidate pool per group; never showing a
+                 trajectory a video twice when rollout.exclude_seen_videos) for up to
+                 ``rollout.max_turns`` turns. Every turn is a fresh prompt and a row of the loss; a
+                 trajectory's reward is the mean of its turns' rewards.
+
+    The rollout calls the policy's own methods (generation, latent rollout), so under ZeRO-3 the GRPO loop
+    runs it inside runtime.whole_model (``rollout_on_whole_model``): whole weights, no collectives.
     """
+
+    rollout_on_whole_model = True
 
     def __init__(self, cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> None:
         self.cfg = cfg
@@ -389,6 +398,14 @@ class VideoSearchGRPOTask:
         # The SQR heads get no policy-gradient signal (the latents are not sampled tokens); they either stay
         # frozen (the authors' setting) or keep training on the retrieval objective (auxiliary_loss).
         loaded.model.sqr.requires_grad_(cfg.rollout.train_sqr_heads)
+        if cfg.rollout.train_sqr_heads and zero_stage(load_deepspeed_json(cfg.deepspeed.config)) == 3:
+            # Only ranks whose micro-batch holds a <REFINE> run the auxiliary forward; under ZeRO-3 every
+            # forward gathers parameters collectively, so the other ranks would leave it waiting.
+            raise ConfigError(
+                "rollout.train_sqr_heads is not supported under ZeRO-3 (the retrieval objective runs on the "
+                "ranks that sampled a <REFINE> only); use deepspeed.config zero1 or zero2, or train the SQR "
+                "heads in Stage 1"
+            )
         self.truncated = 0
 
     def _generate(self, policy, items: list[Any]) -> tuple[list[list[int]], list[str]]:
@@ -448,7 +465,9 @@ class VideoSearchGRPOTask:
         from vsr_model.rewards import score_response
 
         if synced:
-            raise ValueError("vsr_policy GRPO does not run under ZeRO-3 (see load_vsr_policy)")
+            raise ValueError(
+                "the vsr_policy rollout runs on whole weights (runtime.whole_model), not on ZeRO-3 shards"
+            )
         policy = _unwrap(model)
         group, cfg = settings.group_size, self.cfg
         examples = [self.ctx.examples[i] for i in indices for _ in range(group)]
@@ -458,17 +477,16 @@ class VideoSearchGRPOTask:
         # (+ the retrieval reward's scoring); reward: parsing and the other reward terms.
         seconds = {"video_decode": 0.0, "generation": 0.0, "retrieval": 0.0, "refine": 0.0, "reward": 0.0}
         shown = [e.retrieved for e in examples]
-        sessions: list[Any] = []
         if multi:
-            # One engine session per trajectory (vsr_index sessions: the refined search re-uses the cached
-            # candidate pool when that is provably exact, and never returns a video twice).
+            # The group's original query retrieves its first video (one search per prompt).
             start = time.perf_counter()
             with torch.no_grad():
-                embeddings = self.ctx.engine.encode_query([e.query for e in examples]).detach().float().cpu()
-            exclude_seen = cfg.rollout.exclude_seen_videos
-            sessions = [self.ctx.engine.session(embeddings[i : i + 1], 1, exclude_seen) for i in range(n)]
-            shown = [_top1(session.hits, examples[i]) for i, session in enumerate(sessions)]
+                originals = self.ctx.engine.encode_query([self.ctx.examples[i].query for i in indices])
+            originals = originals.detach().float().cpu()
+            first = self.ctx.engine.search(originals, 1)
+            shown = [_top1(first[i // group], examples[i]) for i in range(n)]
             seconds["retrieval"] += time.perf_counter() - start
+        seen = [[video] for video in shown]  # per trajectory, in the order shown
         turn_rewards: list[list[dict[str, float]]] = [[] for _ in range(n)]
         all_turns: list[_Turn] = []
         active = list(range(n))
@@ -518,8 +536,18 @@ class VideoSearchGRPOTask:
                 break
             start = time.perf_counter()
             row_of = {turns[k].trajectory: j for j, k in enumerate(refine_rows)}
-            for i in next_active:
-                shown[i] = _top1(sessions[i].refine(refined[row_of[i]].unsqueeze(0), 1), examples[i])
+            for prompt in sorted({i // group for i in next_active}):
+                rows = [i for i in next_active if i // group == prompt]
+                videos = group_refined_top1(
+                    self.ctx.engine,
+                    originals[prompt : prompt + 1],
+                    refined[[row_of[i] for i in rows]],
+                    [seen[i] for i in rows],
+                    cfg.rollout.exclude_seen_videos,
+                )
+                for i, video in zip(rows, videos, strict=True):
+                    shown[i] = video
+                    seen[i].append(video)
             seconds["retrieval"] += time.perf_counter() - start
             active = next_active
 
