@@ -165,3 +165,13 @@ def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, 
             t = prompt * group + row
             best = engine.search(refined[row : row + 1], 1, exclude=[set(shown[t][:turn])])[0][0].video_id
             assert shown[t][turn] == best
+
+
+def test_bf16_composite_policy_is_refused_with_a_clear_error(setup, tmp_path):
+    from vsr_train.config import ConfigError
+    from vsr_train.runtime import build_deepspeed_config
+    from vsr_train.vsr_adapter import load_vsr_policy
+
+    cfg = config_from_dict(SFTConfig, vsr_config(setup, tmp_path / "bf16"))
+    with pytest.raises(ConfigError, match="precision bf16 is not supported for the composite"):
+        load_vsr_policy(cfg.model, build_deepspeed_config(cfg.deepspeed, 1), "bf16", cfg.data.engine_dir)
