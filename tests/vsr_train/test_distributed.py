@@ -158,6 +158,10 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _one_process(stage: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "vsr_train", "train", stage, "--config", str(config)]
+
+
 def _sane_start(loss: float) -> bool:
     # A randomly initialised LM starts near the uniform cross-entropy ln(vocab).
     return abs(loss - math.log(TINY_LLAMA["vocab_size"])) < 0.5
@@ -174,17 +178,7 @@ def test_bf16_sft_learns_and_saves_bf16_weights(tmp_path):
         max_steps=8,
         checkpoint={"every_steps": 8, "keep_last": 0},
     )
-    run_checked(
-        [
-            sys.executable,
-            "-m",
-            "vsr_train",
-            "train",
-            "sft",
-            "--config",
-            str(write_config(tmp_path / "c.yaml", cfg)),
-        ]
-    )
+    run_checked(_one_process("sft", write_config(tmp_path / "c.yaml", cfg)))
     records = _check_run(out, 8, world_size=1)
     losses = [r["loss"] for r in records]
     assert _sane_start(losses[0])
@@ -198,17 +192,7 @@ def test_bf16_sft_learns_and_saves_bf16_weights(tmp_path):
 def test_bf16_grpo_step(tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(out, "grpo", deepspeed={"precision": "bf16"}, max_steps=2)
-    run_checked(
-        [
-            sys.executable,
-            "-m",
-            "vsr_train",
-            "train",
-            "grpo",
-            "--config",
-            str(write_config(tmp_path / "c.yaml", cfg)),
-        ]
-    )
+    run_checked(_one_process("grpo", write_config(tmp_path / "c.yaml", cfg)))
     records = _check_run(out, 2, world_size=1)
     assert records[0]["kl"] == pytest.approx(0.0, abs=1e-6) and records[1]["kl"] > 0.0
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records)
@@ -297,7 +281,7 @@ def test_zero3_vsr_policy_multi_turn_grpo_step_matches_one_process(vsr_root, tmp
     run_checked(deepspeed_cmd(2, "train", "grpo", "--config", str(cfg)))
     _saved_policy_equals_the_zero3_state(sharded / "checkpoints" / f"step-{1:08d}")
     cfg = write_config(tmp_path / "one.yaml", _vsr_stage(vsr_root, single, "grpo", "zero2"))
-    run_checked([sys.executable, "-m", "vsr_train", "train", "grpo", "--config", str(cfg)])
+    run_checked(_one_process("grpo", cfg))
     # Rank 0 draws the same prompt with the same sampling stream as the single process: its rollout on
     # gathered weights, rewards and losses on sharded weights equal the unsharded run's.
     a, b = read_metrics(sharded / "metrics.jsonl")[0], read_metrics(single / "metrics.jsonl")[0]

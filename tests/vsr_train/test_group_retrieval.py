@@ -81,12 +81,15 @@ def test_group_refinement_equals_per_trajectory_sessions_and_exhaustive_search(
         active = [i for i, k in zip(active, keep, strict=True) if k] or active[:1]
 
 
+def _random_group(seed: int, num_videos: int, dim: int, group: int):
+    rng = np.random.default_rng(seed)
+    vectors = _unit(rng.standard_normal((num_videos, dim)))
+    original = _unit(rng.standard_normal((1, dim)))
+    return vectors, _engine(vectors), original, _unit(rng.standard_normal((group, dim)))
+
+
 def test_without_exclusion_the_group_returns_each_plain_top1():
-    rng = np.random.default_rng(0)
-    vectors = _unit(rng.standard_normal((12, 6)))
-    engine = _engine(vectors)
-    original = _unit(rng.standard_normal((1, 6)))
-    refined = _unit(rng.standard_normal((5, 6)))
+    vectors, engine, original, refined = _random_group(0, 12, 6, 5)
     seen = [[_exhaustive_top1(vectors, r, set())] for r in refined]  # each row's own top-1, seen before
     got = group_refined_top1(engine, original, refined, seen, exclude_seen=False)
     assert got == [s[0] for s in seen]
@@ -100,11 +103,7 @@ def test_group_request_denies_only_what_every_row_has_seen():
 
 
 def test_a_row_that_has_seen_the_whole_corpus_is_an_error():
-    rng = np.random.default_rng(1)
-    vectors = _unit(rng.standard_normal((3, 4)))
-    engine = _engine(vectors)
-    original = _unit(rng.standard_normal((1, 4)))
-    refined = _unit(rng.standard_normal((2, 4)))
+    _, engine, original, refined = _random_group(1, 3, 4, 2)
     with pytest.raises(RuntimeError, match="row 1 of the group: it has already seen 3 videos"):
         group_refined_top1(engine, original, refined, [["v000"], ["v000", "v001", "v002"]], exclude_seen=True)
     with pytest.raises(ValueError, match="2 refined queries for 1 rows"):

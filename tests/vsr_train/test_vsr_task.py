@@ -11,7 +11,7 @@ from vsr_train.config import GRPOConfig, SFTConfig, config_from_dict
 from vsr_train.grpo import run_grpo
 from vsr_train.run_log import read_metrics
 from vsr_train.sft import run_sft
-from vsr_train.vsr_adapter import read_examples
+from vsr_train.vsr_examples import read_examples
 
 pytestmark = pytest.mark.slow
 

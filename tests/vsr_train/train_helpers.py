@@ -127,7 +127,7 @@ def build_vsr_setup(root: Path) -> Path:
     from vsr_model.corpus import Corpus
     from vsr_model.data import read_moments
     from vsr_train.tiny import tiny_search_setup, tiny_video_policy
-    from vsr_train.vsr_adapter import build_examples
+    from vsr_train.vsr_examples import build_examples
 
     engine, _ = tiny_search_setup(root / "bench")
     # Index the training videos too: training queries retrieve from the train split.

@@ -1,18 +1,13 @@
 """The VideoSearch-R1 task for the SFT and GRPO loops, built only from vsr_model pieces: the policy
 (vsr_model.policy), SQR (vsr_model.sqr), the prompt protocol and parser (vsr_model.protocol), the rewards
 (vsr_model.rewards) and the search engine (vsr_model.engine). Nothing here re-implements them.
-
-Stage-1/2 examples are jsonl rows written by ``build_examples`` (``vsr train build-data``)::
-
-    {"query_id", "query", "video_id", "start", "end", "duration",
-     "retrieved": engine top-1 id, "matched": bool, "rationale": str, "hard_negatives": [ids]}
+Its examples are read by ``vsr_examples``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import zlib
 from collections.abc import Sequence
@@ -28,6 +23,7 @@ from vsr_train.grpo_math import token_logprobs
 from vsr_train.models import LoadedModel
 from vsr_train.runtime import DistInfo, gathered_parameters, load_deepspeed_json, zero_stage
 from vsr_train.tasks import Rollouts, split_rows
+from vsr_train.vsr_examples import Example, read_examples
 
 log = logging.getLogger(__name__)
 
@@ -121,131 +117,6 @@ def _save_policy(engine, folder: Path, is_main: bool) -> None:
     with gathered_parameters(engine) as policy:
         if is_main:
             policy.save_pretrained(folder)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Examples
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Example:
-    query_id: str
-    query: str
-    video_id: str
-    start: float
-    end: float
-    retrieved: str
-    matched: bool
-    rationale: str
-    hard_negatives: tuple[str, ...]
-
-    @property
-    def span(self) -> tuple[float, float]:
-        return (self.start, self.end)
-
-
-def default_rationale(query: str, matched: bool) -> str:
-    if matched:
-        return f"The video shows what the query describes: {query.strip()}"
-    return f"The video does not show what the query describes: {query.strip()}"
-
-
-def example_row(moment: Any, hits: Sequence[Any], num_hard_negatives: int) -> dict[str, Any]:
-    """One example: the moment, the engine's ranked ``hits`` for its query, the label, a rationale."""
-    top1 = hits[0].video_id
-    matched = top1 == moment.video_id
-    return {
-        "query_id": str(moment.query_id),
-        "query": moment.query,
-        "video_id": moment.video_id,
-        "start": float(moment.start),
-        "end": float(moment.end),
-        "duration": None if moment.duration is None else float(moment.duration),
-        "retrieved": top1,
-        "matched": matched,
-        "rationale": (moment.extra or {}).get("rationale") or default_rationale(moment.query, matched),
-        "hard_negatives": [h.video_id for h in hits[1:] if h.video_id != moment.video_id][
-            :num_hard_negatives
-        ],
-    }
-
-
-def build_examples(
-    moments: Sequence[Any],
-    engine,
-    per_class: int,
-    seed: int = 0,
-    num_hard_negatives: int = 24,
-    batch_size: int = 64,
-) -> list[dict[str, Any]]:
-    """Balanced Stage-1 examples: each query with the engine's top-1 video, labelled matched / not
-    matched, ``per_class`` of each (fewer, with a warning, if the split has fewer). The rationale comes
-    from the moment's ``extra["rationale"]`` when the dataset provides one, else a short default."""
-    if per_class < 1:
-        raise ValueError("per_class must be >= 1")
-    order = list(range(len(moments)))
-    random.Random(seed).shuffle(order)
-    picked: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-    for start in range(0, len(order), batch_size):
-        if all(len(v) >= per_class for v in picked.values()):
-            break
-        chunk = [moments[i] for i in order[start : start + batch_size]]
-        with torch.no_grad():
-            results = engine.search([m.query for m in chunk], num_hard_negatives + 2)
-        for moment, hits in zip(chunk, results, strict=True):
-            if not hits:
-                raise RuntimeError(f"the engine returned no video for query {moment.query_id!r}")
-            top1 = hits[0].video_id
-            matched = top1 == moment.video_id
-            if len(picked[matched]) >= per_class:
-                continue
-            picked[matched].append(example_row(moment, hits, num_hard_negatives))
-    for label, rows in picked.items():
-        if not rows:
-            raise ValueError(
-                f"no {'matched' if label else 'not-matched'} (query, top-1) pair in {len(moments)} queries"
-            )
-        if len(rows) < per_class:
-            log.warning(
-                "only %d %s examples (asked for %d)",
-                len(rows),
-                "matched" if label else "not-matched",
-                per_class,
-            )
-    rows = picked[True] + picked[False]
-    random.Random(seed + 1).shuffle(rows)
-    return rows
-
-
-def read_examples(path: str | Path) -> list[Example]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"example file not found: {path} (write it with `vsr train build-data`)")
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(
-                Example(
-                    query_id=str(row["query_id"]),
-                    query=str(row["query"]),
-                    video_id=str(row["video_id"]),
-                    start=float(row["start"]),
-                    end=float(row["end"]),
-                    retrieved=str(row["retrieved"]),
-                    matched=bool(row["matched"]),
-                    rationale=str(row["rationale"]),
-                    hard_negatives=tuple(str(v) for v in row.get("hard_negatives", [])),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{lineno}: malformed example row: {exc}") from exc
-    if not out:
-        raise ValueError(f"{path}: no examples")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
