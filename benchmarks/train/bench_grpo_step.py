@@ -33,7 +33,7 @@ def _vsr_config(work: Path, args: argparse.Namespace) -> dict:
     from vsr_model.corpus import Corpus
     from vsr_model.data import read_moments
     from vsr_train.tiny import tiny_search_setup, tiny_video_policy
-    from vsr_train.vsr_adapter import example_row
+    from vsr_train.vsr_examples import example_row
 
     engine, _ = tiny_search_setup(work / "bench", num_train=args.videos, num_test=2, split="train")
     train = Corpus.from_jsonl(work / "bench" / "videos.jsonl", split="train", sampling=engine.config.sampling)

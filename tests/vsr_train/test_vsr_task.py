@@ -3,69 +3,22 @@ engine over decoded synthetic-benchmark videos, examples from the engine's top-1
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
 import pytest
 import torch
+from train_helpers import build_vsr_setup, vsr_config
 
 from vsr_train.config import GRPOConfig, SFTConfig, config_from_dict
 from vsr_train.grpo import run_grpo
 from vsr_train.run_log import read_metrics
 from vsr_train.sft import run_sft
-from vsr_train.tiny import tiny_search_setup, tiny_video_policy
-from vsr_train.vsr_adapter import build_examples, read_examples
+from vsr_train.vsr_examples import read_examples
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Hit:
-    video_id: str
-    score: float
-
-
-class ScriptedEngine:
-    """Returns a chosen top-1 per query text, then the other videos."""
-
-    def __init__(self, top1: dict[str, str], ids: list[str]) -> None:
-        self.top1, self.ids = top1, ids
-
-    def search(self, texts, k):
-        return [
-            [Hit(self.top1[t], 1.0), *[Hit(v, 0.0) for v in self.ids if v != self.top1[t]][: k - 1]]
-            for t in texts
-        ]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from vsr_model.corpus import Corpus
-    from vsr_model.data import read_moments
-
-    root = tmp_path_factory.mktemp("vsr")
-    engine, _ = tiny_search_setup(root / "bench")
-    # Index the training videos too: training queries retrieve from the train split.
-    train = Corpus.from_jsonl(root / "bench" / "videos.jsonl", split="train", sampling=engine.config.sampling)
-    with torch.no_grad():
-        engine.add_videos(train.ids, engine.encode_videos([train.clip(v) for v in train.ids]))
-    engine.save(root / "engine")
-    moments = read_moments(root / "bench" / "annotations" / "synth_train.jsonl").moments
-    # A random engine rarely retrieves the right video; script its top-1 so both labels occur.
-    scripted = ScriptedEngine(
-        {
-            m.query: (
-                m.video_id if i % 2 == 0 else train.ids[(train.ids.index(m.video_id) + 1) % len(train.ids)]
-            )
-            for i, m in enumerate(moments)
-        },
-        train.ids,
-    )
-    rows = build_examples(moments, scripted, per_class=2, seed=0, num_hard_negatives=3)
-    (root / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, num_latents=2, num_negatives=4)
-    policy.save_pretrained(root / "policy")
-    return root
+    return build_vsr_setup(tmp_path_factory.mktemp("vsr"))
 
 
 def test_examples_are_balanced_and_labelled_by_the_engine(setup):
@@ -76,32 +29,10 @@ def test_examples_are_balanced_and_labelled_by_the_engine(setup):
         assert e.video_id not in e.hard_negatives and e.rationale
 
 
-def _common(root, out):
-    return {
-        "output_dir": str(out),
-        "model": {"kind": "vsr_policy", "name_or_path": str(root / "policy")},
-        "data": {
-            "kind": "vsr_jsonl",
-            "path": str(root / "examples.jsonl"),
-            "engine_dir": str(root / "engine"),
-            "corpus": str(root / "bench" / "videos.jsonl"),
-        },
-        "deepspeed": {
-            "config": "zero2",
-            "precision": "fp32",
-            "micro_batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "dist_backend": "gloo",
-        },
-        "checkpoint": {"every_steps": 100},
-        "logging": {"progress_bar": False, "tensorboard": False},
-    }
-
-
 def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
     sft = config_from_dict(
         SFTConfig,
-        _common(setup, tmp_path / "sft") | {"max_steps": 2, "num_negatives": 4, "optim": {"lr": 1e-3}},
+        vsr_config(setup, tmp_path / "sft") | {"max_steps": 2, "num_negatives": 4, "optim": {"lr": 1e-3}},
     )
     final = run_sft(sft)
     records = read_metrics(tmp_path / "sft" / "metrics.jsonl")
@@ -115,7 +46,7 @@ def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
 
     for mode, turns, train_heads in (("single_turn", 1, False), ("multi_turn", 2, True)):
         out = tmp_path / f"grpo-{mode}"
-        cfg = _common(setup, out)
+        cfg = vsr_config(setup, out)
         cfg["model"]["name_or_path"] = str(final / "hf")
         cfg["deepspeed"]["micro_batch_size"] = 2
         cfg |= {
@@ -148,7 +79,7 @@ def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path)
     from vsr_train.runtime import DistInfo
     from vsr_train.vsr_adapter import VideoSearchGRPOTask, _MicroBatch, _Turn
 
-    cfg = _common(setup, tmp_path / "aux")
+    cfg = vsr_config(setup, tmp_path / "aux")
     cfg |= {
         "rollout": {"mode": "multi_turn", "max_turns": 2, "train_sqr_heads": True},
         "grpo": {"group_size": 2},
@@ -177,3 +108,70 @@ def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path)
         task.auxiliary_loss(policy, _MicroBatch(micro.encoded, turns[1:], [example], [example.retrieved]))
         is None
     )
+
+
+def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, tmp_path, monkeypatch):
+    from vsr_model.policy import load_policy
+    from vsr_model.protocol import format_response
+    from vsr_train.models import LoadedModel
+    from vsr_train.runtime import DistInfo
+    from vsr_train.vsr_adapter import VideoSearchGRPOTask
+
+    group, turns = 3, 3
+    cfg = vsr_config(setup, tmp_path / "rollout")
+    cfg |= {"rollout": {"mode": "multi_turn", "max_turns": turns}, "grpo": {"group_size": group}}
+    cfg = config_from_dict(GRPOConfig, cfg)
+    policy = load_policy(setup / "policy")
+    task = VideoSearchGRPOTask(cfg, LoadedModel(policy, None), DistInfo(0, 0, 1, torch.device("cpu")))
+    engine = task.ctx.engine
+    # Every sampled answer rejects the video and refines, so every trajectory takes all turns.
+    rejection = format_response("the video shows something else", False)
+    rejection_ids = policy.tokenizer.encode(rejection, add_special_tokens=False)
+    assert rejection_ids[-1] == policy.refine_token_id
+    monkeypatch.setattr(
+        task,
+        "_generate",
+        lambda _policy, items: ([list(rejection_ids)] * len(items), [rejection] * len(items)),
+    )
+    calls = []
+    real_refine_group = engine.refine_group
+
+    def spy(original, refined, k, exclude=()):
+        calls.append((refined.clone(), k, set(exclude)))
+        return real_refine_group(original, refined, k, exclude)
+
+    def no_sessions(*args, **kwargs):
+        raise AssertionError("the group rollout must not open one session per trajectory")
+
+    monkeypatch.setattr(engine, "refine_group", spy)
+    monkeypatch.setattr(engine, "session", no_sessions)
+    prompts = [0, 1]
+    rollouts = task.rollout(policy, prompts, cfg.grpo, 1, torch.device("cpu"), False)
+
+    assert rollouts.reward_components["turns"].tolist() == [float(turns)] * (group * len(prompts))
+    # One refine_group call per group and re-retrieval turn, with the group's G refined queries.
+    assert len(calls) == len(prompts) * (turns - 1)
+    assert all(refined.shape[0] == group for refined, _, _ in calls)
+    shown: dict[int, list[str]] = {}
+    for turn in rollouts.micro_batches[0].turns:
+        shown.setdefault(turn.trajectory, []).append(turn.shown)
+    for t, videos in shown.items():
+        assert len(videos) == turns and len(set(videos)) == turns, (t, videos)  # never shown twice
+    # Calls run turn by turn, prompt by prompt; each row's video is the exhaustive best of its refined
+    # query among the videos that trajectory has not seen yet.
+    for c, (refined, _, _) in enumerate(calls):
+        turn, prompt = 1 + c // len(prompts), c % len(prompts)
+        for row in range(group):
+            t = prompt * group + row
+            best = engine.search(refined[row : row + 1], 1, exclude=[set(shown[t][:turn])])[0][0].video_id
+            assert shown[t][turn] == best
+
+
+def test_bf16_composite_policy_is_refused_with_a_clear_error(setup, tmp_path):
+    from vsr_train.config import ConfigError
+    from vsr_train.runtime import build_deepspeed_config
+    from vsr_train.vsr_adapter import load_vsr_policy
+
+    cfg = config_from_dict(SFTConfig, vsr_config(setup, tmp_path / "bf16"))
+    with pytest.raises(ConfigError, match="precision bf16 is not supported for the composite"):
+        load_vsr_policy(cfg.model, build_deepspeed_config(cfg.deepspeed, 1), "bf16", cfg.data.engine_dir)

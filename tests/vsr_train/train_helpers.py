@@ -1,11 +1,14 @@
-"""Helpers for vsr_train tests: tiny random causal-LM configs and launcher invocations."""
+"""Helpers for vsr_train tests: tiny random causal-LM configs, launcher invocations, and the tiny
+VideoSearch-R1 stack (engine, examples, policy) the vsr_policy runs train on."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -94,3 +97,80 @@ def deepspeed_cmd(num_procs: int, *args: str, extra: tuple[str, ...] = ()) -> li
         "vsr_train",
         *args,
     ]
+
+
+@dataclass
+class Hit:
+    video_id: str
+    score: float
+
+
+class ScriptedEngine:
+    """Returns a chosen top-1 per query text, then the other videos."""
+
+    def __init__(self, top1: dict[str, str], ids: list[str]) -> None:
+        self.top1, self.ids = top1, ids
+
+    def search(self, texts, k):
+        return [
+            [Hit(self.top1[t], 1.0), *[Hit(v, 0.0) for v in self.ids if v != self.top1[t]][: k - 1]]
+            for t in texts
+        ]
+
+
+def build_vsr_setup(root: Path) -> Path:
+    """A tiny VideoSearch-R1 stack under ``root``: synthetic benchmark, random dual-encoder engine over
+    its train and test videos, balanced Stage-1 examples (engine top-1 scripted so both labels occur),
+    and a saved tiny composite policy."""
+    import torch
+
+    from vsr_model.corpus import Corpus
+    from vsr_model.data import read_moments
+    from vsr_train.tiny import tiny_search_setup, tiny_video_policy
+    from vsr_train.vsr_examples import build_examples
+
+    engine, _ = tiny_search_setup(root / "bench")
+    # Index the training videos too: training queries retrieve from the train split.
+    train = Corpus.from_jsonl(root / "bench" / "videos.jsonl", split="train", sampling=engine.config.sampling)
+    with torch.no_grad():
+        engine.add_videos(train.ids, engine.encode_videos([train.clip(v) for v in train.ids]))
+    engine.save(root / "engine")
+    moments = read_moments(root / "bench" / "annotations" / "synth_train.jsonl").moments
+    # A random engine rarely retrieves the right video; script its top-1 so both labels occur.
+    scripted = ScriptedEngine(
+        {
+            m.query: (
+                m.video_id if i % 2 == 0 else train.ids[(train.ids.index(m.video_id) + 1) % len(train.ids)]
+            )
+            for i, m in enumerate(moments)
+        },
+        train.ids,
+    )
+    rows = build_examples(moments, scripted, per_class=2, seed=0, num_hard_negatives=3)
+    (root / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, num_latents=2, num_negatives=4)
+    policy.save_pretrained(root / "policy")
+    return root
+
+
+def vsr_config(root: Path, out: Path) -> dict:
+    """Config mapping of a tiny vsr_policy run on ``build_vsr_setup(root)`` writing to ``out``."""
+    return {
+        "output_dir": str(out),
+        "model": {"kind": "vsr_policy", "name_or_path": str(root / "policy")},
+        "data": {
+            "kind": "vsr_jsonl",
+            "path": str(root / "examples.jsonl"),
+            "engine_dir": str(root / "engine"),
+            "corpus": str(root / "bench" / "videos.jsonl"),
+        },
+        "deepspeed": {
+            "config": "zero2",
+            "precision": "fp32",
+            "micro_batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "dist_backend": "gloo",
+        },
+        "checkpoint": {"every_steps": 100},
+        "logging": {"progress_bar": False, "tensorboard": False},
+    }

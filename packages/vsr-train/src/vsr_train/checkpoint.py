@@ -176,9 +176,10 @@ class CheckpointManager:
         engine,
         step: int,
         trainer_state: dict[str, Any],
-        save_hf: Callable[[Path, dict[str, torch.Tensor] | None], None] | None,
+        save_hf: Callable[[Any, Path, bool], None] | None,
     ) -> Path:
-        """Collective: every rank calls it. ``save_hf(folder, state_dict)`` runs on rank 0 only."""
+        """Collective: every rank calls it, and ``save_hf(engine, folder, is_main)`` on every rank (it
+        gathers the weights where they are sharded; rank 0 writes the folder)."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp-{step_dir_name(step)}"
         if self.dist.is_main:
@@ -189,9 +190,7 @@ class CheckpointManager:
         barrier()
         engine.save_checkpoint(str(tmp / "ds"), tag="state", client_state={}, save_latest=False)
         if save_hf is not None:
-            state_dict = consolidated_state_dict(engine)
-            if self.dist.is_main:
-                save_hf(tmp / "hf", state_dict)
+            save_hf(engine, tmp / "hf", self.dist.is_main)
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save(rng_state(), tmp / "rng" / f"rank-{self.dist.rank:05d}.pt")
         barrier()
@@ -283,15 +282,3 @@ class CheckpointManager:
         step = int(state["step"])
         log.info("resumed from %s at step %d", folder, step)
         return step, folder
-
-
-def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
-    """Full model state dict on rank 0 (None elsewhere). ZeRO-3 gathers the shards layer by layer."""
-    import torch.distributed as dist
-
-    if engine.zero_optimization_stage() == 3:
-        # Collective on every rank; needs stage3_gather_16bit_weights_on_model_save (set in the presets).
-        return engine._zero3_consolidated_16bit_state_dict()
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return None
-    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}

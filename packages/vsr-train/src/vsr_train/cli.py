@@ -71,7 +71,7 @@ def _build_data(args: argparse.Namespace) -> int:
 
     from vsr_model.data import read_moments
     from vsr_model.engine.base import SearchEngine
-    from vsr_train.vsr_adapter import build_examples
+    from vsr_train.vsr_examples import build_examples
 
     _setup_logging()
     moments = read_moments(args.annotations, args.format).moments

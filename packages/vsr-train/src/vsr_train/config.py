@@ -248,8 +248,8 @@ class RolloutConfig:
     """How a GRPO rollout talks to the search engine.
 
     single_turn   the paper's released setting: one verify turn on a pre-retrieved top-1 video.
-    multi_turn    true agent rollouts: refine with SQR and re-retrieve through the engine's sessions
-                  (refine_group for a GRPO group) for up to max_turns turns.
+    multi_turn    true agent rollouts: refine with SQR and re-retrieve (one engine.refine_group call per
+                  GRPO group, each trajectory's shown videos excluded) for up to max_turns turns.
     """
 
     mode: Literal["single_turn", "multi_turn"] = "single_turn"

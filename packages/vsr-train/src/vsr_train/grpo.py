@@ -8,6 +8,7 @@ checkpoint. The math lives in grpo_math; the task (prompts, rollouts, rewards) b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -29,6 +30,7 @@ from vsr_train.runtime import (
     init_distributed,
     seed_everything,
     training_engine,
+    whole_model,
     zero_stage,
 )
 from vsr_train.tasks import GRPOTask, Rollouts, synthetic_token_task
@@ -88,7 +90,11 @@ def run_grpo(cfg: GRPOConfig) -> Path:
     total_updates = cfg.max_steps * cfg.grpo.num_iterations
     engine = training_engine(loaded, cfg.optim, cfg.deepspeed, ds_config, total_updates)
     ref_model = reference[0] if reference is not None else None
-    synced = zero_stage(ds_config) == 3  # every rank must join each generation forward under ZeRO-3
+    # Under ZeRO-3 a rollout either joins every rank's generation forward (synced, Hugging Face generate's
+    # synced_gpus) or, for a task that calls the policy's own methods, runs on whole weights gathered on
+    # every rank, without collectives (runtime.whole_model).
+    zero3 = zero_stage(ds_config) == 3
+    whole = zero3 and getattr(task, "rollout_on_whole_model", False)
 
     output_dir = Path(cfg.output_dir)
     checkpoints = CheckpointManager(
@@ -110,7 +116,10 @@ def run_grpo(cfg: GRPOConfig) -> Path:
         step_start = time.perf_counter()
         # 1. Rollouts with the current policy.
         engine.eval()
-        rollouts = task.rollout(engine.module, order.next_batch(), settings, grad_accum, dist.device, synced)
+        with whole_model(engine) if whole else contextlib.nullcontext(engine.module) as module:
+            rollouts = task.rollout(
+                module, order.next_batch(), settings, grad_accum, dist.device, zero3 and not whole
+            )
         advantages = group_advantages(
             rollouts.rewards, settings.group_size, settings.scale_rewards, settings.advantage_eps
         )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vsr_train.config import ModelConfig
+from vsr_train.runtime import consolidated_state_dict
 
 
 @dataclass
@@ -25,14 +26,18 @@ class LoadedModel:
     sqr_prefixes: tuple[str, ...] = ()
     # Parameter-name prefixes of a freshly initialised vision connector (``optim.connector_lr``).
     connector_prefixes: tuple[str, ...] = ()
-    # Custom export (model, folder, full state dict or None); default: transformers' save_pretrained.
-    save_fn: Callable[[torch.nn.Module, Path, dict[str, torch.Tensor] | None], None] | None = None
+    # Custom export (engine, folder, is_main), called on every rank; default: transformers' save_pretrained.
+    save_fn: Callable[[Any, Path, bool], None] | None = None
     _keepalive: list[Any] = field(default_factory=list)
 
-    def save_hf(self, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
-        """Hugging Face folder: config + safetensors weights (+ tokenizer when there is one)."""
+    def save_hf(self, engine, folder: Path, is_main: bool) -> None:
+        """Hugging Face folder: config + safetensors weights (+ tokenizer when there is one). Collective:
+        every rank calls it (ZeRO-3 gathers the shards); rank 0 writes ``folder``."""
         if self.save_fn is not None:
-            self.save_fn(self.model, folder, state_dict)
+            self.save_fn(engine, folder, is_main)
+            return
+        state_dict = consolidated_state_dict(engine)
+        if not is_main:
             return
         self.model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
         if self.tokenizer is not None:

@@ -1,18 +1,13 @@
 """The VideoSearch-R1 task for the SFT and GRPO loops, built only from vsr_model pieces: the policy
 (vsr_model.policy), SQR (vsr_model.sqr), the prompt protocol and parser (vsr_model.protocol), the rewards
 (vsr_model.rewards) and the search engine (vsr_model.engine). Nothing here re-implements them.
-
-Stage-1/2 examples are jsonl rows written by ``build_examples`` (``vsr train build-data``)::
-
-    {"query_id", "query", "video_id", "start", "end", "duration",
-     "retrieved": engine top-1 id, "matched": bool, "rationale": str, "hard_negatives": [ids]}
+Its examples are read by ``vsr_examples``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import zlib
 from collections.abc import Sequence
@@ -22,11 +17,13 @@ from typing import Any
 
 import torch
 
-from vsr_train.config import GRPOConfig, ModelConfig, SFTConfig
+from vsr_train.config import ConfigError, GRPOConfig, ModelConfig, SFTConfig
+from vsr_train.group_retrieval import group_refined_top1
 from vsr_train.grpo_math import token_logprobs
 from vsr_train.models import LoadedModel
-from vsr_train.runtime import DistInfo, zero_stage
+from vsr_train.runtime import DistInfo, gathered_parameters, load_deepspeed_json, zero_stage
 from vsr_train.tasks import Rollouts, split_rows
+from vsr_train.vsr_examples import Example, read_examples
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +50,16 @@ def load_vsr_policy(
     cfg: ModelConfig, ds_config: dict[str, Any], precision: str, engine_dir: str | None = None
 ) -> LoadedModel:
     """A saved vsr policy (a folder with vsr_policy.json), or a fresh composite policy over an HF LLM
-    (``name_or_path``; the default SmolLM2 when unset) with SQR heads sized for the engine."""
+    (``name_or_path``; the default SmolLM2 when unset) with SQR heads sized for the engine.
+
+    Every rank builds the whole policy; under ZeRO-3 ``deepspeed.initialize`` then partitions it. No
+    transformers ``HfDeepSpeedConfig`` is created: the rollout runs on whole weights without collectives
+    (runtime.whole_model), which Hugging Face generate's ZeRO-3 default (synced_gpus) would contradict."""
     from vsr_model.policy import load_policy
     from vsr_model.policy.base import POLICY_CONFIG_FILE
     from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy
     from vsr_model.sqr import SQRConfig
 
-    if zero_stage(ds_config) == 3:
-        raise ValueError(
-            "model.kind vsr_policy runs on ZeRO-1/2 (its generation and latent rollout call the policy's own "
-            "methods, which are not gathered under ZeRO-3); use deepspeed.config zero1 or zero2"
-        )
     path = Path(cfg.name_or_path) if cfg.name_or_path else None
     if path is not None and (path / POLICY_CONFIG_FILE).is_file():
         policy = load_policy(path)
@@ -87,6 +83,14 @@ def load_vsr_policy(
                 f"unknown model.policy_options keys {sorted(options)}; expected 'composite', 'sqr'"
             )
         policy = CompositeVideoPolicy.build(composite, sqr)
+    if precision == "bf16" and hasattr(policy, "frame_encoder"):
+        # DeepSpeed's bf16 casts every parameter but no buffer; the composite's frame encoder (a CNN) takes
+        # float32 pixels and keeps float32 batch-norm statistics, so it would fail on its first frame.
+        raise ConfigError(
+            "deepspeed.precision bf16 is not supported for the composite video policy: DeepSpeed casts its "
+            "frame encoder's parameters to bf16 while the encoder's pixels and batch-norm statistics stay "
+            "float32; use precision fp32 (Qwen-VL policies and plain causal LMs train in bf16)"
+        )
     if cfg.freeze_vision_tower:
         for name, param in policy.named_parameters():
             if name.startswith("frame_encoder.") or ".visual." in name or name.startswith("visual."):
@@ -115,134 +119,12 @@ def _force_eval(module: torch.nn.Module, _inputs) -> None:
         module.eval()
 
 
-def _save_policy(model: torch.nn.Module, folder: Path, state_dict: dict[str, torch.Tensor] | None) -> None:
-    # ZeRO-1/2 only (see load_vsr_policy): the module holds full weights, so its own atomic save applies.
-    model.save_pretrained(folder)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Examples
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Example:
-    query_id: str
-    query: str
-    video_id: str
-    start: float
-    end: float
-    retrieved: str
-    matched: bool
-    rationale: str
-    hard_negatives: tuple[str, ...]
-
-    @property
-    def span(self) -> tuple[float, float]:
-        return (self.start, self.end)
-
-
-def default_rationale(query: str, matched: bool) -> str:
-    if matched:
-        return f"The video shows what the query describes: {query.strip()}"
-    return f"The video does not show what the query describes: {query.strip()}"
-
-
-def example_row(moment: Any, hits: Sequence[Any], num_hard_negatives: int) -> dict[str, Any]:
-    """One example: the moment, the engine's ranked ``hits`` for its query, the label, a rationale."""
-    top1 = hits[0].video_id
-    matched = top1 == moment.video_id
-    return {
-        "query_id": str(moment.query_id),
-        "query": moment.query,
-        "video_id": moment.video_id,
-        "start": float(moment.start),
-        "end": float(moment.end),
-        "duration": None if moment.duration is None else float(moment.duration),
-        "retrieved": top1,
-        "matched": matched,
-        "rationale": (moment.extra or {}).get("rationale") or default_rationale(moment.query, matched),
-        "hard_negatives": [h.video_id for h in hits[1:] if h.video_id != moment.video_id][
-            :num_hard_negatives
-        ],
-    }
-
-
-def build_examples(
-    moments: Sequence[Any],
-    engine,
-    per_class: int,
-    seed: int = 0,
-    num_hard_negatives: int = 24,
-    batch_size: int = 64,
-) -> list[dict[str, Any]]:
-    """Balanced Stage-1 examples: each query with the engine's top-1 video, labelled matched / not
-    matched, ``per_class`` of each (fewer, with a warning, if the split has fewer). The rationale comes
-    from the moment's ``extra["rationale"]`` when the dataset provides one, else a short default."""
-    if per_class < 1:
-        raise ValueError("per_class must be >= 1")
-    order = list(range(len(moments)))
-    random.Random(seed).shuffle(order)
-    picked: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-    for start in range(0, len(order), batch_size):
-        if all(len(v) >= per_class for v in picked.values()):
-            break
-        chunk = [moments[i] for i in order[start : start + batch_size]]
-        with torch.no_grad():
-            results = engine.search([m.query for m in chunk], num_hard_negatives + 2)
-        for moment, hits in zip(chunk, results, strict=True):
-            if not hits:
-                raise RuntimeError(f"the engine returned no video for query {moment.query_id!r}")
-            top1 = hits[0].video_id
-            matched = top1 == moment.video_id
-            if len(picked[matched]) >= per_class:
-                continue
-            picked[matched].append(example_row(moment, hits, num_hard_negatives))
-    for label, rows in picked.items():
-        if not rows:
-            raise ValueError(
-                f"no {'matched' if label else 'not-matched'} (query, top-1) pair in {len(moments)} queries"
-            )
-        if len(rows) < per_class:
-            log.warning(
-                "only %d %s examples (asked for %d)",
-                len(rows),
-                "matched" if label else "not-matched",
-                per_class,
-            )
-    rows = picked[True] + picked[False]
-    random.Random(seed + 1).shuffle(rows)
-    return rows
-
-
-def read_examples(path: str | Path) -> list[Example]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"example file not found: {path} (write it with `vsr train build-data`)")
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(
-                Example(
-                    query_id=str(row["query_id"]),
-                    query=str(row["query"]),
-                    video_id=str(row["video_id"]),
-                    start=float(row["start"]),
-                    end=float(row["end"]),
-                    retrieved=str(row["retrieved"]),
-                    matched=bool(row["matched"]),
-                    rationale=str(row["rationale"]),
-                    hard_negatives=tuple(str(v) for v in row.get("hard_negatives", [])),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{lineno}: malformed example row: {exc}") from exc
-    if not out:
-        raise ValueError(f"{path}: no examples")
-    return out
+def _save_policy(engine, folder: Path, is_main: bool) -> None:
+    """The policy folder (vsr_model.policy.load_policy reads it) on rank 0. Collective: under ZeRO-3 every
+    rank gathers the whole weights, then the policy's own atomic save writes them."""
+    with gathered_parameters(engine) as policy:
+        if is_main:
+            policy.save_pretrained(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,13 +173,11 @@ def _top1(hits: Sequence[Any], example: Example) -> str:
 
 
 def policy_token_logprobs(model: torch.nn.Module, batch, temperature: float) -> torch.Tensor:
-    """log p(x_{t+1} | x_{<=t}) of a PolicyBatch under the policy (video embedded), [B, L-1]."""
-    policy = _unwrap(model)
-    batch = batch.to(policy.device)
-    hidden, _ = policy.run_backbone(
-        policy.embed_inputs(batch), batch.attention_mask, batch.position_ids, batch=batch
-    )
-    return token_logprobs(policy.logits(hidden[:, :-1]), batch.input_ids[:, 1:], temperature)
+    """log p(x_{t+1} | x_{<=t}) of a PolicyBatch under the policy (video embedded), [B, L-1]. ``model`` is
+    the DeepSpeed engine (or a bare policy): its forward fetches ZeRO-3 partitioned weights."""
+    batch = batch.to(_unwrap(model).device)
+    logits = model(batch, use_cache=False).logits
+    return token_logprobs(logits[:, :-1], batch.input_ids[:, 1:], temperature)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,19 +212,20 @@ class VideoSearchSFTTask:
         }
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        from vsr_model.sqr import info_nce, latent_rollout, prefill, refined_query
+        from vsr_model.sqr import info_nce, latent_rollout, refined_query
 
         policy = _unwrap(model)
         encoded, examples = batch["policy_batch"], batch["examples"]
-        state = prefill(policy, encoded)
-        logits = policy.logits(state.hidden[:, :-1]).float()
+        # The model's (engine's) forward keeps the KV cache the latent rollout continues from.
+        out = model(encoded, use_cache=True)
+        logits = out.logits[:, :-1].float()
         targets = encoded.input_ids[:, 1:]
         mask = encoded.completion_mask[:, 1:]
         ce = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
         parts = {"loss/ce": float(ce.detach())}
         loss = ce
         if self.cfg.infonce_weight > 0:
-            latents = latent_rollout(policy, encoded, state=state).latents
+            latents = latent_rollout(policy, encoded, state=out.state).latents
             query, _ = refined_query(policy.sqr, self.ctx.engine, [e.query for e in examples], latents)
             pos, neg = self.ctx.negatives(
                 examples,
@@ -383,11 +264,18 @@ class VideoSearchGRPOTask:
     """G sampled trajectories per prompt, scored with vsr_model.rewards.
 
     single_turn: one verify turn on the example's pre-retrieved top-1 (the paper's released setting).
-    multi_turn:  live retrieval through one engine session per trajectory; after a rejection with <REFINE>,
-                 SQR refines the query and the session searches again (never showing a video twice when
-                 rollout.exclude_seen_videos) for up to ``rollout.max_turns`` turns. Every turn is a fresh
-                 prompt and a row of the loss; a trajectory's reward is the mean of its turns' rewards.
+    multi_turn:  live retrieval: the group's original query retrieves its first video; after a rejection
+                 with <REFINE>, SQR refines each trajectory's query and the group's refined queries search
+                 again together (engine.refine_group, one candidate pool per group; never showing a
+                 trajectory a video twice when rollout.exclude_seen_videos) for up to
+                 ``rollout.max_turns`` turns. Every turn is a fresh prompt and a row of the loss; a
+                 trajectory's reward is the mean of its turns' rewards.
+
+    The rollout calls the policy's own methods (generation, latent rollout), so under ZeRO-3 the GRPO loop
+    runs it inside runtime.whole_model (``rollout_on_whole_model``): whole weights, no collectives.
     """
+
+    rollout_on_whole_model = True
 
     def __init__(self, cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> None:
         self.cfg = cfg
@@ -397,6 +285,14 @@ class VideoSearchGRPOTask:
         # The SQR heads get no policy-gradient signal (the latents are not sampled tokens); they either stay
         # frozen (the authors' setting) or keep training on the retrieval objective (auxiliary_loss).
         loaded.model.sqr.requires_grad_(cfg.rollout.train_sqr_heads)
+        if cfg.rollout.train_sqr_heads and zero_stage(load_deepspeed_json(cfg.deepspeed.config)) == 3:
+            # Only ranks whose micro-batch holds a <REFINE> run the auxiliary forward; under ZeRO-3 every
+            # forward gathers parameters collectively, so the other ranks would leave it waiting.
+            raise ConfigError(
+                "rollout.train_sqr_heads is not supported under ZeRO-3 (the retrieval objective runs on the "
+                "ranks that sampled a <REFINE> only); use deepspeed.config zero1 or zero2, or train the SQR "
+                "heads in Stage 1"
+            )
         self.truncated = 0
 
     def _generate(self, policy, items: list[Any]) -> tuple[list[list[int]], list[str]]:
@@ -456,7 +352,9 @@ class VideoSearchGRPOTask:
         from vsr_model.rewards import score_response
 
         if synced:
-            raise ValueError("vsr_policy GRPO does not run under ZeRO-3 (see load_vsr_policy)")
+            raise ValueError(
+                "the vsr_policy rollout runs on whole weights (runtime.whole_model), not on ZeRO-3 shards"
+            )
         policy = _unwrap(model)
         group, cfg = settings.group_size, self.cfg
         examples = [self.ctx.examples[i] for i in indices for _ in range(group)]
@@ -466,17 +364,16 @@ class VideoSearchGRPOTask:
         # (+ the retrieval reward's scoring); reward: parsing and the other reward terms.
         seconds = {"video_decode": 0.0, "generation": 0.0, "retrieval": 0.0, "refine": 0.0, "reward": 0.0}
         shown = [e.retrieved for e in examples]
-        sessions: list[Any] = []
         if multi:
-            # One engine session per trajectory (vsr_index sessions: the refined search re-uses the cached
-            # candidate pool when that is provably exact, and never returns a video twice).
+            # The group's original query retrieves its first video (one search per prompt).
             start = time.perf_counter()
             with torch.no_grad():
-                embeddings = self.ctx.engine.encode_query([e.query for e in examples]).detach().float().cpu()
-            exclude_seen = cfg.rollout.exclude_seen_videos
-            sessions = [self.ctx.engine.session(embeddings[i : i + 1], 1, exclude_seen) for i in range(n)]
-            shown = [_top1(session.hits, examples[i]) for i, session in enumerate(sessions)]
+                originals = self.ctx.engine.encode_query([self.ctx.examples[i].query for i in indices])
+            originals = originals.detach().float().cpu()
+            first = self.ctx.engine.search(originals, 1)
+            shown = [_top1(first[i // group], examples[i]) for i in range(n)]
             seconds["retrieval"] += time.perf_counter() - start
+        seen = [[video] for video in shown]  # per trajectory, in the order shown
         turn_rewards: list[list[dict[str, float]]] = [[] for _ in range(n)]
         all_turns: list[_Turn] = []
         active = list(range(n))
@@ -526,8 +423,18 @@ class VideoSearchGRPOTask:
                 break
             start = time.perf_counter()
             row_of = {turns[k].trajectory: j for j, k in enumerate(refine_rows)}
-            for i in next_active:
-                shown[i] = _top1(sessions[i].refine(refined[row_of[i]].unsqueeze(0), 1), examples[i])
+            for prompt in sorted({i // group for i in next_active}):
+                rows = [i for i in next_active if i // group == prompt]
+                videos = group_refined_top1(
+                    self.ctx.engine,
+                    originals[prompt : prompt + 1],
+                    refined[[row_of[i] for i in rows]],
+                    [seen[i] for i in rows],
+                    cfg.rollout.exclude_seen_videos,
+                )
+                for i, video in zip(rows, videos, strict=True):
+                    shown[i] = video
+                    seen[i].append(video)
             seconds["retrieval"] += time.perf_counter() - start
             active = next_active
 

@@ -140,6 +140,15 @@ class VideoIndex:
         inner = self.index.session(query[0], k, exclude_seen=exclude_seen, deny=self._deny(exclude))
         return EngineSession(self, inner)
 
+    def refine_group(
+        self, original: np.ndarray, refined: np.ndarray, k: int, exclude: Collection[str] = ()
+    ) -> list[list[Hit]]:
+        k = self._check_search(k)
+        if original.shape[0] != 1:
+            raise ValueError(f"a group shares one original query, got {original.shape[0]}")
+        scores, rows, _ = self.index.refine_group(original, refined, k, deny=self._deny(exclude))
+        return [self._hits(s, r) for s, r in zip(scores, rows, strict=True)]
+
     def save(self, directory: Path) -> None:
         self.index.save(directory / INDEX_FILE)  # atomic (temp file + rename) inside vsr_index
         atomic_save_npy(directory / INDEX_VECTORS, self.vectors())
@@ -285,6 +294,23 @@ class SearchEngine(ABC):
         if isinstance(query_embedding, str):
             query_embedding = [query_embedding]
         return self.index.session(self._query_matrix(query_embedding), k, exclude_seen, exclude)
+
+    def refine_group(
+        self,
+        original: torch.Tensor | np.ndarray | str,
+        refined: torch.Tensor | np.ndarray,
+        k: int,
+        exclude: Collection[str] = (),
+    ) -> list[list[Hit]]:
+        """Top-k videos for each of G refined query embeddings (G, D) that share one original query (text
+        or embedding), e.g. the G trajectories of a GRPO group: vsr_index scores them all against one
+        candidate pool of the original in one blocked pass (exact: a search is re-run where the pool
+        cannot prove the answer). `exclude` are video ids none of them may return."""
+        if isinstance(original, str):
+            original = [original]
+        return self.index.refine_group(
+            self._query_matrix(original), as_query_matrix(refined, self.embed_dim), k, exclude
+        )
 
     def video_embeddings(self, video_ids: Sequence[str]) -> torch.Tensor:
         """Stored (L2-normalised) embeddings of indexed videos, in the order asked (InfoNCE negatives)."""

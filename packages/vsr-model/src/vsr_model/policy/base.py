@@ -330,7 +330,8 @@ class VideoPolicy(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.get_input_embeddings().weight.shape[0]
+        # The module's own count, not weight.shape: a ZeRO-3 partitioned weight has no rows locally.
+        return int(self.get_input_embeddings().num_embeddings)
 
     def get_input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError
