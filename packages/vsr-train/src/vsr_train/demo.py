@@ -76,7 +76,7 @@ SIZES: dict[str, DemoSize] = {
         sft_steps=40,
         grpo_steps=6,
         group_size=4,
-        eval_queries=40,
+        eval_queries=150,
         max_new_tokens=80,
         sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 5e-4},
     ),
