@@ -17,6 +17,10 @@ class VectorEngine(SearchEngine):
 
     family = "test-vectors"
 
+    @classmethod
+    def from_config(cls, values):
+        raise NotImplementedError
+
     def encode_query(self, texts, soft_tokens=None):
         raise NotImplementedError
 
