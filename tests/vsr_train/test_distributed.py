@@ -58,7 +58,7 @@ def test_two_process_step(tmp_path, stage, zero):
     run_checked(deepspeed_cmd(2, "train", stage, "--config", str(config)))
     records = _check_run(out, 2, world_size=2)
     if stage == "sft":
-        assert records[0]["grad_norm"] > 0 and records[0]["lr"] == pytest.approx(1e-3)
+        assert records[0]["grad_norm"] > 0 and records[0]["lr/main"] == pytest.approx(1e-3)
     else:
         assert all(0.0 <= r["reward/total"] <= 1.0 for r in records)
         # One optimizer step per GRPO step: every micro-batch of step 1 sees the starting weights, so the

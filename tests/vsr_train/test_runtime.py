@@ -121,3 +121,14 @@ def test_param_groups_give_sqr_heads_and_connector_their_own_rates():
     fallback = param_groups(model, OptimConfig(lr=2e-5, sqr_lr=None), ("sqr.",), ("projector.",))
     assert {g["lr"] for g in fallback} == {2e-5}
     assert sum(len(g["params"]) for g in fallback) == 6
+
+
+def test_learning_rates_are_logged_per_parameter_kind():
+    import torch
+
+    from vsr_train.runtime import learning_rates, param_groups
+
+    model = torch.nn.ModuleDict({"lm": torch.nn.Linear(4, 4), "sqr": torch.nn.Linear(4, 4)})
+    groups = param_groups(model, OptimConfig(lr=1e-5, sqr_lr=5e-5), ("sqr.",))
+    optimizer = torch.optim.AdamW(groups)
+    assert learning_rates(optimizer) == {"lr/main": 1e-5, "lr/sqr": 5e-5}

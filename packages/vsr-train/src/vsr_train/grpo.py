@@ -28,6 +28,7 @@ from vsr_train.runtime import (
     build_deepspeed_config,
     frozen_engine,
     init_distributed,
+    learning_rates,
     seed_everything,
     training_engine,
     whole_model,
@@ -197,7 +198,7 @@ def run_grpo(cfg: GRPOConfig) -> Path:
             generated = float(sum(m.sum() for m in rollouts.loss_masks))
             metrics["completion_tokens_mean"] = generated / rollouts.num_rows
             metrics["tokens_per_s"] = all_reduce_sum(generated, dist.device) / max(seconds, 1e-9)
-            metrics["lr"] = engine.get_lr()[0]
+            metrics.update(learning_rates(engine.optimizer))
             grad_norm = engine.get_global_grad_norm()
             metrics["grad_norm"] = math.nan if grad_norm is None else float(grad_norm)
             timings = dict(rollouts.seconds, frozen_logprobs=frozen_seconds, backward=backward_seconds)

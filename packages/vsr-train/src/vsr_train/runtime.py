@@ -224,6 +224,15 @@ def param_groups(
     return groups
 
 
+def learning_rates(optimizer) -> dict[str, float]:
+    """Current rate of each parameter kind (main / connector / sqr), as ``lr/<kind>`` log scalars."""
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        kind = str(group.get("name", "main")).rsplit("_decay", 1)[0].removesuffix("_no")
+        rates.setdefault(f"lr/{kind}", float(group["lr"]))
+    return rates
+
+
 def build_optimizer(groups: list[dict[str, Any]], settings: DeepSpeedSettings, optim: OptimConfig):
     if settings.optimizer == "adamw_torch":
         return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)

@@ -18,6 +18,7 @@ from vsr_train.runtime import (
     DistInfo,
     build_deepspeed_config,
     init_distributed,
+    learning_rates,
     seed_everything,
     training_engine,
 )
@@ -90,7 +91,7 @@ def run_sft(cfg: SFTConfig) -> Path:
         if step % cfg.logging.every_steps == 0 or step == total_steps:
             seconds = time.perf_counter() - start
             metrics = {k: v / grad_accum for k, v in sums.items()}
-            metrics["lr"] = engine.get_lr()[0]
+            metrics.update(learning_rates(engine.optimizer))
             metrics["grad_norm"] = _finite_or_nan(engine.get_global_grad_norm())
             metrics["tokens_per_s"] = tokens * dist.world_size / max(seconds, 1e-9)
             logger.log(step, metrics)
