@@ -2,6 +2,8 @@
 // filtered search strategy, exact re-rank, and the public search entry points.
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "vsr/graph_index.hpp"
 #include "vsr/input_checks.hpp"
@@ -264,6 +266,10 @@ void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
   if (m == Metric::l2)
     for (std::size_t j = 0; j < n; ++j) scores[j] = -scores[j];
 }
+void to_metric_units_pairs(Metric m, std::vector<std::pair<float, idx_t>>& hits) noexcept {
+  if (m == Metric::l2)
+    for (auto& h : hits) h.first = -h.first;
+}
 }  // namespace
 
 Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
@@ -288,6 +294,53 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
     }
     if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
   });
+  return {};
+}
+
+Status GraphIndex::range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
+                                const SearchParams& params) const {
+  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
+  if (!std::isfinite(radius)) return make_error(ErrorCode::invalid_argument, "radius must be finite");
+  std::vector<float> qstore;
+  Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
+  std::shared_lock lock(mutex_);
+  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
+  // A k-NN walk per query with k doubling while its k-th result is still inside the radius: the
+  // beam (ef >= k) widens with the ball, so the answer is as approximate as a k-NN search of the
+  // ball's size. Scores are exact (re-ranked), in "higher is better" form until written out.
+  const float key_radius = opts_.metric == Metric::l2 ? -radius : radius;
+  parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
+    std::uint64_t dcount = 0;
+    std::vector<float> scores;
+    std::vector<idx_t> ids;
+    for (std::size_t i = qb; i < qe; ++i) {
+      std::size_t k = std::min(live_, std::max<std::size_t>(16, ef_search_.load() / 2));
+      while (k > 0) {
+        scores.resize(k);
+        ids.resize(k);
+        search_one(q + i * dim_, k, nullptr, 0, filter, scores.data(), ids.data(), dcount);
+        if (k == live_ || ids[k - 1] == kNoId || scores[k - 1] < key_radius) break;
+        k = std::min(live_, 2 * k);
+      }
+      for (std::size_t j = 0; j < k && ids[j] != kNoId && scores[j] >= key_radius; ++j)
+        hits[i].emplace_back(scores[j], ids[j]);
+      to_metric_units_pairs(opts_.metric, hits[i]);
+    }
+    if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
+  });
+  out->lims.assign(nq + 1, 0);
+  for (std::size_t i = 0; i < nq; ++i) out->lims[i + 1] = out->lims[i] + hits[i].size();
+  out->scores.resize(out->lims[nq]);
+  out->ids.resize(out->lims[nq]);
+  for (std::size_t i = 0; i < nq; ++i)
+    for (std::size_t j = 0; j < hits[i].size(); ++j) {
+      out->scores[out->lims[i] + j] = hits[i][j].first;
+      out->ids[out->lims[i] + j] = hits[i][j].second;
+    }
   return {};
 }
 

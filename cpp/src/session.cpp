@@ -64,10 +64,9 @@ std::size_t resolve_pool_size(std::size_t requested, std::size_t k) noexcept {
 float key_of(Metric m, float score) noexcept { return higher_is_better(m) ? score : -score; }
 float missing_score(Metric m) noexcept { return higher_is_better(m) ? -TopK::kInf : TopK::kInf; }
 
-// Searches (cold, or warm from seeds) for a fresh pool anchored at q.
+// Searches from scratch for a fresh pool anchored at q.
 Status search_pool(const Index& index, const std::vector<float>& q, std::size_t pool_size, const IdFilter* filter,
-                   const idx_t* seeds, std::size_t n_seeds, int threads, CandidatePool& pool,
-                   std::uint64_t& distances) {
+                   int threads, CandidatePool& pool, std::uint64_t& distances) {
   // Searches reject k > size, and a pool of every vector needs no bound.
   const std::size_t n = index.size();
   const bool everything = pool_size >= n;
@@ -81,9 +80,7 @@ Status search_pool(const Index& index, const std::vector<float>& q, std::size_t 
   params.stats = &stats;
   // Read before searching: a concurrent change then shows up as a stale pool, never a missed one.
   std::uint64_t generation = index.generation();
-  Status s = pool_size == 0 ? Status()
-             : n_seeds        ? index.search_warm(q.data(), pool_size, seeds, n_seeds, scores.data(), ids.data(), params)
-                     : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
+  Status s = pool_size == 0 ? Status() : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
   distances += stats.distances.load();
   if (!s.ok()) return s;
   std::size_t found = 0;
@@ -255,8 +252,9 @@ Status scan_pool(const Index& index, const CandidatePool& pool, const std::vecto
 }
 
 // Answers one query from `pool` (scorer == nullptr: the pool is stale or too far, not scored).
-// Takes the pool's top-k when the bound proves it, else searches again and, when
-// new_pool != nullptr, leaves the fresh pool there.
+// Takes the pool's top-k when the bound proves it, else starts a search from the pool's best
+// candidates (indexes with warm starts), else searches from scratch and, when new_pool != nullptr,
+// leaves that search's fresh pool there.
 Status answer_query(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
                     const PoolScorer* scorer, std::size_t k, std::size_t pool_size, const IdFilter* filter,
                     double warm_min_cosine, int threads, float* out_scores, idx_t* out_ids, TurnInfo& info,
@@ -292,19 +290,30 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
     seeds.reserve(order.size());
     for (std::size_t j : order) seeds.push_back(pool.ids[j]);
   }
+  // A warm start walks the graph from the pool's best candidates for the new query with the
+  // index's usual beam (the search knob that sets its recall), for k results only: the pool keeps
+  // its anchor, so later refines of the same original query still start from it.
+  if (!seeds.empty()) {
+    SearchStats stats;
+    SearchParams params;
+    params.filter = filter;
+    params.num_threads = threads;
+    params.stats = &stats;
+    Status s = index.search_warm(q.data(), k, seeds.data(), seeds.size(), out_scores, out_ids, params);
+    info.distances += stats.distances.load();
+    if (s.ok()) {
+      info.path = TurnPath::warm;
+      info.exact = false;
+      info.pool_size = pool.ids.size();
+      return {};
+    }
+    if (s.error().code != ErrorCode::unsupported) return s;
+  }
   CandidatePool fresh;
   std::uint64_t distances = 0;
-  Status s;
   info.path = TurnPath::cold;
-  if (!seeds.empty()) {
-    s = search_pool(index, q, pool_size, filter, seeds.data(), seeds.size(), threads, fresh, distances);
-    if (s.ok()) info.path = TurnPath::warm;
-    else if (s.error().code != ErrorCode::unsupported) return s;
-  }
-  if (info.path == TurnPath::cold) {
-    s = search_pool(index, q, pool_size, filter, nullptr, 0, threads, fresh, distances);
-    if (!s.ok()) return s;
-  }
+  Status s = search_pool(index, q, pool_size, filter, threads, fresh, distances);
+  if (!s.ok()) return s;
   info.distances += distances;
   info.exact = fresh.exact;
   info.pool_size = fresh.ids.size();
@@ -357,7 +366,7 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
   TurnInfo info;
   if (first) {
     CandidatePool fresh;
-    s = search_pool(index_, q, pool_size, filter, nullptr, 0, options_.num_threads, fresh, info.distances);
+    s = search_pool(index_, q, pool_size, filter, options_.num_threads, fresh, info.distances);
     if (!s.ok()) return s;
     pool_ = std::move(fresh);
     info.path = TurnPath::search;
@@ -379,7 +388,7 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
     s = answer_query(index_, pool_, q, skip ? nullptr : &scorer, k, pool_size, filter, options_.warm_min_cosine,
                      options_.num_threads, out_scores.data(), out_ids.data(), info, &fresh);
     if (!s.ok()) return s;
-    if (info.path != TurnPath::pool) pool_ = std::move(fresh);
+    if (info.path == TurnPath::cold) pool_ = std::move(fresh);
   }
   if (options_.exclude_seen && effective_filter_.mode != IdFilter::Mode::allow)
     effective_filter_.mode = IdFilter::Mode::deny;
@@ -415,7 +424,7 @@ Status refine_group(const Index& index, const float* original, const float* refi
   }
   CandidatePool pool;
   std::uint64_t pool_distances = 0;
-  s = search_pool(index, q0, pool_size, options.filter, nullptr, 0, options.num_threads, pool, pool_distances);
+  s = search_pool(index, q0, pool_size, options.filter, options.num_threads, pool, pool_distances);
   if (!s.ok()) return s;
   if (shared_distances) *shared_distances = pool_distances;
   const std::size_t p = pool.ids.size();
