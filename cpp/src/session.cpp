@@ -204,11 +204,14 @@ using PoolScorer = std::function<Status(std::size_t begin, std::size_t end, floa
 
 // Re-scores the pool best-first for its anchor, stopping as soon as the bound shows that no
 // entry left (and no vector outside the pool) can beat the k-th best eligible score so far: the
-// scored entries' top-k is then the answer. Returns whether it proved the answer; on failure
-// every pool entry has been scored. Leaves the slack in info.margin and counts distances.
+// scored entries' top-k is then the answer. Once max(64, 4k) entries are scored, a k-th score
+// still below the bound of the vectors outside the pool rarely climbs above it (the best entries
+// for a nearby query sit at the pool's head), so the scan gives up and leaves the query to a
+// search: that caps the cost of a failed proof. Returns whether it proved the answer and, in
+// `scored`, how many leading entries of pool_scores hold scores. Leaves the slack in info.margin.
 Status scan_pool(const Index& index, const CandidatePool& pool, const std::vector<float>& q, const PoolScorer& scorer,
                  std::size_t k, const IdFilter* filter, std::vector<float>& pool_scores, TopK& top, TurnInfo& info,
-                 bool& proven) {
+                 bool& proven, std::size_t& scored) {
   const Metric metric = index.metric();
   const MoveBound bound(index, pool, q, info.moved);
   const std::size_t p = pool.ids.size();
@@ -218,7 +221,8 @@ Status scan_pool(const Index& index, const CandidatePool& pool, const std::vecto
   // Blocks amortise the per-call cost of scoring; the first holds k entries (k results are
   // needed before anything can be proven).
   const std::size_t block = std::max<std::size_t>(16, k);
-  std::size_t scored = 0;
+  const std::size_t give_up_after = std::max<std::size_t>(64, 4 * k);
+  scored = 0;
   while (scored < p) {
     if (bound.valid() && top.full()) {
       const float kth = top.threshold();
@@ -227,6 +231,10 @@ Status scan_pool(const Index& index, const CandidatePool& pool, const std::vecto
         info.margin = margin;
         proven = true;
         return {};
+      }
+      if (!pool.complete && scored >= give_up_after) {
+        info.margin = bound.margin(kth, pool.floor);
+        if (info.margin < 0) return {};
       }
     }
     const std::size_t end = std::min(p, scored + (scored == 0 ? std::max(k, block) : block));
@@ -265,9 +273,10 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   info.margin = kNaN;
   TopK top(k);
   std::vector<float> pool_scores;
+  std::size_t scored = 0;
   if (scorer != nullptr) {
     bool proven = false;
-    Status s = scan_pool(index, pool, q, *scorer, k, filter, pool_scores, top, info, proven);
+    Status s = scan_pool(index, pool, q, *scorer, k, filter, pool_scores, top, info, proven, scored);
     if (!s.ok()) return s;
     if (proven) {
       top.write_sorted(out_scores, out_ids, -TopK::kInf);
@@ -279,10 +288,10 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
       return {};
     }
   }
-  // Seeds for a warm start: the pool re-ranked for the new query, best first.
+  // Seeds for a warm start: the scored pool entries re-ranked for the new query, best first.
   std::vector<idx_t> seeds;
-  if (scorer != nullptr && close_to_anchor(index, pool, q, warm_min_cosine) && !pool.ids.empty()) {
-    std::vector<std::size_t> order(pool.ids.size());
+  if (scorer != nullptr && close_to_anchor(index, pool, q, warm_min_cosine) && scored > 0) {
+    std::vector<std::size_t> order(scored);
     for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
       return key_of(metric, pool_scores[a]) > key_of(metric, pool_scores[b]);

@@ -51,8 +51,8 @@ struct TurnInfo {
 
 struct SessionOptions {
   // Candidates cached per search (0 = automatic: max(64, 8 * k)). A larger pool lets the bound
-  // prove answers for larger query moves; a proven refine scores only the pool's head, a failed
-  // proof scores all of it.
+  // prove answers for larger query moves; a proven refine scores only the pool's head, and a
+  // proof that does not come within max(64, 4k) scored entries is given up.
   std::size_t pool_size = 0;
   // Never return an id this session already returned.
   bool exclude_seen = false;
