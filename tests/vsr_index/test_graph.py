@@ -180,14 +180,18 @@ def test_concurrent_search_and_sessions_with_add_and_remove():
                 index.remove(new[:10])
         stop.set()
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [threading.Thread(target=writer)]
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
+        threading.Thread(target=writer)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
     assert len(index) == n_base + 20 * 20 - 10 * 10
-    live = np.array(sorted(set(range(n_base)) | {100_000 + i for i in range(400) if (i // 20) % 2 == 0 or i % 20 >= 10}))
+    live = np.array(
+        sorted(set(range(n_base)) | {100_000 + i for i in range(400) if (i // 20) % 2 == 0 or i % 20 >= 10})
+    )
     live_vectors = np.stack([vectors[int(i)] for i in live])
     _, ids = index.search(queries, 10)
     truth = live[np.argsort(-(queries @ live_vectors.T), axis=1)[:, :10]]
