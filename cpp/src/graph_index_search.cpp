@@ -266,10 +266,6 @@ void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
   if (m == Metric::l2)
     for (std::size_t j = 0; j < n; ++j) scores[j] = -scores[j];
 }
-void to_metric_units_pairs(Metric m, std::vector<std::pair<float, idx_t>>& hits) noexcept {
-  if (m == Metric::l2)
-    for (auto& h : hits) h.first = -h.first;
-}
 }  // namespace
 
 Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, float* scores, idx_t* ids,
@@ -299,8 +295,8 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
 
 Status GraphIndex::range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
                                 const SearchParams& params) const {
-  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
-  if (!std::isfinite(radius)) return make_error(ErrorCode::invalid_argument, "radius must be finite");
+  Status st = check_range_args(radius, out);
+  if (!st.ok()) return st;
   std::vector<float> qstore;
   Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
   if (!prepared.ok()) return prepared.error();
@@ -328,19 +324,10 @@ Status GraphIndex::range_search(const float* queries, std::size_t nq, float radi
       }
       for (std::size_t j = 0; j < k && ids[j] != kNoId && scores[j] >= key_radius; ++j)
         hits[i].emplace_back(scores[j], ids[j]);
-      to_metric_units_pairs(opts_.metric, hits[i]);
     }
     if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
   });
-  out->lims.assign(nq + 1, 0);
-  for (std::size_t i = 0; i < nq; ++i) out->lims[i + 1] = out->lims[i] + hits[i].size();
-  out->scores.resize(out->lims[nq]);
-  out->ids.resize(out->lims[nq]);
-  for (std::size_t i = 0; i < nq; ++i)
-    for (std::size_t j = 0; j < hits[i].size(); ++j) {
-      out->scores[out->lims[i] + j] = hits[i][j].first;
-      out->ids[out->lims[i] + j] = hits[i][j].second;
-    }
+  write_range_result(opts_.metric, hits, out);
   return {};
 }
 
