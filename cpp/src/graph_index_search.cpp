@@ -261,6 +261,11 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
 }
 
 namespace {
+// The filter a search applies: none for a missing filter or one in mode none.
+const IdFilter* active_filter(const SearchParams& params) noexcept {
+  return params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+}
+
 // Results in metric units: l2 reports distances (best = smallest), +inf for empty slots.
 void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
   if (m == Metric::l2)
@@ -280,7 +285,7 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
   std::shared_lock lock(mutex_);
   st = check_k_fits(k, live_);
   if (!st.ok()) return st;
-  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const IdFilter* filter = active_filter(params);
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
     std::uint64_t dcount = 0;
@@ -302,7 +307,7 @@ Status GraphIndex::range_search(const float* queries, std::size_t nq, float radi
   if (!prepared.ok()) return prepared.error();
   const float* q = prepared.value();
   std::shared_lock lock(mutex_);
-  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const IdFilter* filter = active_filter(params);
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
   // A k-NN walk per query with k doubling while its k-th result is still inside the radius: the
@@ -352,7 +357,7 @@ Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* s
       return make_error(ErrorCode::not_found, "seed id " + std::to_string(seeds[i]) + " is not in the index");
     slots[i] = it->second;
   }
-  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const IdFilter* filter = active_filter(params);
   std::uint64_t dcount = 0;
   search_one(q, k, slots.data(), use, filter, scores, ids, dcount);
   to_metric_units(opts_.metric, scores, k);
