@@ -318,16 +318,20 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
     }
     if (s.error().code != ErrorCode::unsupported) return s;
   }
+  // A cold search refills the pool (a new anchor) only when the pool could not be used at all
+  // (stale, or the query moved beyond warm_min_cosine) and the caller keeps one; a query whose
+  // proof merely failed is searched for k results and the pool keeps its anchor.
+  const bool refill = scorer == nullptr && new_pool != nullptr;
   CandidatePool fresh;
   std::uint64_t distances = 0;
   info.path = TurnPath::cold;
-  Status s = search_pool(index, q, pool_size, filter, threads, fresh, distances);
+  Status s = search_pool(index, q, refill ? pool_size : k, filter, threads, fresh, distances);
   if (!s.ok()) return s;
   info.distances += distances;
   info.exact = fresh.exact;
-  info.pool_size = fresh.ids.size();
+  info.pool_size = refill ? fresh.ids.size() : pool.ids.size();
   write_prefix(fresh, k, metric, out_scores, out_ids);
-  if (new_pool) *new_pool = std::move(fresh);
+  if (refill) *new_pool = std::move(fresh);
   return {};
 }
 
@@ -397,7 +401,7 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
     s = answer_query(index_, pool_, q, skip ? nullptr : &scorer, k, pool_size, filter, options_.warm_min_cosine,
                      options_.num_threads, out_scores.data(), out_ids.data(), info, &fresh);
     if (!s.ok()) return s;
-    if (info.path == TurnPath::cold) pool_ = std::move(fresh);
+    if (!fresh.anchor.empty()) pool_ = std::move(fresh);  // refilled by a cold search
   }
   if (options_.exclude_seen && effective_filter_.mode != IdFilter::Mode::allow)
     effective_filter_.mode = IdFilter::Mode::deny;

@@ -12,8 +12,9 @@
 // bounded by the floor's bound, and the pool is re-scored best-first for the anchor only until the
 // next entry's bound falls below the k-th best score found: the rest cannot enter the top-k.
 // Otherwise the session searches again: warm-started from the pool's best candidates when the
-// index supports it (graph) and the query stayed close (the pool keeps its anchor), else a cold
-// search (for the exact index: a full scan) whose results become the new pool.
+// index supports it (graph) and the query stayed close, else a cold search (for the exact index:
+// a full scan) for k results; the pool keeps its anchor. Only a stale pool, or a query that moved
+// below warm_min_cosine, is replaced by a fresh pool-sized search.
 #pragma once
 
 #include <cstddef>
