@@ -9,8 +9,9 @@ cosine c from the session's original (as when the original text is re-embedded w
 tokens). For each move: which path each refine took (pool = proven from the cached pool, warm,
 cold), distances computed per refine and per cold search, recall@k of both against the exact
 answer, and latency per call; the cold search uses the smallest ef_search whose recall matches the
-refines' recall. Latencies are medians over >= 5 interleaved repetitions, 1 thread. Writes
-bench_session.json to benchmarks/index/results/.
+refines' recall; start_us is a session's first search, which fills the pool (graph: a search for
+pool_size results; exact index: the full scan a cold search also does). Latencies are medians over
+>= 5 interleaved repetitions, 1 thread. Writes bench_session.json to benchmarks/index/results/.
 """
 
 from __future__ import annotations
@@ -45,20 +46,23 @@ def moved_queries(q0: np.ndarray, cos: float, turns: int, rng: np.random.Generat
 
 def run_sessions(
     index, q0: np.ndarray, refined: np.ndarray, k: int, pool: int
-) -> tuple[list, np.ndarray, float]:
-    """One pass: every session's refines. Returns infos, ids (n, turns, k) and seconds per refine."""
+) -> tuple[list, np.ndarray, float, float]:
+    """One pass: every session's refines. Returns infos, ids (n, turns, k), seconds per refine and
+    seconds per session start (the first search, which fills the pool)."""
     n, turns, _ = refined.shape
     ids = np.empty((n, turns, k), dtype=np.int64)
     infos = []
-    elapsed = 0.0
+    elapsed = started = 0.0
     for i in range(n):
+        t0 = time.perf_counter()
         s = index.session(q0[i], k, pool_size=pool)
+        started += time.perf_counter() - t0
         for t in range(turns):
             t0 = time.perf_counter()
             _, ids[i, t], info = s.refine(refined[i, t], k)
             elapsed += time.perf_counter() - t0
             infos.append(info)
-    return infos, ids, elapsed / (n * turns)
+    return infos, ids, elapsed / (n * turns), started / n
 
 
 def run_cold(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
@@ -85,10 +89,11 @@ def bench_move(kind: str, index, x_truth, q0, cos, args, rng) -> dict:
     flat_q = refined.reshape(-1, refined.shape[2])
     truth = x_truth(flat_q)
     graph = kind == "graph"
+    pool = args.pool_size if graph else args.flat_pool_size
     if graph:
         index.ef_search = args.ef_search
     # First pass: paths, distances and recall of the refines.
-    infos, ids, _ = run_sessions(index, q0, refined, args.k, args.pool_size)
+    infos, ids, _, _ = run_sessions(index, q0, refined, args.k, pool)
     refine_recall = common.recall_at_k(ids.reshape(-1, args.k), truth)
     paths = [i["path"] for i in infos]
     dist = np.array([i["distances"] for i in infos], dtype=np.float64)
@@ -107,21 +112,24 @@ def bench_move(kind: str, index, x_truth, q0, cos, args, rng) -> dict:
     def sessions_pass():
         if graph:
             index.ef_search = args.ef_search
-        return run_sessions(index, q0, refined, args.k, args.pool_size)[2]
+        return run_sessions(index, q0, refined, args.k, pool)[2:]
 
     def cold_pass():
         if graph:
             index.ef_search = cold_ef
         return run_cold(index, flat_q, args.k)[1]
 
-    refine_s, cold_s = [], []
+    refine_s, start_s, cold_s = [], [], []
     for _ in range(args.repeats):  # interleaved: one pass of each in turn
-        refine_s.append(sessions_pass())
+        refine, start = sessions_pass()
+        refine_s.append(refine)
+        start_s.append(start)
         cold_s.append(cold_pass())
     refine_lat, cold_lat = common.median(refine_s), common.median(cold_s)
     row = {
         "index": kind,
         "cosine": cos,
+        "pool_size": pool,
         "pool": by_path.get("pool", {}).get("share", 0.0),
         "warm": by_path.get("warm", {}).get("share", 0.0),
         "cold": by_path.get("cold", {}).get("share", 0.0),
@@ -134,6 +142,7 @@ def bench_move(kind: str, index, x_truth, q0, cos, args, rng) -> dict:
         "cold_us": cold_lat * 1e6,
         "speedup": cold_lat / refine_lat,
         "dist_ratio": cold_dist / float(dist.mean()),
+        "start_us": common.median(start_s) * 1e6,
     }
     return row | {"by_path": by_path}
 
@@ -141,12 +150,13 @@ def bench_move(kind: str, index, x_truth, q0, cos, args, rng) -> dict:
 def bench_group(kind: str, index, q0, cos, args, rng) -> dict:
     """refine_group (G refined queries sharing one pool) vs G cold single searches."""
     refined = moved_queries(q0, cos, args.group, rng)
+    pool = args.pool_size if kind == "graph" else args.flat_pool_size
     if kind == "graph":
         index.ef_search = args.ef_search
 
     def group_pass():
         for i in range(len(q0)):
-            index.refine_group(q0[i], refined[i], args.k, pool_size=args.pool_size)
+            index.refine_group(q0[i], refined[i], args.k, pool_size=pool)
 
     def cold_pass():
         run_cold(index, refined.reshape(-1, refined.shape[2]), args.k)
@@ -154,7 +164,7 @@ def bench_group(kind: str, index, q0, cos, args, rng) -> dict:
     # Seconds per group (one original + G refined queries).
     times = common.interleaved({"group": group_pass, "cold": cold_pass}, repeats=args.repeats, warmup=0)
     group_s, cold_s = (common.median(times[key]) / len(q0) for key in ("group", "cold"))
-    _, _, info = index.refine_group(q0[0], refined[0], args.k, pool_size=args.pool_size)
+    _, _, info = index.refine_group(q0[0], refined[0], args.k, pool_size=pool)
     return {
         "index": kind,
         "cosine": cos,
@@ -175,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--pool-size", type=int, default=128)
+    ap.add_argument("--pool-size", type=int, default=512, help="graph sessions' pool")
+    ap.add_argument(
+        "--flat-pool-size",
+        type=int,
+        default=4096,
+        help="exact-index sessions' pool (the first search is a full scan either way)",
+    )
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument(
@@ -195,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": 1,
             "data": f"{args.data} {len(x)} x {x.shape[1]}",
             "sessions x turns": f"{args.sessions} x {args.turns}",
-            "k / pool_size": f"{args.k} / {args.pool_size}",
+            "k / pool_size": f"{args.k} / graph {args.pool_size}, exact {args.flat_pool_size}",
             "graph": f"M={args.M} ef_construction={args.ef_construction} ef_search={args.ef_search}",
         },
     )
@@ -224,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             "index",
             "cosine",
+            "pool_size",
             "pool",
             "warm",
             "cold",
@@ -236,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             "cold_us",
             "speedup",
             "dist_ratio",
+            "start_us",
         ],
     )
     print("\ndistances per refine by path:")

@@ -2,6 +2,8 @@
 // filtered search strategy, exact re-rank, and the public search entry points.
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "vsr/graph_index.hpp"
 #include "vsr/input_checks.hpp"
@@ -259,6 +261,11 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
 }
 
 namespace {
+// The filter a search applies: none for a missing filter or one in mode none.
+const IdFilter* active_filter(const SearchParams& params) noexcept {
+  return params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+}
+
 // Results in metric units: l2 reports distances (best = smallest), +inf for empty slots.
 void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
   if (m == Metric::l2)
@@ -278,7 +285,7 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
   std::shared_lock lock(mutex_);
   st = check_k_fits(k, live_);
   if (!st.ok()) return st;
-  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const IdFilter* filter = active_filter(params);
   const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
     std::uint64_t dcount = 0;
@@ -288,6 +295,44 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
     }
     if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
   });
+  return {};
+}
+
+Status GraphIndex::range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
+                                const SearchParams& params) const {
+  Status st = check_range_args(radius, out);
+  if (!st.ok()) return st;
+  std::vector<float> qstore;
+  Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
+  if (!prepared.ok()) return prepared.error();
+  const float* q = prepared.value();
+  std::shared_lock lock(mutex_);
+  const IdFilter* filter = active_filter(params);
+  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
+  // A k-NN walk per query with k doubling while its k-th result is still inside the radius: the
+  // beam (ef >= k) widens with the ball, so the answer is as approximate as a k-NN search of the
+  // ball's size. Scores are exact (re-ranked), in "higher is better" form until written out.
+  const float key_radius = opts_.metric == Metric::l2 ? -radius : radius;
+  parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
+    std::uint64_t dcount = 0;
+    std::vector<float> scores;
+    std::vector<idx_t> ids;
+    for (std::size_t i = qb; i < qe; ++i) {
+      std::size_t k = std::min(live_, std::max<std::size_t>(16, ef_search_.load() / 2));
+      while (k > 0) {
+        scores.resize(k);
+        ids.resize(k);
+        search_one(q + i * dim_, k, nullptr, 0, filter, scores.data(), ids.data(), dcount);
+        if (k == live_ || ids[k - 1] == kNoId || scores[k - 1] < key_radius) break;
+        k = std::min(live_, 2 * k);
+      }
+      for (std::size_t j = 0; j < k && ids[j] != kNoId && scores[j] >= key_radius; ++j)
+        hits[i].emplace_back(scores[j], ids[j]);
+    }
+    if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
+  });
+  write_range_result(opts_.metric, hits, out);
   return {};
 }
 
@@ -312,7 +357,7 @@ Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* s
       return make_error(ErrorCode::not_found, "seed id " + std::to_string(seeds[i]) + " is not in the index");
     slots[i] = it->second;
   }
-  const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
+  const IdFilter* filter = active_filter(params);
   std::uint64_t dcount = 0;
   search_one(q, k, slots.data(), use, filter, scores, ids, dcount);
   to_metric_units(opts_.metric, scores, k);

@@ -59,4 +59,25 @@ Status check_k_fits(std::size_t k, std::size_t size) {
   return {};
 }
 
+Status check_range_args(float radius, const RangeResult* out) {
+  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
+  if (!std::isfinite(radius)) return make_error(ErrorCode::invalid_argument, "radius must be finite");
+  return {};
+}
+
+void write_range_result(Metric metric, const std::vector<std::vector<std::pair<float, idx_t>>>& hits,
+                        RangeResult* out) {
+  const std::size_t nq = hits.size();
+  const float sign = metric == Metric::l2 ? -1.0f : 1.0f;
+  out->lims.assign(nq + 1, 0);
+  for (std::size_t i = 0; i < nq; ++i) out->lims[i + 1] = out->lims[i] + hits[i].size();
+  out->scores.resize(out->lims[nq]);
+  out->ids.resize(out->lims[nq]);
+  for (std::size_t i = 0; i < nq; ++i)
+    for (std::size_t j = 0; j < hits[i].size(); ++j) {
+      out->scores[out->lims[i] + j] = sign * hits[i][j].first;
+      out->ids[out->lims[i] + j] = hits[i][j].second;
+    }
+}
+
 }  // namespace vsr

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 
@@ -63,10 +64,9 @@ std::size_t resolve_pool_size(std::size_t requested, std::size_t k) noexcept {
 float key_of(Metric m, float score) noexcept { return higher_is_better(m) ? score : -score; }
 float missing_score(Metric m) noexcept { return higher_is_better(m) ? -TopK::kInf : TopK::kInf; }
 
-// Searches (cold, or warm from seeds) for a fresh pool anchored at q.
+// Searches from scratch for a fresh pool anchored at q.
 Status search_pool(const Index& index, const std::vector<float>& q, std::size_t pool_size, const IdFilter* filter,
-                   const idx_t* seeds, std::size_t n_seeds, int threads, CandidatePool& pool,
-                   std::uint64_t& distances) {
+                   int threads, CandidatePool& pool, std::uint64_t& distances) {
   // Searches reject k > size, and a pool of every vector needs no bound.
   const std::size_t n = index.size();
   const bool everything = pool_size >= n;
@@ -80,9 +80,7 @@ Status search_pool(const Index& index, const std::vector<float>& q, std::size_t 
   params.stats = &stats;
   // Read before searching: a concurrent change then shows up as a stale pool, never a missed one.
   std::uint64_t generation = index.generation();
-  Status s = pool_size == 0 ? Status()
-             : n_seeds        ? index.search_warm(q.data(), pool_size, seeds, n_seeds, scores.data(), ids.data(), params)
-                     : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
+  Status s = pool_size == 0 ? Status() : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
   distances += stats.distances.load();
   if (!s.ok()) return s;
   std::size_t found = 0;
@@ -110,30 +108,80 @@ void write_prefix(const CandidatePool& pool, std::size_t k, Metric metric, float
   }
 }
 
-// Slack of the proof that no vector outside the pool can beat `kth` (the k-th best eligible pool
-// score for the new query q); >= 0 proves the pool's top-k exact relative to the pool's search.
-// Rounding of float32 scores is covered by a worst-case error bound for a d-term dot product.
-double proof_margin(const Index& index, const CandidatePool& pool, const std::vector<float>& q, double moved,
-                    bool have_k, float kth) {
-  if (pool.complete) return std::numeric_limits<double>::infinity();
-  if (!have_k) return -std::numeric_limits<double>::infinity();
-  const std::size_t d = index.dim();
-  const double gamma = (d + 2) * kUnitRoundoff / (1 - (d + 2) * kUnitRoundoff);
-  if (index.metric() == Metric::l2) {
-    double floor_dist = std::sqrt(std::max(0.0, double(pool.floor)));
-    double kth_dist = std::sqrt(std::max(0.0, double(kth)));
-    double eps = gamma * (floor_dist + kth_dist) + 1e-30;
-    return (floor_dist - moved) - kth_dist - eps;
+// The best score (as a "higher is better" key) the new query q can give any vector whose score
+// for the pool's anchor is at most a given anchor score. Monotone in the anchor score, so one
+// bound covers every vector outside the pool (anchor score <= the pool's floor) and every pool
+// entry below a given one.
+//
+//   inner product / cosine: write x = a q^ + x_perp (q^ the unit anchor, a = <q^,x>) and
+//     q'^ = c q^ + s e with e a unit vector orthogonal to q^; with ||x|| <= r,
+//     <q'^,x> = c a + s <e,x_perp> <= c a + s sqrt(r^2 - a^2), which grows with a up to a = c r:
+//     the bound is that expression at min(a, c r), times ||q'||. It is the exact supremum, and
+//     never looser than the Cauchy-Schwarz form a + ||q'-q|| r.
+//   l2: ||q'-x|| >= ||q-x|| - ||q'-q|| (triangle inequality).
+//
+// `eps` covers the rounding of float32 scores (worst-case error of a d-term dot product).
+class MoveBound {
+ public:
+  MoveBound(const Index& index, const CandidatePool& pool, const std::vector<float>& q, double moved)
+      : metric_(index.metric()), moved_(moved) {
+    const std::size_t d = index.dim();
+    gamma_ = (d + 2) * kUnitRoundoff / (1 - (d + 2) * kUnitRoundoff);
+    if (metric_ == Metric::l2) return;
+    if (metric_ == Metric::inner_product) {
+      auto mn = index.max_norm();
+      valid_ = mn.has_value();
+      r_ = mn.value_or(0.f);
+    }
+    anchor_norm_ = norm(pool.anchor.data(), d);
+    query_norm_ = norm(q.data(), d);
+    double dot = 0;
+    for (std::size_t i = 0; i < d; ++i) dot += double(q[i]) * pool.anchor[i];
+    cos_ = anchor_norm_ > 0 && query_norm_ > 0 ? std::clamp(dot / (anchor_norm_ * query_norm_), -1.0, 1.0) : 0.0;
+    // sin from the distance between the unit vectors: accurate for tiny moves, where 1 - cos^2 cancels.
+    double u2 = 0;
+    if (anchor_norm_ > 0 && query_norm_ > 0)
+      for (std::size_t i = 0; i < d; ++i) {
+        const double diff = q[i] / query_norm_ - pool.anchor[i] / anchor_norm_;
+        u2 += diff * diff;
+      }
+    const double u = std::sqrt(u2);  // = 2 sin(theta / 2)
+    sin_ = anchor_norm_ > 0 && query_norm_ > 0 ? std::min(1.0, u * std::sqrt(std::max(0.0, 1 - u2 / 4))) : 1.0;
+    eps_ = 2 * gamma_ * r_ * (query_norm_ + anchor_norm_) + 1e-6 * r_ * query_norm_;
   }
-  double r = 1.0;
-  if (index.metric() == Metric::inner_product) {
-    auto mn = index.max_norm();
-    if (!mn) return kNaN;
-    r = *mn;
+
+  bool valid() const noexcept { return valid_; }
+
+  // Upper bound on key(q', x) over vectors x with anchor score <= anchor_score (metric units).
+  double key_bound(float anchor_score) const noexcept {
+    if (metric_ == Metric::l2) {
+      const double lower = std::max(0.0, std::sqrt(std::max(0.0, double(anchor_score))) - moved_);
+      return -lower * lower;
+    }
+    if (anchor_norm_ == 0) return query_norm_ * r_;  // every vector scores 0 for a zero anchor
+    const double a = std::clamp(double(anchor_score) / anchor_norm_, -double(r_), cos_ * r_);
+    return query_norm_ * (cos_ * a + sin_ * std::sqrt(std::max(0.0, double(r_) * r_ - a * a)));
   }
-  double eps = 2 * gamma * r * (norm(q.data(), d) + norm(pool.anchor.data(), d));
-  return double(kth) - (double(pool.floor) + moved * r) - eps;
-}
+
+  // Proof slack: kth (the k-th best key among scored vectors) minus the bound, less rounding.
+  double margin(float kth_key, float anchor_score) const noexcept {
+    const double b = key_bound(anchor_score);
+    if (metric_ == Metric::l2) {
+      const double kth_d = std::sqrt(std::max(0.0, -double(kth_key))), lower = std::sqrt(-b);
+      const double eps = 2 * gamma_ * (kth_d + lower + moved_) * (kth_d + lower + moved_) + 1e-30;
+      return double(kth_key) - b - eps;
+    }
+    return double(kth_key) - b - eps_;
+  }
+
+ private:
+  Metric metric_;
+  double moved_;
+  double gamma_ = 0;
+  bool valid_ = true;
+  float r_ = 1.0f;  // max vector norm (cosine: unit vectors)
+  double anchor_norm_ = 0, query_norm_ = 0, cos_ = 1, sin_ = 0, eps_ = 0;
+};
 
 // Whether q is close enough to the pool's anchor for the pool to help (bound or warm start).
 bool close_to_anchor(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
@@ -150,11 +198,73 @@ bool close_to_anchor(const Index& index, const CandidatePool& pool, const std::v
   return cos >= min_cosine;
 }
 
-// Answers one query whose scores against `pool` are known (pool_scores == nullptr: the pool is
-// stale). Takes the pool's top-k when the bound proves it, else searches again and, when
-// new_pool != nullptr, leaves the fresh pool there.
+// Exact scores of the new query for pool entries [begin, end) (written to out[begin, end)); adds
+// the distances it computed.
+using PoolScorer = std::function<Status(std::size_t begin, std::size_t end, float* out, std::uint64_t& distances)>;
+
+// Re-scores the pool best-first for its anchor, stopping as soon as the bound shows that no
+// entry left (and no vector outside the pool) can beat the k-th best eligible score so far: the
+// scored entries' top-k is then the answer. Once max(64, 4k) entries are scored, a k-th score
+// still below the bound of the vectors outside the pool rarely climbs above it (the best entries
+// for a nearby query sit at the pool's head), so the scan gives up and leaves the query to a
+// search: that caps the cost of a failed proof. Returns whether it proved the answer and, in
+// `scored`, how many leading entries of pool_scores hold scores. Leaves the slack in info.margin.
+Status scan_pool(const Index& index, const CandidatePool& pool, const std::vector<float>& q, const PoolScorer& scorer,
+                 std::size_t k, const IdFilter* filter, std::vector<float>& pool_scores, TopK& top, TurnInfo& info,
+                 bool& proven, std::size_t& scored) {
+  const Metric metric = index.metric();
+  const MoveBound bound(index, pool, q, info.moved);
+  const std::size_t p = pool.ids.size();
+  pool_scores.resize(p);
+  proven = false;
+  if (!bound.valid()) info.margin = kNaN;
+  // Blocks amortise the per-call cost of scoring; the first holds k entries (k results are
+  // needed before anything can be proven).
+  const std::size_t block = std::max<std::size_t>(16, k);
+  const std::size_t give_up_after = std::max<std::size_t>(64, 4 * k);
+  scored = 0;
+  while (scored < p) {
+    if (bound.valid() && top.full()) {
+      const float kth = top.threshold();
+      const double margin = bound.margin(kth, pool.scores[scored]);
+      if (margin >= 0) {
+        info.margin = margin;
+        proven = true;
+        return {};
+      }
+      if (!pool.complete && scored >= give_up_after) {
+        info.margin = bound.margin(kth, pool.floor);
+        if (info.margin < 0) return {};
+      }
+    }
+    const std::size_t end = std::min(p, scored + (scored == 0 ? std::max(k, block) : block));
+    Status s = scorer(scored, end, pool_scores.data(), info.distances);
+    if (!s.ok()) return s;
+    for (std::size_t j = scored; j < end; ++j)
+      if (!filter || filter->accepts(pool.ids[j])) top.push(key_of(metric, pool_scores[j]), pool.ids[j]);
+    scored = end;
+  }
+  // Every entry is scored: the pool answers when nothing outside it can compete.
+  if (pool.complete) {
+    info.margin = std::numeric_limits<double>::infinity();
+    proven = true;
+  } else if (!bound.valid()) {
+    info.margin = kNaN;
+  } else if (!top.full()) {
+    info.margin = -std::numeric_limits<double>::infinity();
+  } else {
+    info.margin = bound.margin(top.threshold(), pool.floor);
+    proven = info.margin >= 0;
+  }
+  return {};
+}
+
+// Answers one query from `pool` (scorer == nullptr: the pool is stale or too far, not scored).
+// Takes the pool's top-k when the bound proves it, else starts a search from the pool's best
+// candidates (indexes with warm starts), else searches from scratch and, when new_pool != nullptr,
+// leaves that search's fresh pool there.
 Status answer_query(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
-                    const float* pool_scores, std::size_t k, std::size_t pool_size, const IdFilter* filter,
+                    const PoolScorer* scorer, std::size_t k, std::size_t pool_size, const IdFilter* filter,
                     double warm_min_cosine, int threads, float* out_scores, idx_t* out_ids, TurnInfo& info,
                     CandidatePool* new_pool) {
   const Metric metric = index.metric();
@@ -162,13 +272,13 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   info.moved = distance(q.data(), pool.anchor.data(), d);
   info.margin = kNaN;
   TopK top(k);
-  if (pool_scores != nullptr) {
-    for (std::size_t j = 0; j < pool.ids.size(); ++j)
-      if (!filter || filter->accepts(pool.ids[j])) top.push(key_of(metric, pool_scores[j]), pool.ids[j]);
-    bool have_k = top.full();
-    float kth = have_k ? (higher_is_better(metric) ? top.threshold() : -top.threshold()) : 0.f;
-    info.margin = proof_margin(index, pool, q, info.moved, have_k, kth);
-    if (info.margin >= 0) {
+  std::vector<float> pool_scores;
+  std::size_t scored = 0;
+  if (scorer != nullptr) {
+    bool proven = false;
+    Status s = scan_pool(index, pool, q, *scorer, k, filter, pool_scores, top, info, proven, scored);
+    if (!s.ok()) return s;
+    if (proven) {
       top.write_sorted(out_scores, out_ids, -TopK::kInf);
       if (!higher_is_better(metric))
         for (std::size_t j = 0; j < k; ++j) out_scores[j] = -out_scores[j];
@@ -178,10 +288,10 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
       return {};
     }
   }
-  // Seeds for a warm start: the pool re-ranked for the new query, best first.
+  // Seeds for a warm start: the scored pool entries re-ranked for the new query, best first.
   std::vector<idx_t> seeds;
-  if (pool_scores != nullptr && close_to_anchor(index, pool, q, warm_min_cosine) && !pool.ids.empty()) {
-    std::vector<std::size_t> order(pool.ids.size());
+  if (scorer != nullptr && close_to_anchor(index, pool, q, warm_min_cosine) && scored > 0) {
+    std::vector<std::size_t> order(scored);
     for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
       return key_of(metric, pool_scores[a]) > key_of(metric, pool_scores[b]);
@@ -189,24 +299,39 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
     seeds.reserve(order.size());
     for (std::size_t j : order) seeds.push_back(pool.ids[j]);
   }
+  // A warm start walks the graph from the pool's best candidates for the new query with the
+  // index's usual beam (the search knob that sets its recall), for k results only: the pool keeps
+  // its anchor, so later refines of the same original query still start from it.
+  if (!seeds.empty()) {
+    SearchStats stats;
+    SearchParams params;
+    params.filter = filter;
+    params.num_threads = threads;
+    params.stats = &stats;
+    Status s = index.search_warm(q.data(), k, seeds.data(), seeds.size(), out_scores, out_ids, params);
+    info.distances += stats.distances.load();
+    if (s.ok()) {
+      info.path = TurnPath::warm;
+      info.exact = false;
+      info.pool_size = pool.ids.size();
+      return {};
+    }
+    if (s.error().code != ErrorCode::unsupported) return s;
+  }
+  // A cold search refills the pool (a new anchor) only when the pool could not be used at all
+  // (stale, or the query moved beyond warm_min_cosine) and the caller keeps one; a query whose
+  // proof merely failed is searched for k results and the pool keeps its anchor.
+  const bool refill = scorer == nullptr && new_pool != nullptr;
   CandidatePool fresh;
   std::uint64_t distances = 0;
-  Status s;
   info.path = TurnPath::cold;
-  if (!seeds.empty()) {
-    s = search_pool(index, q, pool_size, filter, seeds.data(), seeds.size(), threads, fresh, distances);
-    if (s.ok()) info.path = TurnPath::warm;
-    else if (s.error().code != ErrorCode::unsupported) return s;
-  }
-  if (info.path == TurnPath::cold) {
-    s = search_pool(index, q, pool_size, filter, nullptr, 0, threads, fresh, distances);
-    if (!s.ok()) return s;
-  }
+  Status s = search_pool(index, q, refill ? pool_size : k, filter, threads, fresh, distances);
+  if (!s.ok()) return s;
   info.distances += distances;
   info.exact = fresh.exact;
-  info.pool_size = fresh.ids.size();
+  info.pool_size = refill ? fresh.ids.size() : pool.ids.size();
   write_prefix(fresh, k, metric, out_scores, out_ids);
-  if (new_pool) *new_pool = std::move(fresh);
+  if (refill) *new_pool = std::move(fresh);
   return {};
 }
 
@@ -254,7 +379,7 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
   TurnInfo info;
   if (first) {
     CandidatePool fresh;
-    s = search_pool(index_, q, pool_size, filter, nullptr, 0, options_.num_threads, fresh, info.distances);
+    s = search_pool(index_, q, pool_size, filter, options_.num_threads, fresh, info.distances);
     if (!s.ok()) return s;
     pool_ = std::move(fresh);
     info.path = TurnPath::search;
@@ -268,19 +393,15 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
     // search without scoring the pool.
     bool skip = pool_.generation != index_.generation() ||
                 !close_to_anchor(index_, pool_, q, options_.warm_min_cosine);
-    std::vector<float> pool_scores;
-    if (!skip && !pool_.ids.empty()) {
-      pool_scores.resize(pool_.ids.size());
-      s = index_.score_ids(q.data(), pool_.ids.data(), pool_.ids.size(), pool_scores.data());
-      if (!s.ok()) return s;
-      info.distances += pool_.ids.size();
-    }
+    const PoolScorer scorer = [&](std::size_t b, std::size_t e, float* out, std::uint64_t& distances) {
+      distances += e - b;
+      return index_.score_ids(q.data(), pool_.ids.data() + b, e - b, out + b);
+    };
     CandidatePool fresh;
-    s = answer_query(index_, pool_, q, skip ? nullptr : pool_scores.data(), k, pool_size, filter,
-                     options_.warm_min_cosine, options_.num_threads, out_scores.data(), out_ids.data(), info,
-                     &fresh);
+    s = answer_query(index_, pool_, q, skip ? nullptr : &scorer, k, pool_size, filter, options_.warm_min_cosine,
+                     options_.num_threads, out_scores.data(), out_ids.data(), info, &fresh);
     if (!s.ok()) return s;
-    if (info.path != TurnPath::pool) pool_ = std::move(fresh);
+    if (!fresh.anchor.empty()) pool_ = std::move(fresh);  // refilled by a cold search
   }
   if (options_.exclude_seen && effective_filter_.mode != IdFilter::Mode::allow)
     effective_filter_.mode = IdFilter::Mode::deny;
@@ -316,7 +437,7 @@ Status refine_group(const Index& index, const float* original, const float* refi
   }
   CandidatePool pool;
   std::uint64_t pool_distances = 0;
-  s = search_pool(index, q0, pool_size, options.filter, nullptr, 0, options.num_threads, pool, pool_distances);
+  s = search_pool(index, q0, pool_size, options.filter, options.num_threads, pool, pool_distances);
   if (!s.ok()) return s;
   if (shared_distances) *shared_distances = pool_distances;
   const std::size_t p = pool.ids.size();
@@ -328,10 +449,17 @@ Status refine_group(const Index& index, const float* original, const float* refi
     if (!s.ok()) return s;
   }
   for (std::size_t i = 0; i < nq; ++i) {
+    // The group's scores come from one blocked pass (counted once, up front), so the scan only
+    // copies them.
     TurnInfo info;
     info.distances = p;
-    s = answer_query(index, pool, qs[i], pool_scores.data() + i * p, k, pool_size, options.filter,
-                     options.warm_min_cosine, options.num_threads, scores + i * k, ids + i * k, info, nullptr);
+    const float* row = pool_scores.data() + i * p;
+    const PoolScorer scorer = [&](std::size_t b, std::size_t e, float* out, std::uint64_t&) {
+      std::copy(row + b, row + e, out + b);
+      return Status();
+    };
+    s = answer_query(index, pool, qs[i], &scorer, k, pool_size, options.filter, options.warm_min_cosine,
+                     options.num_threads, scores + i * k, ids + i * k, info, nullptr);
     if (!s.ok()) return s;
     if (infos) infos[i] = info;
   }

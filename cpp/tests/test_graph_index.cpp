@@ -259,6 +259,45 @@ TEST(sessions_on_the_graph_use_warm_starts) {
   CHECK(hit / (30.0 * 4 * k) >= 0.95);
 }
 
+// Range search: every returned vector lies inside the radius with its exact score, best first,
+// and the ball is found almost whole (against the exact index's range search), for radii whose
+// balls hold from a few to several hundred vectors (k doubles past ef).
+TEST(range_search_finds_the_ball_with_exact_scores) {
+  const std::size_t n = 4000, d = 24, nq = 30;
+  auto x = clustered(n, d, 21);
+  auto queries = clustered(nq, d, 22);
+  for (Metric m : {Metric::cosine, Metric::l2}) {
+    auto g = make_graph(d, m, Storage::int8);
+    CHECK(g->add(x.data(), n, nullptr).ok());
+    auto flat = make_flat(x, d, m);
+    for (float radius : m == Metric::l2 ? std::vector<float>{0.5f, 0.8f} : std::vector<float>{0.75f, 0.6f}) {
+      RangeResult got, want;
+      CHECK(g->range_search(queries.data(), nq, radius, &got, SearchParams()).ok());
+      CHECK(flat->range_search(queries.data(), nq, radius, &want, SearchParams()).ok());
+      std::size_t hit = 0;
+      for (std::size_t i = 0; i < nq; ++i) {
+        std::set<idx_t> truth(want.ids.begin() + want.lims[i], want.ids.begin() + want.lims[i + 1]);
+        for (std::size_t j = got.lims[i]; j < got.lims[i + 1]; ++j) {
+          hit += truth.count(got.ids[j]);
+          CHECK(m == Metric::l2 ? got.scores[j] <= radius : got.scores[j] >= radius);
+          float exact;
+          CHECK(flat->score_ids(queries.data() + i * d, &got.ids[j], 1, &exact).ok());
+          CHECK_NEAR(got.scores[j], exact, 1e-4);
+          if (j > got.lims[i]) CHECK(m == Metric::l2 ? got.scores[j] >= got.scores[j - 1] : got.scores[j] <= got.scores[j - 1]);
+        }
+      }
+      const double recall = want.ids.empty() ? 1.0 : double(hit) / double(want.ids.size());
+      std::printf("range recall (metric %d, radius %.2f, %zu in balls): %.3f\n", int(m), radius, want.ids.size(), recall);
+      CHECK(want.ids.size() > nq);
+      CHECK(recall >= 0.95);
+    }
+  }
+  RangeResult r;
+  auto g = make_graph(d, Metric::cosine);
+  CHECK(!g->range_search(queries.data(), 1, std::nanf(""), &r, SearchParams()).ok());
+  CHECK(!g->range_search(queries.data(), 1, 0.5f, nullptr, SearchParams()).ok());
+}
+
 TEST(bad_arguments_are_rejected) {
   GraphOptions o;
   o.M = 1;

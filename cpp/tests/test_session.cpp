@@ -96,7 +96,8 @@ TEST(first_turn_equals_search_and_tiny_move_is_proven_from_pool) {
   CHECK(info.path == TurnPath::pool);
   CHECK(info.exact);
   CHECK(info.margin >= 0);
-  CHECK(info.distances == 200);
+  // The pool is re-scored best-first only until the bound rules the rest out.
+  CHECK(info.distances >= k && info.distances < 200);
   CHECK(ids == exact_ids(*index, q2, k));
   CHECK_NEAR(info.moved, std::sqrt(2 - 2 * 0.9999), 1e-3);
 }

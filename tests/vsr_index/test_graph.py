@@ -1,5 +1,7 @@
 """GraphIndex from Python: recall against numpy, removal, filters, persistence, sessions, errors."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,66 @@ def test_bad_parameters_raise(data):
         index.search(np.eye(8, dtype=np.float32), 9)
     with pytest.raises(ValueError, match="ef_search"):
         index.ef_search = 0
+
+
+def test_concurrent_search_and_sessions_with_add_and_remove():
+    """Python threads (the GIL is released) search, warm-start sessions and re-score while another
+    thread adds and removes vectors; every result is a live vector with its exact score."""
+    dim, n_base = 24, 1500
+    base = _clustered(n_base, dim, 11)
+    extra = _clustered(400, dim, 12)
+    index = vsr_index.GraphIndex(dim, metric="ip", storage="int8", M=8, ef_construction=64)
+    index.num_threads = 2
+    index.add(base)
+    vectors = {i: base[i] for i in range(n_base)} | {100_000 + i: extra[i] for i in range(len(extra))}
+    queries = _clustered(6, dim, 13)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def check(q: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> None:
+        if (ids < 0).any():
+            errors.append("missing result")
+            return
+        expect = np.array([vectors[int(i)] @ q for i in ids])
+        if not np.allclose(scores, expect, atol=1e-4):
+            errors.append("wrong score")
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not stop.is_set():
+            scores, ids = index.search(queries, 10, num_threads=2)
+            for q, s, i in zip(queries, scores, ids, strict=True):
+                check(q, s, i)
+            q = queries[rng.integers(len(queries))]
+            s = index.session(q, 10, pool_size=32, exclude_seen=True)
+            first = set(s.ids.tolist())
+            q2 = (q + 0.05 * rng.standard_normal(dim)).astype(np.float32)
+            scores2, ids2, _ = s.refine(q2)
+            check(q2, scores2, ids2)
+            if first & set(ids2.tolist()):
+                errors.append("exclude_seen returned a seen id")
+
+    def writer() -> None:
+        for rnd in range(20):
+            new = np.arange(100_000 + rnd * 20, 100_000 + rnd * 20 + 20)
+            index.add(extra[new - 100_000], ids=new)
+            if rnd % 2:
+                index.remove(new[:10])
+        stop.set()
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
+        threading.Thread(target=writer)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(index) == n_base + 20 * 20 - 10 * 10
+    live = np.array(
+        sorted(set(range(n_base)) | {100_000 + i for i in range(400) if (i // 20) % 2 == 0 or i % 20 >= 10})
+    )
+    live_vectors = np.stack([vectors[int(i)] for i in live])
+    _, ids = index.search(queries, 10)
+    truth = live[np.argsort(-(queries @ live_vectors.T), axis=1)[:, :10]]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)]) >= 0.95

@@ -53,8 +53,11 @@ def test_refine_matches_exhaustive_search_and_reports_path(data, metric):
             np.testing.assert_array_equal(ids, _exact_ids(data, q2, 10, metric))
             assert info["exact"] is True
             assert info["path"] in ("pool", "cold")
-            expected = 200 if info["path"] == "pool" else 200 + search_cost
-            assert info["distances"] == expected
+            # A proven answer re-scores only the pool's head; a failed proof gives up early.
+            if info["path"] == "pool":
+                assert 10 <= info["distances"] <= 200
+            else:
+                assert len(data) + 10 <= info["distances"] <= search_cost + 200
             assert (info["margin"] >= 0) == (info["path"] == "pool")
             paths.add(info["path"])
     assert paths == {"pool", "cold"}

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "vsr/common.hpp"
+#include "vsr/index.hpp"
 
 namespace vsr {
 
@@ -55,5 +56,13 @@ Status check_existing_ids(const idx_t* ids, std::size_t n, const Lookup& existin
   }
   return {};
 }
+
+// Range search arguments: a finite radius and somewhere to write.
+Status check_range_args(float radius, const RangeResult* out);
+
+// Per-query hits (score as "higher is better" key: l2 distances negated, each list best first)
+// into CSR form in the metric's units.
+void write_range_result(Metric metric, const std::vector<std::vector<std::pair<float, idx_t>>>& hits,
+                        RangeResult* out);
 
 }  // namespace vsr

@@ -1,16 +1,20 @@
 // Multi-turn search sessions: a query is searched once, then refined a few times (in VideoSearch-R1
 // each refined query is the original re-embedded with soft tokens, so it lands close to the
-// original). A session caches the candidate pool of its last search and answers a refinement from
-// it when a bound proves the answer cannot lie outside the pool:
+// original). A session caches the candidate pool of its last full search (the anchor query, the
+// pool's ids and their scores, best first) and answers a refinement from it when a bound proves
+// the answer cannot lie outside the pool. For a vector x whose anchor score is a:
 //
-//   inner product / cosine:  |<q',x> - <q,x>| <= ||q' - q|| * max||x||       (Cauchy-Schwarz)
-//   l2:                      | ||q'-x|| - ||q-x|| | <= ||q' - q||              (triangle inequality)
+//   inner product / cosine:  <q',x> <= ||q'|| (c a^ + s sqrt(r^2 - a^^2)),  a^ = min(a / ||q||, c r)
+//                            (c, s: cosine and sine of the angle between q and q'; r = max||x||)
+//   l2:                      ||q'-x|| >= ||q-x|| - ||q'-q||               (triangle inequality)
 //
-// Every vector outside the pool scored at most `floor` (the pool's worst score) against the anchor
-// query q, so it scores at most floor + ||q'-q|| * max||x|| against q'. When the k-th best pool
-// score for q' beats that, the pool's top-k is the index's top-k. Otherwise the session searches
-// again: warm-started from the pool's best candidates when the index supports it (graph) and the
-// query stayed close, else a cold search (for the exact index: a full scan).
+// Both grow with a, so vectors outside the pool (anchor score <= the pool's worst, `floor`) are
+// bounded by the floor's bound, and the pool is re-scored best-first for the anchor only until the
+// next entry's bound falls below the k-th best score found: the rest cannot enter the top-k.
+// Otherwise the session searches again: warm-started from the pool's best candidates when the
+// index supports it (graph) and the query stayed close, else a cold search (for the exact index:
+// a full scan) for k results; the pool keeps its anchor. Only a stale pool, or a query that moved
+// below warm_min_cosine, is replaced by a fresh pool-sized search.
 #pragma once
 
 #include <cstddef>
@@ -38,16 +42,18 @@ struct TurnInfo {
   std::uint64_t distances = 0;  // query-to-vector distances this call computed
   bool exact = false;           // results proven equal to an exhaustive search's
   double moved = 0;             // ||q' - anchor|| (normalised queries for cosine); 0 on a first search
-  // Proof slack of the pool path: k-th pool score minus the best score a vector outside the pool
-  // could reach (>= 0 proves the pool answer). NaN when no bound applies (first search, stale
-  // pool, unknown vector norms).
+  // Proof slack of the pool path: k-th best score found minus the best score any vector not
+  // scored (rest of the pool, or outside it) could reach, in score units (squared distance for
+  // l2); >= 0 proves the pool answer. NaN when no bound applies (first search, stale pool, unknown
+  // vector norms).
   double margin = 0;
   std::size_t pool_size = 0;    // candidates cached after this call
 };
 
 struct SessionOptions {
-  // Candidates cached per search (0 = automatic: max(64, 8 * k)). A larger pool costs pool_size
-  // distances per refinement and lets the bound prove answers for larger query moves.
+  // Candidates cached per search (0 = automatic: max(64, 8 * k)). A larger pool lets the bound
+  // prove answers for larger query moves; a proven refine scores only the pool's head, and a
+  // proof that does not come within max(64, 4k) scored entries is given up.
   std::size_t pool_size = 0;
   // Never return an id this session already returned.
   bool exclude_seen = false;
