@@ -263,6 +263,10 @@ void dot_packed(const float* queries, std::size_t nq, const float* packed, std::
   for (; a + T::PQ <= nq; a += T::PQ)
     for (std::size_t p0 = 0; p0 < n; p0 += P)
       packed_tile<T, T::PQ>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
+  // Leftover queries four at a time (each panel load then serves four), then one at a time.
+  for (; a + 4 <= nq; a += 4)
+    for (std::size_t p0 = 0; p0 < n; p0 += P)
+      packed_tile<T, 4>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
   for (; a < nq; ++a)
     for (std::size_t p0 = 0; p0 < n; p0 += P)
       packed_tile<T, 1>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
