@@ -105,6 +105,14 @@ inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t
     if (pending > 0) finish4(sums, pending, out + n - pending, scales, c0 > 0);
   }
 }
+
+// The avx512 kernel set with int8 rows scanned by int8_rows_vnni, labelled isa.
+constexpr Kernels vnni_kernels(Isa isa) noexcept {
+  Kernels k = generic::make_kernels<Avx512Traits>(isa);
+  k.storage[std::size_t(Storage::int8)].dot_block =
+      &generic::dot_block<Avx512Traits, Storage::int8, &int8_rows_vnni>;
+  return k;
+}
 #endif
 
 #if defined(__AVX512BF16__)

@@ -7,8 +7,7 @@ namespace {
 
 constexpr Kernels make() noexcept {
   using T = avx512::Avx512Traits;
-  Kernels k = generic::make_kernels<T>(Isa::avx512bf16);
-  k.storage[std::size_t(Storage::int8)].dot_block = &generic::dot_block<T, Storage::int8, &avx512::int8_rows_vnni>;
+  Kernels k = avx512::vnni_kernels(Isa::avx512bf16);
   k.storage[std::size_t(Storage::bf16)].dot_block = &generic::dot_block<T, Storage::bf16, &avx512::bf16_rows_dpbf16>;
   return k;
 }

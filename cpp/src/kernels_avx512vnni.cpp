@@ -5,14 +5,7 @@
 namespace vsr {
 namespace {
 
-constexpr Kernels make() noexcept {
-  using T = avx512::Avx512Traits;
-  Kernels k = generic::make_kernels<T>(Isa::avx512vnni);
-  k.storage[std::size_t(Storage::int8)].dot_block = &generic::dot_block<T, Storage::int8, &avx512::int8_rows_vnni>;
-  return k;
-}
-
-const Kernels kAvx512Vnni = make();
+const Kernels kAvx512Vnni = avx512::vnni_kernels(Isa::avx512vnni);
 
 }  // namespace
 
