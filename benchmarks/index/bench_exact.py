@@ -35,7 +35,7 @@ K = 10
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     out = []
-    for part in text.split(","):
+    for part in filter(None, text.split(",")):
         n, d = part.lower().split("x")
         out.append((int(n), int(d)))
     return out
@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sizes", default="100000x384,100000x2048", help="comma-separated NxD synthetic sets"
+        "--sizes",
+        default="100000x384,100000x2048",
+        help="comma-separated NxD synthetic sets ('' for none, e.g. with --real)",
     )
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--batch", type=int, default=1000, help="queries in the batch measurement")

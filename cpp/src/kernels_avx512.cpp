@@ -1,50 +1,10 @@
 // AVX-512 (F/BW/VL/DQ) kernels. Only called when the CPU has them.
-#include <immintrin.h>
-
-#include "kernels_generic.hpp"
+#include "kernels_avx512.hpp"
 
 namespace vsr {
 namespace {
 
-struct Avx512Traits {
-  using V = __m512;
-  // Tiles: 4 queries x 4 rows = 16 accumulators + 4 query vectors + 1 row vector (dot_block);
-  // packed: 12 queries x 2 row vectors = 24 accumulators + 2 row vectors + 1 broadcast. 32 zmm.
-  static constexpr std::size_t W = 16, NQ = 4, NR = 4, PQ = 12, PV = 2;
-  static V zero() noexcept { return _mm512_setzero_ps(); }
-  static V set1(float x) noexcept { return _mm512_set1_ps(x); }
-  static V fma(V a, V b, V c) noexcept { return _mm512_fmadd_ps(a, b, c); }
-  static V sub(V a, V b) noexcept { return _mm512_sub_ps(a, b); }
-  static V mul(V a, V b) noexcept { return _mm512_mul_ps(a, b); }
-  static void store(float* p, V v) noexcept { _mm512_storeu_ps(p, v); }
-  static V load_f32(const float* p) noexcept { return _mm512_loadu_ps(p); }
-  static V load_f16(const std::uint16_t* p) noexcept {
-    return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static V load_bf16(const std::uint16_t* p) noexcept {
-    const __mmask16 all = 0xFFFF;  // zero-masked forms: see fold()
-    __m512i w = _mm512_maskz_cvtepu16_epi32(all, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, w, 16));
-  }
-  static V load_i8(const std::int8_t* p) noexcept {
-    const __mmask16 all = 0xFFFF;  // zero-masked forms: see fold()
-    __m512i w = _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_maskz_cvtepi32_ps(all, w);
-  }
-  // Zero-masked forms throughout: GCC 12 builds the plain casts, extracts and conversions from an
-  // "undefined register" idiom (__Y = __Y) that trips -W(maybe-)uninitialized; the all-ones
-  // zero-masked instruction has no such operand, computes the same and costs the same.
-  static __m256 fold(V v) noexcept {
-    return _mm256_add_ps(_mm512_maskz_extractf32x8_ps(0xFF, v, 0), _mm512_maskz_extractf32x8_ps(0xFF, v, 1));
-  }
-  // Fold each 512-bit sum to 256 bits, then three hadds and one lane fold for all four.
-  static void reduce4(V a, V b, V c, V d, float* out) noexcept {
-    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(fold(a), fold(b)), _mm256_hadd_ps(fold(c), fold(d)));
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
-  }
-};
-
-const Kernels kAvx512 = generic::make_kernels<Avx512Traits>(Isa::avx512);
+const Kernels kAvx512 = generic::make_kernels<avx512::Avx512Traits>(Isa::avx512);
 
 }  // namespace
 

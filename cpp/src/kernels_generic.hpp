@@ -175,18 +175,30 @@ inline void dot_rows_tiled(const float* queries, const std::uint8_t* rows, std::
   for (; j < n; ++j) dot_tile<T, S, NQ, 1>(queries, rows + j * rb, rb, d, out + j, ldo);
 }
 
+// One query streamed over n contiguous rows: out[j] = <q, decode(row_j)>. Rows are read one at a
+// time with four accumulators along the row: one sequential stream is what hardware prefetchers
+// follow best, and it measured faster than interleaving several rows when the scan is
+// memory-bound.
 template <class T, Storage S>
+void dot_rows(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d, float* out) noexcept {
+  const std::size_t rb = row_bytes(S, d);
+  for (std::size_t j = 0; j < n; ++j) out[j] = dot<T, S>(q, rows + j * rb, d);
+}
+
+// A single-query row scan (dot_rows or an ISA's own, e.g. integer or bf16 dot products).
+using RowsFn = void (*)(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
+                        float* out) noexcept;
+
+// Groups of NQ queries go through the register tile; the leftover queries (and the single-query
+// scan) through Rows.
+template <class T, Storage S, RowsFn Rows = &dot_rows<T, S>>
 void dot_block(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n, std::size_t d,
                float* out, std::size_t ldo) noexcept {
   const std::size_t rb = row_bytes(S, d);
   std::size_t a = 0;
   for (; a + T::NQ <= nq; a += T::NQ)
     dot_rows_tiled<T, S, T::NQ, T::NR>(queries + a * d, rows, n, rb, d, out + a * ldo, ldo);
-  // Leftover queries (and the single-query scan) read one row at a time with four accumulators
-  // along the row: one sequential stream is what hardware prefetchers follow best, and it
-  // measured faster than interleaving several rows when the scan is memory-bound.
-  for (; a < nq; ++a)
-    for (std::size_t j = 0; j < n; ++j) out[a * ldo + j] = dot<T, S>(queries + a * d, rows + j * rb, d);
+  for (; a < nq; ++a) Rows(queries + a * d, rows, n, d, out + a * ldo);
 }
 
 // Panels of P = PV * W rows, dimension-major, decoded to float32 (int8 scales applied).
@@ -251,6 +263,10 @@ void dot_packed(const float* queries, std::size_t nq, const float* packed, std::
   for (; a + T::PQ <= nq; a += T::PQ)
     for (std::size_t p0 = 0; p0 < n; p0 += P)
       packed_tile<T, T::PQ>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
+  // Leftover queries four at a time (each panel load then serves four), then one at a time.
+  for (; a + 4 <= nq; a += 4)
+    for (std::size_t p0 = 0; p0 < n; p0 += P)
+      packed_tile<T, 4>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
   for (; a < nq; ++a)
     for (std::size_t p0 = 0; p0 < n; p0 += P)
       packed_tile<T, 1>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);

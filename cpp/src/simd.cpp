@@ -12,6 +12,8 @@ std::string_view isa_name(Isa isa) noexcept {
     case Isa::avx2: return "avx2";
     case Isa::avx512: return "avx512";
     case Isa::neon: return "neon";
+    case Isa::avx512vnni: return "avx512vnni";
+    case Isa::avx512bf16: return "avx512bf16";
   }
   return "unknown";
 }
@@ -21,7 +23,15 @@ std::optional<Isa> isa_from_name(std::string_view name) noexcept {
   if (name == "avx2") return Isa::avx2;
   if (name == "avx512") return Isa::avx512;
   if (name == "neon") return Isa::neon;
+  if (name == "avx512vnni") return Isa::avx512vnni;
+  if (name == "avx512bf16") return Isa::avx512bf16;
   return std::nullopt;
+}
+
+std::string isa_names() {
+  std::string out;
+  for (Isa isa : kAllIsas) out += (out.empty() ? "" : ", ") + std::string(isa_name(isa));
+  return out;
 }
 
 namespace {
@@ -66,6 +76,10 @@ bool isa_available(Isa isa) noexcept {
     case Isa::avx512:
       // The kernels use F/BW/VL/DQ only, so Skylake-X class CPUs qualify too.
       return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c;
+    case Isa::avx512vnni: return isa_available(Isa::avx512) && f.avx512vnni;  // Cascade Lake, Ice Lake on
+    case Isa::avx512bf16:
+      // Every CPU with AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4) has VNNI too.
+      return isa_available(Isa::avx512vnni) && f.avx512bf16;
     case Isa::neon: return f.neon;
   }
   return false;
@@ -73,7 +87,7 @@ bool isa_available(Isa isa) noexcept {
 
 Isa best_isa() noexcept {
   static const Isa best = [] {
-    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::neon}) {
+    for (Isa isa : {Isa::avx512bf16, Isa::avx512vnni, Isa::avx512, Isa::avx2, Isa::neon}) {
       if (isa_available(isa)) return isa;
     }
     return Isa::scalar;
@@ -87,6 +101,8 @@ const Kernels* kernels_for(Isa isa) noexcept {
     case Isa::avx2: return detail::avx2_kernels();
     case Isa::avx512: return detail::avx512_kernels();
     case Isa::neon: return detail::neon_kernels();
+    case Isa::avx512vnni: return detail::avx512vnni_kernels();
+    case Isa::avx512bf16: return detail::avx512bf16_kernels();
   }
   return nullptr;
 }
@@ -118,6 +134,12 @@ const Kernels* avx2_kernels() noexcept { return nullptr; }
 #endif
 #if !defined(VSR_HAVE_AVX512)
 const Kernels* avx512_kernels() noexcept { return nullptr; }
+#endif
+#if !defined(VSR_HAVE_AVX512VNNI)
+const Kernels* avx512vnni_kernels() noexcept { return nullptr; }
+#endif
+#if !defined(VSR_HAVE_AVX512BF16)
+const Kernels* avx512bf16_kernels() noexcept { return nullptr; }
 #endif
 #if !defined(VSR_HAVE_NEON)
 const Kernels* neon_kernels() noexcept { return nullptr; }

@@ -85,7 +85,7 @@ TEST(matches_brute_force_all_metrics_isas_threads_paths) {
     std::vector<idx_t> ids(n);
     for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(3 * i + 5);
     for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2}) {
-      for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
+      for (Isa isa : kAllIsas) {
         if (!isa_available(isa)) continue;
         auto index = make_index(d, m);
         CHECK(index->set_isa(isa).ok() && index->isa() == isa);

@@ -1,5 +1,6 @@
 // Every compiled-and-available kernel set agrees with a double-precision reference over the
 // decoded rows, for every storage kind, dimension tail and register-tile remainder.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -21,12 +22,28 @@ static std::vector<float> random_vec(std::size_t n, unsigned seed) {
 
 static std::vector<Isa> available_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon})
+  for (Isa isa : kAllIsas)
     if (isa_available(isa)) out.push_back(isa);
   return out;
 }
 
 static const Storage kStorages[] = {Storage::f32, Storage::f16, Storage::bf16, Storage::int8};
+
+// Relative error (in CHECK_NEAR's units) the single-query scan may add by converting the query:
+// int8 rows on VNNI take the query as int16 (half a step of max|q| / 32767 per dimension), bf16
+// rows on BF16 take it as two bfloat16 parts (2^-17 |q_i| left out). Zero elsewhere.
+static double query_rounding(Isa isa, Storage s, const float* q, const float* x, std::size_t d) {
+  double qmax = 0, abs_x = 0, abs_qx = 0;
+  for (std::size_t i = 0; i < d; ++i) {
+    qmax = std::max(qmax, double(std::fabs(q[i])));
+    abs_x += std::fabs(x[i]);
+    abs_qx += std::fabs(double(q[i]) * x[i]);
+  }
+  const bool vnni = isa == Isa::avx512vnni || isa == Isa::avx512bf16;
+  if (s == Storage::int8 && vnni) return qmax / 65534.0 * abs_x + 1e-6 * abs_qx;
+  if (s == Storage::bf16 && isa == Isa::avx512bf16) return 0x1p-17 * abs_qx + 1e-6 * abs_qx;
+  return 0;
+}
 
 TEST(f32_table_entries_match_reference) {
   for (Isa isa : available_isas()) {
@@ -79,11 +96,44 @@ TEST(storage_kernels_match_decoded_reference_every_isa) {
             const std::uint8_t* row = &rows[r * codec.row_bytes()];
             CHECK_NEAR(codec.dot(&q[a * d], row), dot, 1e-4);
             CHECK_NEAR(codec.l2sq(&q[a * d], row), l2, 1e-4);
-            CHECK_NEAR(block[a * (n + 2) + r], dot, 1e-4);
+            CHECK_NEAR(block[a * (n + 2) + r], dot, 1e-4 + query_rounding(isa, s, &q[a * d], &decoded[r * d], d));
             CHECK_NEAR(codec.sqnorm(row), sq, 1e-5);
           }
         }
       }
+    }
+  }
+}
+
+// The single-query scan (nq = 1: the ISA's own row kernel, e.g. vpdpwssd or vdpbf16ps) agrees
+// with the scalar path within the query-conversion bound, across vector tails, row counts that
+// are not a multiple of the four-row reduction, and dimensions longer than one query chunk.
+TEST(single_query_scan_matches_scalar_every_isa) {
+  for (Isa isa : available_isas()) {
+    for (Storage s : kStorages) {
+      for (std::size_t d : {1u, 31u, 32u, 33u, 100u, 384u, 2048u, 2049u, 4133u}) {
+        Codec codec(s, d, isa), scalar(s, d, Isa::scalar);
+        const std::size_t n = 13;
+        auto x = random_vec(n * d, 70 + unsigned(d)), q = random_vec(d, 80 + unsigned(d));
+        std::vector<std::uint8_t> rows(n * codec.row_bytes());
+        CHECK(codec.encode(x.data(), n, rows.data()).ok());
+        std::vector<float> got(n + 1, -7.0f), ref(n);
+        codec.dot_block(q.data(), 1, rows.data(), n, got.data(), n);
+        scalar.dot_block(q.data(), 1, rows.data(), n, ref.data(), n);
+        std::vector<float> decoded(d);
+        for (std::size_t r = 0; r < n; ++r) {
+          codec.decode(&rows[r * codec.row_bytes()], decoded.data());
+          CHECK_NEAR(got[r], ref[r], 1e-4 + query_rounding(isa, s, q.data(), decoded.data(), d));
+        }
+        CHECK(got[n] == -7.0f);  // nothing written past n
+      }
+      // A zero query scores zero against every row.
+      Codec codec(s, 40, isa);
+      std::vector<float> x = random_vec(5 * 40, 5), zero(40, 0.0f), out(5, 1.0f);
+      std::vector<std::uint8_t> rows(5 * codec.row_bytes());
+      CHECK(codec.encode(x.data(), 5, rows.data()).ok());
+      codec.dot_block(zero.data(), 1, rows.data(), 5, out.data(), 5);
+      for (float v : out) CHECK(v == 0.0f);
     }
   }
 }
@@ -183,7 +233,12 @@ TEST(encode_rejects_values_outside_the_type) {
 TEST(best_isa_is_available) {
   CHECK(isa_available(best_isa()));
   CHECK(&default_kernels() == kernels_for(best_isa()));
-  CHECK(isa_from_name("avx512") == Isa::avx512);
+  for (Isa isa : kAllIsas) CHECK(isa_from_name(isa_name(isa)) == isa);
+  // The dot-product kernel sets are picked whenever the CPU has the instructions.
+  if (isa_available(Isa::avx512bf16)) CHECK(best_isa() == Isa::avx512bf16);
+  CHECK(!isa_available(Isa::avx512bf16) || isa_available(Isa::avx512vnni));
+  CHECK(isa_available(Isa::avx512vnni) == (isa_compiled(Isa::avx512vnni) && isa_available(Isa::avx512) &&
+                                           cpu_features().avx512vnni));
   CHECK(!isa_from_name("sse9").has_value());
   CHECK(storage_from_name("bf16") == Storage::bf16);
   CHECK(!storage_from_name("int4").has_value());

@@ -61,6 +61,8 @@ namespace detail {
 const Kernels* scalar_kernels() noexcept;
 const Kernels* avx2_kernels() noexcept;
 const Kernels* avx512_kernels() noexcept;
+const Kernels* avx512vnni_kernels() noexcept;
+const Kernels* avx512bf16_kernels() noexcept;
 const Kernels* neon_kernels() noexcept;
 }  // namespace detail
 

@@ -7,10 +7,18 @@
 
 namespace vsr {
 
-enum class Isa : unsigned char { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
+// Kernel sets. avx512vnni adds integer dot products (vpdpwssd) for int8 rows, avx512bf16 adds
+// bfloat16 dot products (vdpbf16ps) for bf16 rows on top of that; both keep the avx512 kernels
+// for everything else.
+enum class Isa : unsigned char { scalar = 0, avx2 = 1, avx512 = 2, neon = 3, avx512vnni = 4, avx512bf16 = 5 };
+
+// Every kernel set, in the order simd_info() lists them.
+inline constexpr Isa kAllIsas[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512vnni, Isa::avx512bf16, Isa::neon};
 
 std::string_view isa_name(Isa isa) noexcept;
 std::optional<Isa> isa_from_name(std::string_view name) noexcept;
+// "scalar, avx2, ..., neon": every name isa_from_name accepts, for error messages.
+std::string isa_names();
 
 struct CpuFeatures {
   bool avx2 = false;

@@ -170,7 +170,7 @@ void bind_common(py::module_& m) {
     cpu["avx512dq"] = f.avx512dq; cpu["avx512vnni"] = f.avx512vnni; cpu["avx512bf16"] = f.avx512bf16;
     cpu["neon"] = f.neon;
     py::list compiled, available;
-    for (auto isa : {vsr::Isa::scalar, vsr::Isa::avx2, vsr::Isa::avx512, vsr::Isa::neon}) {
+    for (auto isa : vsr::kAllIsas) {
       if (vsr::isa_compiled(isa)) compiled.append(std::string(vsr::isa_name(isa)));
       if (vsr::isa_available(isa)) available.append(std::string(vsr::isa_name(isa)));
     }
@@ -190,7 +190,7 @@ void bind_common(py::module_& m) {
     }
     const std::string s = name.cast<std::string>();
     auto isa = vsr::isa_from_name(s);
-    if (!isa) throw py::value_error("unknown ISA '" + s + "'; expected scalar, avx2, avx512 or neon");
+    if (!isa) throw py::value_error("unknown ISA '" + s + "'; expected one of " + vsr::isa_names());
     if (!vsr::set_default_isa(*isa))
       throw py::value_error("ISA '" + s + "' is not available on this CPU/build; available: see simd_info()");
   }, py::arg("name"),

@@ -50,7 +50,7 @@ FlatIndex(dim, metric="ip", storage="f32", rerank=0)
       .def_property_readonly("isa", [](const vsr::FlatIndex& self) { return std::string(vsr::isa_name(self.isa())); })
       .def("set_isa", [](vsr::FlatIndex& self, const std::string& name) {
              auto isa = vsr::isa_from_name(name);
-             if (!isa) throw py::value_error("unknown ISA '" + name + "'; expected scalar, avx2, avx512 or neon");
+             if (!isa) throw py::value_error("unknown ISA '" + name + "'; expected one of " + vsr::isa_names());
              check(self.set_isa(*isa));
            },
            py::arg("name"), "Forces this index's kernel set (e.g. 'scalar' to compare against the reference).")

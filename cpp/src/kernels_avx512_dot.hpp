@@ -1,0 +1,169 @@
+// Single-query row scans built on the AVX-512 dot-product instructions: vpdpwssd (AVX512_VNNI)
+// for int8 rows and vdpbf16ps (AVX512_BF16) for bf16 rows. The float32 query is converted once
+// per call (a block of hundreds of rows) into the instruction's input type, a chunk of
+// kQueryChunk dimensions at a time on the stack, and every row is then read straight from
+// storage with no widening to float32: one load and one or two dot-product instructions per 32
+// dimensions instead of a widen, a convert and an FMA per 16.
+//
+// Include only from files compiled with -mavx512vnni (int8) and -mavx512bf16 (bf16).
+#pragma once
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels_avx512.hpp"
+
+namespace vsr::avx512 {
+
+// Query dimensions converted at a time. Bounds the int32 lanes of the int8 kernel: a lane takes
+// 2 products of at most 127 * 32767 per 128 dimensions, so 2 * 16 * 4.2e6 < 2^31 per chunk.
+inline constexpr std::size_t kQueryChunk = 2048;
+
+// Mask of the first m (< 32) of 32 lanes.
+inline __mmask32 first_lanes(std::size_t m) noexcept { return __mmask32((std::uint64_t(1) << m) - 1); }
+
+// Adds four rows' score vectors together horizontally and writes out[j] = prev + sum * scale_j,
+// where prev is out[j] after the first chunk (the chunks of one long query add up) and 0 before.
+inline void finish4(const __m512* acc, std::size_t count, float* out, const float* scales, bool add) noexcept {
+  float s[4];
+  Avx512Traits::reduce4(acc[0], count > 1 ? acc[1] : _mm512_setzero_ps(), count > 2 ? acc[2] : _mm512_setzero_ps(),
+                        count > 3 ? acc[3] : _mm512_setzero_ps(), s);
+  for (std::size_t r = 0; r < count; ++r) out[r] = (add ? out[r] : 0.0f) + s[r] * scales[r];
+}
+
+#if defined(__AVX512VNNI__)
+// int8 rows (codes times a per-row scale) against the query quantised to int16 with its own
+// scale max|q| / 32767: vpdpwssd multiplies 32 sign-extended codes by 32 query values and adds
+// pairs into 16 int32 lanes, exactly. The only rounding is the query's, at most half a step
+// (max|q| / 65534) per dimension, so a score is within max|q| / 65534 * sum|x_i| of the float
+// path; sixteen-bit query values keep that four orders below the int8 storage error itself,
+// which is why this does not quantise the query to 8 bits for vpdpbusd: the scan is
+// memory-bound either way, and the 8-bit query would cost ranking accuracy.
+inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
+                           float* out) noexcept {
+  const std::size_t rb = row_bytes(Storage::int8, d), scale_at = (d + 3) / 4 * 4;
+  // max|q| (zero-masked forms: see Avx512Traits::fold).
+  const __m512i no_sign = _mm512_set1_epi32(0x7FFFFFFF);
+  __m512i vmax = _mm512_setzero_si512();
+  std::size_t i = 0;
+  for (; i + 16 <= d; i += 16)
+    vmax = _mm512_maskz_max_epu32(0xFFFF, vmax, _mm512_and_si512(_mm512_loadu_si512(q + i), no_sign));
+  alignas(64) float lanes[16];
+  _mm512_store_si512(lanes, vmax);  // non-negative floats order as their bit patterns
+  float amax = *std::max_element(lanes, lanes + 16);
+  for (; i < d; ++i) amax = std::max(amax, q[i] < 0 ? -q[i] : q[i]);
+  if (!(amax > 0.0f)) {
+    std::fill(out, out + n, 0.0f);
+    return;
+  }
+  const __m512 inv = _mm512_set1_ps(32767.0f / amax);
+  const float qscale = amax / 32767.0f;
+  alignas(64) std::int16_t qi[kQueryChunk];
+  for (std::size_t c0 = 0; c0 < d; c0 += kQueryChunk) {
+    const std::size_t len = std::min(kQueryChunk, d - c0), full = len / 32 * 32;
+    // Round to nearest; zeros past len so a masked row tail meets zero query values.
+    for (std::size_t k = 0; k < (len + 31) / 32 * 32; k += 16) {
+      const __mmask16 m = k >= len ? 0 : len - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - k)) - 1);
+      const __m512i v = _mm512_maskz_cvtps_epi32(0xFFFF, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, q + c0 + k), inv));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(qi + k), _mm512_maskz_cvtepi32_epi16(0xFFFF, v));
+    }
+    const __mmask32 tail = first_lanes(len - full);
+    __m512 sums[4];
+    float scales[4];
+    std::size_t pending = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      const std::uint8_t* row = rows + j * rb;
+      const std::int8_t* x = reinterpret_cast<const std::int8_t*>(row) + c0;
+      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                        _mm512_setzero_si512()};
+      auto step = [&](__m512i& a, std::size_t k) {
+        const __m512i xv =
+            _mm512_maskz_cvtepi8_epi16(~__mmask32(0), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)));
+        a = _mm512_dpwssd_epi32(a, xv, _mm512_load_si512(qi + k));
+      };
+      std::size_t k = 0;
+      for (; k + 128 <= full; k += 128)
+        for (std::size_t u = 0; u < 4; ++u) step(acc[u], k + 32 * u);
+      for (; k < full; k += 32) step(acc[0], k);
+      if (tail) {
+        const __m512i xv = _mm512_maskz_cvtepi8_epi16(~__mmask32(0), _mm256_maskz_loadu_epi8(tail, x + k));
+        acc[1] = _mm512_dpwssd_epi32(acc[1], xv, _mm512_load_si512(qi + k));
+      }
+      const __m512i total = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+      sums[pending] = to_float(total);
+      std::memcpy(&scales[pending], row + scale_at, sizeof(float));
+      scales[pending] *= qscale;
+      if (++pending == 4) {
+        finish4(sums, 4, out + j - 3, scales, c0 > 0);
+        pending = 0;
+      }
+    }
+    if (pending > 0) finish4(sums, pending, out + n - pending, scales, c0 > 0);
+  }
+}
+
+// The avx512 kernel set with int8 rows scanned by int8_rows_vnni, labelled isa.
+constexpr Kernels vnni_kernels(Isa isa) noexcept {
+  Kernels k = generic::make_kernels<Avx512Traits>(isa);
+  k.storage[std::size_t(Storage::int8)].dot_block =
+      &generic::dot_block<Avx512Traits, Storage::int8, &int8_rows_vnni>;
+  return k;
+}
+#endif
+
+#if defined(__AVX512BF16__)
+// bf16 rows against the query split into two bfloat16 parts, hi = bf16(q) and
+// lo = bf16(q - hi): vdpbf16ps multiplies 32 pairs exactly and adds them in float32, once with
+// hi and once with lo. The split leaves at most 2^-17 |q_i| of each query value out, so scores
+// match the float32-widening path to float32 rounding, not to bfloat16's 8 bits.
+inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
+                             float* out) noexcept {
+  const std::size_t rb = row_bytes(Storage::bf16, d);
+  alignas(64) std::uint16_t hi[kQueryChunk], lo[kQueryChunk];
+  const float ones[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+  for (std::size_t c0 = 0; c0 < d; c0 += kQueryChunk) {
+    const std::size_t len = std::min(kQueryChunk, d - c0), full = len / 32 * 32;
+    for (std::size_t k = 0; k < (len + 31) / 32 * 32; k += 16) {
+      const __mmask16 m = k >= len ? 0 : len - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - k)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(m, q + c0 + k);
+      const __m256bh h = _mm512_cvtneps_pbh(v);
+      const __m512 back = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(
+          0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, reinterpret_cast<__m256i>(h)), 16));
+      const __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(v, back));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(hi + k), reinterpret_cast<__m256i>(h));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lo + k), reinterpret_cast<__m256i>(l));
+    }
+    const __mmask32 tail = first_lanes(len - full);
+    __m512 sums[4];
+    std::size_t pending = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      const std::uint16_t* x = reinterpret_cast<const std::uint16_t*>(rows + j * rb) + c0;
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      auto step = [&](__m512& a, __m512& b, __m512i xv, std::size_t k) {
+        const __m512bh xb = reinterpret_cast<__m512bh>(xv);
+        a = _mm512_dpbf16_ps(a, xb, reinterpret_cast<__m512bh>(_mm512_load_si512(hi + k)));
+        b = _mm512_dpbf16_ps(b, xb, reinterpret_cast<__m512bh>(_mm512_load_si512(lo + k)));
+      };
+      std::size_t k = 0;
+      for (; k + 64 <= full; k += 64) {
+        step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
+        step(acc[2], acc[3], _mm512_loadu_si512(x + k + 32), k + 32);
+      }
+      for (; k < full; k += 32) step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
+      if (tail) step(acc[2], acc[3], _mm512_maskz_loadu_epi16(tail, x + k), k);
+      sums[pending] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+      if (++pending == 4) {
+        finish4(sums, 4, out + j - 3, ones, c0 > 0);
+        pending = 0;
+      }
+    }
+    if (pending > 0) finish4(sums, pending, out + n - pending, ones, c0 > 0);
+  }
+}
+#endif
+
+}  // namespace vsr::avx512
