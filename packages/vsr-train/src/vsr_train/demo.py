@@ -37,6 +37,7 @@ class DemoSize:
     sft_steps: int
     grpo_steps: int
     group_size: int
+    grpo_prompts_per_step: int
     eval_queries: int
     max_new_tokens: int
     eval_batch_size: int = 8
@@ -57,6 +58,7 @@ SIZES: dict[str, DemoSize] = {
         sft_steps=2,
         grpo_steps=1,
         group_size=2,
+        grpo_prompts_per_step=1,
         eval_queries=4,
         max_new_tokens=24,
         tiny_models=True,
@@ -76,6 +78,7 @@ SIZES: dict[str, DemoSize] = {
         sft_steps=40,
         grpo_steps=6,
         group_size=4,
+        grpo_prompts_per_step=2,
         eval_queries=150,
         max_new_tokens=80,
         sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 5e-4},
@@ -87,6 +90,7 @@ SIZES: dict[str, DemoSize] = {
         sft_steps=1000,
         grpo_steps=500,
         group_size=8,
+        grpo_prompts_per_step=8,
         eval_queries=2000,
         max_new_tokens=768,
         micro_batch_size=8,
@@ -374,17 +378,7 @@ def run_demo(settings: DemoSettings) -> Path:
     runner.run("sft", sft_cfg, lambda: vsr("train", "sft", "--config", str(sft_yaml)))
 
     grpo_cfg = deep_merge(
-        {
-            **common,
-            "output_dir": str(p.grpo),
-            "max_steps": size.grpo_steps,
-            "grpo": {"group_size": size.group_size, "max_completion_tokens": size.max_new_tokens},
-            "rollout": {"mode": "single_turn", "max_turns": 1},
-            "model": {"kind": "vsr_policy", "name_or_path": str(_final_policy(p.sft))},
-            "data": data,
-            "checkpoint": {"every_steps": max(1, size.grpo_steps), "keep_last": 1, "resume": "auto"},
-        },
-        over.get("grpo", {}),
+        grpo_stage_config(size, common, str(p.grpo), str(_final_policy(p.sft)), data), over.get("grpo", {})
     )
     grpo_yaml = write_yaml(p.configs / "grpo.yaml", grpo_cfg)
     runner.run("grpo", grpo_cfg, lambda: vsr("train", "grpo", "--config", str(grpo_yaml)))
@@ -426,6 +420,29 @@ def run_demo(settings: DemoSettings) -> Path:
         )
 
     return write_report(settings, p, runner.timings)
+
+
+def grpo_stage_config(
+    size: DemoSize, common: dict[str, Any], output_dir: str, policy: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Stage 2 settings: a step holds `grpo_prompts_per_step` prompts of `group_size` sampled
+    completions each, one prompt's group per micro-batch."""
+    deepspeed = {
+        **common["deepspeed"],
+        "micro_batch_size": size.group_size,
+        "gradient_accumulation_steps": size.grpo_prompts_per_step,
+    }
+    return {
+        **common,
+        "deepspeed": deepspeed,
+        "output_dir": output_dir,
+        "max_steps": size.grpo_steps,
+        "grpo": {"group_size": size.group_size, "max_completion_tokens": size.max_new_tokens},
+        "rollout": {"mode": "single_turn", "max_turns": 1},
+        "model": {"kind": "vsr_policy", "name_or_path": policy},
+        "data": data,
+        "checkpoint": {"every_steps": max(1, size.grpo_steps), "keep_last": 1, "resume": "auto"},
+    }
 
 
 def _derive_variant(p: DemoPaths, variant: Variant) -> None:
