@@ -187,3 +187,23 @@ def test_text_targets_end_like_generation(policy):
     assert soft[-1] == policy.refine_token_id and policy.tokenizer.eos_token_id not in soft
     assert hard[-1] == policy.tokenizer.eos_token_id
     assert policy.completion_ids("x<|im_end|>").count(policy.tokenizer.eos_token_id) == 1
+
+
+def test_a_new_refine_token_starts_as_the_end_of_turn_token():
+    from test_policy_fakes import tiny_llama, tiny_tokenizer
+
+    from vsr_model.policy.base import add_policy_tokens
+
+    tokenizer = tiny_tokenizer()
+    lm = tiny_llama(len(tokenizer))
+    add_policy_tokens(tokenizer, lm, extra_tokens=(FRAME_TOKEN,))
+    refine, eos = tokenizer.convert_tokens_to_ids(REFINE_TOKEN), tokenizer.eos_token_id
+    assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    for table in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+        assert torch.equal(table.weight[refine], table.weight[eos])
+    # Growing again is a no-op: a loaded policy keeps its trained rows.
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[refine] += 1.0
+    trained = lm.get_input_embeddings().weight[refine].clone()
+    add_policy_tokens(tokenizer, lm, extra_tokens=(FRAME_TOKEN,))
+    assert torch.equal(lm.get_input_embeddings().weight[refine], trained)

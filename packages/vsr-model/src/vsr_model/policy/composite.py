@@ -25,12 +25,12 @@ from vsr_model.policy.base import (
     PolicyBatch,
     VerifyInput,
     VideoPolicy,
+    add_policy_tokens,
     config_from_dict,
     decode_completions,
     load_sqr_heads,
     read_policy_config,
 )
-from vsr_model.protocol import REFINE_TOKEN
 from vsr_model.sqr import SQRConfig, SQRHeads
 
 logger = logging.getLogger(__name__)
@@ -156,17 +156,9 @@ class CompositeVideoPolicy(VideoPolicy):
             raise ValueError("the frame encoder must expose a positive integer `feature_dim`")
         self.config = config
         self._tokenizer = tokenizer
-        added = [t for t in (REFINE_TOKEN, FRAME_TOKEN) if t not in tokenizer.get_vocab()]
-        if added:
-            tokenizer.add_special_tokens(
-                {"additional_special_tokens": added}, replace_extra_special_tokens=False
-            )
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        add_policy_tokens(tokenizer, lm, extra_tokens=(FRAME_TOKEN,))
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = CHATML_TEMPLATE
-        if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            lm.resize_token_embeddings(len(tokenizer))
         self.lm = lm
         self.frame_encoder = frame_encoder
         if config.freeze_frame_encoder:

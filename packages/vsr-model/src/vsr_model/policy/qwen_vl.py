@@ -29,13 +29,13 @@ from vsr_model.policy.base import (
     PolicyBatch,
     VerifyInput,
     VideoPolicy,
+    add_policy_tokens,
     config_from_dict,
     decode_completions,
     load_sqr_heads,
     read_policy_config,
 )
 from vsr_model.policy.qwen_frames import FramePatches, PatchLayout, patchify_frames
-from vsr_model.protocol import REFINE_TOKEN
 from vsr_model.sqr import SQRConfig, SQRHeads
 
 QWEN2_5_VL = "qwen2_5_vl"
@@ -195,14 +195,7 @@ class QwenVLPolicy(VideoPolicy):
         qwen_model_class(self.model_type)  # validates the type
         self.config = config
         self._tokenizer = tokenizer
-        if REFINE_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens(
-                {"additional_special_tokens": [REFINE_TOKEN]}, replace_extra_special_tokens=False
-            )
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
+        add_policy_tokens(tokenizer, model)
         self.model = model
         if config.image_mean is None or config.image_std is None:
             mean, std = read_normalisation(config.model, self.model_type)
