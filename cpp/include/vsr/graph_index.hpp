@@ -123,7 +123,7 @@ class GraphIndex final : public Index {
   // Distances.
   float dist_to(const float* q, std::uint32_t slot) const noexcept {
     const std::uint8_t* row = codes_.data() + std::size_t(slot) * codec_.row_bytes();
-    return opts_.metric == Metric::l2 ? codec_.l2sq(q, row) : -codec_.dot(q, row);
+    return opts_.metric == Metric::l2 ? row_kernels_->l2sq(q, row, dim_) : -row_kernels_->dot(q, row, dim_);
   }
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
@@ -163,6 +163,7 @@ class GraphIndex final : public Index {
   GraphOptions opts_;
   Codec codec_;
   const Kernels* kernels_;
+  const StorageKernels* row_kernels_;  // the codec's row scorers, called directly in the walk
   bool keep_originals_;
   std::atomic<std::size_t> ef_search_;
   std::atomic<int> num_threads_{0};
