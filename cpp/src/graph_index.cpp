@@ -16,7 +16,7 @@ GraphIndex::GraphIndex(std::size_t dim, const GraphOptions& options)
       opts_(options),
       codec_(options.storage, dim, default_isa()),
       kernels_(kernels_for(default_isa())),
-      row_kernels_(&kernels_->storage[std::size_t(options.storage)]),
+      row_kernels_(&kernels_for(codec_.isa())->storage[std::size_t(options.storage)]),
       keep_originals_(options.storage != Storage::f32),
       ef_search_(options.ef_search),
       node_locks_(new std::mutex[kNodeLocks]) {}
