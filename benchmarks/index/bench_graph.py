@@ -6,13 +6,15 @@ scann (when installed), on the same data in one run.
     python benchmarks/index/bench_graph.py --n 20000 --no-real
 
 Each sweep point times every library interleaved (one repetition of each in turn), 5 repetitions,
-median. Build time is one build per library (1 thread). Writes bench_graph.json (and the plot
-with --plot) to benchmarks/index/results/.
+median. Build time in the main table is one build per library (1 thread); vsr-f32 and hnswlib are
+also built interleaved at 1 and 2 threads (--build-repeats rounds, median wall-clock and CPU
+seconds). Writes bench_graph.json (and the plot with --plot) to benchmarks/index/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -103,14 +105,28 @@ class Impl:
         self.build_s = time.perf_counter() - t0
 
 
+def build_vsr(x: np.ndarray, storage: str, m: int, efc: int, threads: int = 1) -> vsr_index.GraphIndex:
+    g = vsr_index.GraphIndex(x.shape[1], metric="ip", storage=storage, M=m, ef_construction=efc)
+    g.num_threads = threads
+    g.add(x)
+    return g
+
+
+def build_hnswlib(x: np.ndarray, m: int, efc: int, threads: int = 1):
+    import hnswlib
+
+    h = hnswlib.Index(space="ip", dim=x.shape[1])
+    h.init_index(max_elements=len(x), M=m, ef_construction=efc, random_seed=42)
+    h.set_num_threads(threads)
+    h.add_items(x, np.arange(len(x)))
+    return h
+
+
 def vsr_impl(x: np.ndarray, storage: str, m: int, efc: int) -> Impl:
     state = {}
 
     def build():
-        g = vsr_index.GraphIndex(x.shape[1], metric="ip", storage=storage, M=m, ef_construction=efc)
-        g.num_threads = 1
-        g.add(x)
-        state["g"] = g
+        state["g"] = build_vsr(x, storage, m, efc)
 
     def set_param(ef):
         state["g"].ef_search = ef
@@ -127,18 +143,12 @@ def vsr_impl(x: np.ndarray, storage: str, m: int, efc: int) -> Impl:
 
 
 def hnswlib_impl(x: np.ndarray, m: int, efc: int) -> Impl | None:
-    try:
-        import hnswlib
-    except ImportError:
+    if importlib.util.find_spec("hnswlib") is None:
         return None
     state = {}
 
     def build():
-        h = hnswlib.Index(space="ip", dim=x.shape[1])
-        h.init_index(max_elements=len(x), M=m, ef_construction=efc, random_seed=42)
-        h.set_num_threads(1)
-        h.add_items(x, np.arange(len(x)))
-        state["h"] = h
+        state["h"] = build_hnswlib(x, m, efc)
 
     return Impl(
         "hnswlib",
@@ -258,6 +268,41 @@ def scann_impl(x: np.ndarray) -> Impl | None:
     )
 
 
+def build_times_at(x: np.ndarray, args, threads: int) -> dict:
+    """vsr-f32 and hnswlib builds with `threads` workers, interleaved: median wall-clock and CPU seconds."""
+    cpu: dict[str, list[float]] = {"vsr-f32": [], "hnswlib": []}
+
+    def timed_cpu(name: str, build: Callable[[], object]) -> None:
+        t0 = time.process_time()
+        build()
+        cpu[name].append(time.process_time() - t0)
+
+    fns = {
+        "vsr-f32": lambda: timed_cpu(
+            "vsr-f32", lambda: build_vsr(x, "f32", args.M, args.ef_construction, threads)
+        ),
+        "hnswlib": lambda: timed_cpu(
+            "hnswlib", lambda: build_hnswlib(x, args.M, args.ef_construction, threads)
+        ),
+    }
+    wall = common.interleaved(fns, repeats=args.build_repeats, warmup=0)
+    row = {f"{name} wall_s": common.median(t) for name, t in wall.items()}
+    row |= {f"{name} cpu_s": common.median(t) for name, t in cpu.items()}
+    row["wall ratio"] = row["vsr-f32 wall_s"] / row["hnswlib wall_s"]
+    row["cpu ratio"] = row["vsr-f32 cpu_s"] / row["hnswlib cpu_s"]
+    print(
+        f"build, {threads} thread(s), median of {args.build_repeats} interleaved: vsr-f32 "
+        f"{row['vsr-f32 wall_s']:.2f} s wall / {row['vsr-f32 cpu_s']:.2f} s CPU, hnswlib "
+        f"{row['hnswlib wall_s']:.2f} s / {row['hnswlib cpu_s']:.2f} s: {row['wall ratio']:.2f}x wall, "
+        f"{row['cpu ratio']:.2f}x CPU"
+    )
+    return row
+
+
+def build_times(x: np.ndarray, args) -> dict:
+    return {threads: build_times_at(x, args, threads) for threads in (1, 2)}
+
+
 def qps_at_recall(points: list[dict], target: float) -> float | None:
     """QPS where the recall curve crosses `target` (log-QPS interpolated), None if it never does."""
     pts = sorted(points, key=lambda p: p["recall"])
@@ -326,8 +371,13 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args, faiss) -> dict:
     for other in ("hnswlib", "faiss-hnsw", "usearch", "faiss-ivfpq-fs+refine", "scann"):
         if other in by and by[other]["qps@0.95"] and best_vsr["qps@0.95"]:
             ratios[f"{best_vsr['library']} / {other} qps@0.95"] = best_vsr["qps@0.95"] / by[other]["qps@0.95"]
-    if "hnswlib" in by:
+    builds = None
+    if "hnswlib" in by and "vsr-f32" in by:
         ratios["vsr-f32 / hnswlib build time"] = by["vsr-f32"]["build_s"] / by["hnswlib"]["build_s"]
+        builds = build_times(x, args)
+        for threads, row in builds.items():
+            ratios[f"vsr-f32 / hnswlib build time, {threads} thread(s), median wall"] = row["wall ratio"]
+            ratios[f"vsr-f32 / hnswlib build time, {threads} thread(s), median CPU"] = row["cpu ratio"]
     for key, val in ratios.items():
         print(f"{key}: {val:.2f}x")
     return {
@@ -338,6 +388,7 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args, faiss) -> dict:
         "rows": rows,
         "curves": curves,
         "ratios": ratios,
+        "builds": builds,
     }
 
 
@@ -375,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--storages", nargs="+", default=["f32", "bf16"])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--build-repeats", type=int, default=5, help="interleaved builds per thread count")
     ap.add_argument("--no-real", action="store_true", help="skip the MiniLM FIG embeddings")
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_graph.json")

@@ -16,6 +16,7 @@ GraphIndex::GraphIndex(std::size_t dim, const GraphOptions& options)
       opts_(options),
       codec_(options.storage, dim, default_isa()),
       kernels_(kernels_for(default_isa())),
+      row_kernels_(&kernels_for(codec_.isa())->storage[std::size_t(options.storage)]),
       keep_originals_(options.storage != Storage::f32),
       ef_search_(options.ef_search),
       node_locks_(new std::mutex[kNodeLocks]) {}
@@ -161,9 +162,15 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   // Small tasks keep the workers balanced; each insertion locks only the nodes it links.
   constexpr std::size_t kPerTask = 16;
   const std::size_t todo = n - first, tasks = (todo + kPerTask - 1) / kPerTask;
+  // One worker needs no locks: nothing else touches the graph while the exclusive lock is held.
+  const bool concurrent = threads > 1 && tasks > 1;
   parallel_for(tasks, threads, [&](std::size_t t) {
-    for (std::size_t i = first + t * kPerTask; i < std::min(n, first + (t + 1) * kPerTask); ++i)
-      insert(slots[i], levels_[slots[i]]);
+    for (std::size_t i = first + t * kPerTask; i < std::min(n, first + (t + 1) * kPerTask); ++i) {
+      if (concurrent)
+        insert<true>(slots[i], levels_[slots[i]]);
+      else
+        insert<false>(slots[i], levels_[slots[i]]);
+    }
   });
 
   if (max_norm_.load() >= 0) {
@@ -179,25 +186,32 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   return {};
 }
 
+GraphIndex::BuildScratch& GraphIndex::thread_scratch() {
+  thread_local BuildScratch scratch;
+  return scratch;
+}
+
+template <bool locked>
 void GraphIndex::insert(std::uint32_t slot, int level) {
-  std::vector<float> q(dim_), buf;
-  decode_slot(slot, q.data());
+  BuildScratch& sc = thread_scratch();
+  sc.query.resize(dim_);
+  sc.row.resize(dim_);
+  const float* q = row_f32(slot, sc.query.data());
   std::unique_lock top_lock(entry_mutex_);
   std::uint32_t ep = entry_;
   const int top = max_level_;
   if (level <= top) top_lock.unlock();  // only a new top level keeps entry_ locked
 
   std::uint64_t dcount = 0;
-  float ep_dist = dist_to(q.data(), ep);
-  ep = greedy_descend<true>(q.data(), ep, ep_dist, top, level, dcount);
-  std::vector<Candidate> entry{{dist_to(q.data(), ep), ep}}, found;
-  std::vector<std::uint32_t> chosen;
+  float ep_dist = dist_to(q, ep);
+  ep = greedy_descend<locked>(q, ep, ep_dist, top, level, dcount);
+  sc.entry.assign(1, Candidate{dist_to(q, ep), ep});
   Visited& visited = thread_visited();
   for (int l = std::min(level, top); l >= 0; --l) {
-    search_layer<true>(q.data(), entry, opts_.ef_construction, l, nullptr, visited, found, dcount);
-    entry = found;
-    select_neighbors(found, opts_.M, chosen, buf);
-    connect(slot, l, chosen, buf);
+    search_layer<locked>(q, sc.entry, opts_.ef_construction, l, nullptr, visited, sc.found, dcount);
+    sc.entry = sc.found;
+    select_neighbors(sc.found, opts_.M, sc.chosen, sc.select);
+    connect(slot, l, sc.chosen, sc);
   }
   if (level > top) {
     entry_ = slot;
@@ -206,7 +220,7 @@ void GraphIndex::insert(std::uint32_t slot, int level) {
 }
 
 void GraphIndex::connect(std::uint32_t slot, int level, const std::vector<std::uint32_t>& neighbors,
-                         std::vector<float>& buf) {
+                         BuildScratch& sc) {
   const std::size_t cap = max_links(level);
   {
     std::lock_guard lock(node_lock(slot));
@@ -214,9 +228,6 @@ void GraphIndex::connect(std::uint32_t slot, int level, const std::vector<std::u
     l[0] = std::uint32_t(neighbors.size());
     std::copy(neighbors.begin(), neighbors.end(), l + 1);
   }
-  std::vector<float> nbv(dim_);
-  std::vector<Candidate> cands;
-  std::vector<std::uint32_t> kept;
   for (std::uint32_t nb : neighbors) {
     if (nb == slot) continue;
     std::lock_guard lock(node_lock(nb));
@@ -227,13 +238,13 @@ void GraphIndex::connect(std::uint32_t slot, int level, const std::vector<std::u
       continue;
     }
     // Full: re-select among the old links plus the new node.
-    const float* v = row_f32(nb, nbv.data());
-    cands.clear();
-    for (std::uint32_t i = 0; i < l[0]; ++i) cands.push_back({dist_to(v, l[1 + i]), l[1 + i]});
-    cands.push_back({dist_to(v, slot), slot});
-    select_neighbors(cands, cap, kept, buf);
-    l[0] = std::uint32_t(kept.size());
-    std::copy(kept.begin(), kept.end(), l + 1);
+    const float* v = row_f32(nb, sc.row.data());
+    sc.cands.clear();
+    for (std::uint32_t i = 0; i < l[0]; ++i) sc.cands.push_back({dist_to(v, l[1 + i]), l[1 + i]});
+    sc.cands.push_back({dist_to(v, slot), slot});
+    select_neighbors(sc.cands, cap, sc.kept, sc.select);
+    l[0] = std::uint32_t(sc.kept.size());
+    std::copy(sc.kept.begin(), sc.kept.end(), l + 1);
   }
 }
 

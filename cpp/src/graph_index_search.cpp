@@ -45,11 +45,6 @@ std::uint32_t* GraphIndex::links_mut(std::uint32_t slot, int level) noexcept {
   return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
 }
 
-float GraphIndex::dist_to(const float* q, std::uint32_t slot) const noexcept {
-  const std::uint8_t* row = codes_.data() + std::size_t(slot) * codec_.row_bytes();
-  return opts_.metric == Metric::l2 ? codec_.l2sq(q, row) : -codec_.dot(q, row);
-}
-
 float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept {
   if (!keep_originals_) return -dist_to(q, slot);
   const float* x = originals_.data() + std::size_t(slot) * dim_;
@@ -139,16 +134,25 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
       count = l[0];
       std::copy(l + 1, l + 1 + count, buf);
     }
-    if (count > 0) __builtin_prefetch(codes_.data() + std::size_t(buf[0]) * rb);
+    // Two passes: the unvisited neighbours' rows start loading together (memory-level
+    // parallelism), then each is scored while the whole of the next one is fetched.
+    std::uint32_t fresh = 0;
     for (std::uint32_t i = 0; i < count; ++i) {
       const std::uint32_t nb = buf[i];
-      // The next row's first lines load while this one is scored (hardware prefetch follows).
-      if (i + 1 < count) {
-        const std::uint8_t* next = codes_.data() + std::size_t(buf[i + 1]) * rb;
-        __builtin_prefetch(next);
-        __builtin_prefetch(next + 64);
-      }
       if (visited.check_and_mark(nb)) continue;
+      buf[fresh++] = nb;
+      __builtin_prefetch(codes_.data() + std::size_t(nb) * rb);
+    }
+    if (fresh > 0) {
+      const std::uint8_t* first = codes_.data() + std::size_t(buf[0]) * rb;
+      for (std::size_t off = 64; off < rb; off += 64) __builtin_prefetch(first + off);
+    }
+    for (std::uint32_t i = 0; i < fresh; ++i) {
+      const std::uint32_t nb = buf[i];
+      if (i + 1 < fresh) {
+        const std::uint8_t* next = codes_.data() + std::size_t(buf[i + 1]) * rb;
+        for (std::size_t off = 64; off < rb; off += 64) __builtin_prefetch(next + off);
+      }
       const float d = dist_to(q, nb);
       ++dcount;
       if (top.size() < ef || d < top.front().dist) {
@@ -168,11 +172,17 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
   std::sort_heap(top.begin(), top.end(), Farther());  // ascending distance
 }
 
+// The build walks with locks when inserting in parallel and without them on one thread.
 template std::uint32_t GraphIndex::greedy_descend<true>(const float*, std::uint32_t, float, int, int,
                                                         std::uint64_t&) const;
+template std::uint32_t GraphIndex::greedy_descend<false>(const float*, std::uint32_t, float, int, int,
+                                                         std::uint64_t&) const;
 template void GraphIndex::search_layer<true>(const float*, const std::vector<Candidate>&, std::size_t, int,
                                              const IdFilter*, Visited&, std::vector<Candidate>&,
                                              std::uint64_t&) const;
+template void GraphIndex::search_layer<false>(const float*, const std::vector<Candidate>&, std::size_t, int,
+                                              const IdFilter*, Visited&, std::vector<Candidate>&,
+                                              std::uint64_t&) const;
 
 void GraphIndex::select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,
                                   std::vector<float>& buffer) const {

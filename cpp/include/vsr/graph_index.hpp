@@ -104,6 +104,13 @@ class GraphIndex final : public Index {
     std::uint16_t epoch_ = 0;
   };
   static Visited& thread_visited();
+  // Per-thread buffers of an insertion, reused from one insert to the next (no allocation once warm).
+  struct BuildScratch {
+    std::vector<float> query, row, select;  // the new node, a neighbour (decoded), select_neighbors'
+    std::vector<Candidate> entry, found, cands;
+    std::vector<std::uint32_t> chosen, kept;
+  };
+  static BuildScratch& thread_scratch();
 
   GraphIndex(std::size_t dim, const GraphOptions& options);
 
@@ -114,7 +121,10 @@ class GraphIndex final : public Index {
   std::mutex& node_lock(std::uint32_t slot) const noexcept { return node_locks_[slot % kNodeLocks]; }
 
   // Distances.
-  float dist_to(const float* q, std::uint32_t slot) const noexcept;
+  float dist_to(const float* q, std::uint32_t slot) const noexcept {
+    const std::uint8_t* row = codes_.data() + std::size_t(slot) * codec_.row_bytes();
+    return opts_.metric == Metric::l2 ? row_kernels_->l2sq(q, row, dim_) : -row_kernels_->dot(q, row, dim_);
+  }
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
   // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.
@@ -137,8 +147,9 @@ class GraphIndex final : public Index {
                  std::uint64_t& dcount) const;
 
   // Build primitives (graph_index.cpp).
+  template <bool locked>
   void insert(std::uint32_t slot, int level);
-  void connect(std::uint32_t slot, int level, const std::vector<std::uint32_t>& neighbors, std::vector<float>& buf);
+  void connect(std::uint32_t slot, int level, const std::vector<std::uint32_t>& neighbors, BuildScratch& scratch);
   void repair(const std::vector<char>& removed);
   int random_level(std::uint32_t slot) const noexcept;
   void grow(std::size_t capacity);
@@ -152,6 +163,7 @@ class GraphIndex final : public Index {
   GraphOptions opts_;
   Codec codec_;
   const Kernels* kernels_;
+  const StorageKernels* row_kernels_;  // the codec's row scorers, called directly in the walk
   bool keep_originals_;
   std::atomic<std::size_t> ef_search_;
   std::atomic<int> num_threads_{0};
