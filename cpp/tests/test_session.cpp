@@ -74,6 +74,14 @@ std::vector<idx_t> exact_ids(const Index& index, const std::vector<float>& q, st
   return ids;
 }
 
+// One refine of session s; the ids it returned (info, when given, says how).
+std::vector<idx_t> refine_ids(Session& s, const std::vector<float>& q, std::size_t k, TurnInfo* info = nullptr) {
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  CHECK(s.refine(q.data(), k, sc.data(), ids.data(), info).ok());
+  return ids;
+}
+
 }  // namespace
 
 TEST(first_turn_equals_search_and_tiny_move_is_proven_from_pool) {
@@ -168,12 +176,8 @@ TEST(exclude_seen_never_returns_an_id_twice) {
     IdFilter deny;
     deny.mode = IdFilter::Mode::deny;
     deny.ids.insert(seen.begin(), seen.end());
-    auto expect = exact_ids(*index, q2, k, &deny);
-    std::vector<float> sc(k);
-    std::vector<idx_t> ids(k);
-    TurnInfo info;
-    CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
-    CHECK(ids == expect);
+    auto ids = refine_ids(*s, q2, k);
+    CHECK(ids == exact_ids(*index, q2, k, &deny));
     for (idx_t id : ids) CHECK(seen.insert(id).second);
   }
   CHECK(s->seen().size() == seen.size());
@@ -293,12 +297,9 @@ TEST(exclude_drops_only_the_given_ids_and_the_pool_proof_still_holds) {
       CHECK(s->exclude(&top1, 1).ok());
       deny.ids.insert(top1);
       auto q2 = moved(q, 0.9995, 70 + turn);
-      auto expect = exact_ids(*index, q2, k, &deny);
-      std::vector<float> sc(k);
-      std::vector<idx_t> ids(k);
       TurnInfo info;
-      CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
-      CHECK(ids == expect);
+      auto ids = refine_ids(*s, q2, k, &info);
+      CHECK(ids == exact_ids(*index, q2, k, &deny));
       CHECK(std::find(ids.begin(), ids.end(), top1) == ids.end());
       pool_turns += info.path == TurnPath::pool;
       // The previous turn's other results were not excluded: after a tiny move they come back.
@@ -322,9 +323,7 @@ TEST(exclude_with_allow_filter_and_bad_ids) {
   auto s = Session::start(*index, q.data(), k, opt).value();
   std::vector<idx_t> ex = {20, 30, 99999};  // an id not in the index is fine
   CHECK(s->exclude(ex.data(), ex.size()).ok());
-  std::vector<float> sc(k);
-  std::vector<idx_t> ids(k);
-  CHECK(s->refine(q.data(), k, sc.data(), ids.data(), nullptr).ok());
+  auto ids = refine_ids(*s, q, k);
   CHECK(ids[0] == 10 && ids[1] == kNoId);
   std::vector<idx_t> bad = {5, -3};
   Status st = s->exclude(bad.data(), bad.size());
