@@ -67,7 +67,9 @@ def test_reconstruct_returns_the_added_rows(case, metric, n, seed, data):
     _check(got, _expected(rows[picks], metric), tol, metric)
 
 
-@pytest.mark.parametrize("case", KINDS, ids=lambda c: f"{c[0]}-{c[1]}-r{c[2]}" if isinstance(c, tuple) else None)
+@pytest.mark.parametrize(
+    "case", KINDS, ids=lambda c: f"{c[0]}-{c[1]}-r{c[2]}" if isinstance(c, tuple) else None
+)
 @pytest.mark.parametrize("metric", ["ip", "cosine"])
 def test_reconstruct_after_remove_and_mmap_load(case, metric, tmp_path):
     kind, storage, rerank, tol = case
@@ -125,7 +127,9 @@ def test_reconstruct_runs_alongside_searches(kind):
             if not np.array_equal(index.search(queries, 5)[1], expected_ids):
                 errors.append("search differs")
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [threading.Thread(target=searcher)]
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
+        threading.Thread(target=searcher)
+    ]
     for t in threads:
         t.start()
     for t in threads:
