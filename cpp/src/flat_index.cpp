@@ -372,8 +372,8 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
 
 Status FlatIndex::range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
                                const SearchParams& params) const {
-  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
-  if (!std::isfinite(radius)) return make_error(ErrorCode::invalid_argument, "radius must be finite");
+  Status st = check_range_args(radius, out);
+  if (!st.ok()) return st;
   std::vector<float> qstore;
   Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
   if (!prepared.ok()) return prepared.error();
@@ -409,15 +409,7 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
       }
     }
   });
-  out->lims.assign(nq + 1, 0);
-  for (std::size_t i = 0; i < nq; ++i) out->lims[i + 1] = out->lims[i] + hits[i].size();
-  out->scores.resize(out->lims[nq]);
-  out->ids.resize(out->lims[nq]);
-  for (std::size_t i = 0; i < nq; ++i)
-    for (std::size_t j = 0; j < hits[i].size(); ++j) {
-      out->scores[out->lims[i] + j] = l2 ? -hits[i][j].first : hits[i][j].first;
-      out->ids[out->lims[i] + j] = hits[i][j].second;
-    }
+  write_range_result(opts_.metric, hits, out);
   return {};
 }
 
@@ -434,13 +426,9 @@ Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const id
   if (!prepared.ok()) return prepared.error();
   const float* q = prepared.value();
   std::shared_lock lock(mutex_);
-  std::vector<std::size_t> rows(n);
-  for (std::size_t j = 0; j < n; ++j) {
-    auto it = row_of_.find(ids[j]);
-    if (it == row_of_.end())
-      return make_error(ErrorCode::not_found, "id " + std::to_string(ids[j]) + " is not in the index");
-    rows[j] = it->second;
-  }
+  std::vector<std::size_t> rows;
+  Status st = lookup_rows(ids, n, row_of_, rows);
+  if (!st.ok()) return st;
   if (opts_.metric == Metric::l2) {
     // Direct distances (no norm expansion), tile by tile so each row serves every query from cache.
     const std::size_t tile = std::max<std::size_t>(1, 16384 / dim_);
@@ -460,6 +448,24 @@ Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const id
     std::memcpy(&gathered[j * rb], src, rb);
   }
   codec.dot_block(q, nq, gathered.data(), n, scores, n);
+  return {};
+}
+
+Status FlatIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
+  if (n == 0) return {};
+  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
+  std::shared_lock lock(mutex_);
+  std::vector<std::size_t> rows;
+  Status st = lookup_rows(ids, n, row_of_, rows);
+  if (!st.ok()) return st;
+  // Only the requested rows are read, so a mapped index stays mapped.
+  const std::size_t rb = codec_.row_bytes();
+  for (std::size_t j = 0; j < n; ++j) {
+    if (opts_.rerank > 0)
+      std::memcpy(out + j * dim_, originals_.data() + rows[j] * dim_, dim_ * sizeof(float));
+    else
+      codec_.decode(codes_.data() + rows[j] * rb, out + j * dim_);
+  }
   return {};
 }
 

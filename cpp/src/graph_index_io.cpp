@@ -9,6 +9,7 @@
 #include <string>
 
 #include "vsr/graph_index.hpp"
+#include "vsr/input_checks.hpp"
 
 namespace vsr {
 
@@ -172,6 +173,20 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
   index->max_level_ = meta.live > 0 ? meta.max_level : -1;
   index->file_ = std::move(file);
   return index;
+}
+
+Status GraphIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const {
+  if (n == 0) return {};
+  if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
+  std::shared_lock lock(mutex_);
+  std::vector<std::uint32_t> slots;
+  Status st = lookup_rows(ids, n, slot_of_, slots);
+  if (!st.ok()) return st;
+  for (std::size_t j = 0; j < n; ++j) {
+    const float* x = keep_originals_ ? originals_.data() + std::size_t(slots[j]) * dim_ : row_f32(slots[j], out + j * dim_);
+    if (x != out + j * dim_) std::memcpy(out + j * dim_, x, dim_ * sizeof(float));
+  }
+  return {};
 }
 
 }  // namespace vsr

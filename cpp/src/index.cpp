@@ -11,6 +11,10 @@ Error unsupported(const Index& index, const char* what) {
 
 Status Index::remove(const idx_t*, std::size_t) { return unsupported(*this, "remove"); }
 
+Status Index::reconstruct(const idx_t*, std::size_t, float*) const {
+  return unsupported(*this, "reconstruct");
+}
+
 Status Index::range_search(const float*, std::size_t, float, RangeResult*, const SearchParams&) const {
   return unsupported(*this, "range_search");
 }

@@ -1,5 +1,6 @@
 #include "vsr/input_checks.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace vsr {
@@ -57,6 +58,16 @@ Status check_k_fits(std::size_t k, std::size_t size) {
     return make_error(ErrorCode::invalid_argument,
                       "k = " + std::to_string(k) + " exceeds the " + std::to_string(size) + " vectors in the index");
   return {};
+}
+
+std::string missing_ids_message(const std::vector<idx_t>& missing) {
+  if (missing.size() == 1) return "id " + std::to_string(missing[0]) + " is not in the index";
+  constexpr std::size_t kListed = 10;
+  std::string msg = std::to_string(missing.size()) + " ids are not in the index: ";
+  for (std::size_t i = 0; i < std::min(missing.size(), kListed); ++i)
+    msg += (i > 0 ? ", " : "") + std::to_string(missing[i]);
+  if (missing.size() > kListed) msg += ", ...";
+  return msg;
 }
 
 Status check_range_args(float radius, const RangeResult* out) {

@@ -368,6 +368,29 @@ Status Session::refine(const float* query, std::size_t k, float* scores, idx_t* 
   return {};
 }
 
+Status Session::exclude(const idx_t* ids, std::size_t n) {
+  if (n == 0) return {};
+  if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
+  for (std::size_t i = 0; i < n; ++i)
+    if (ids[i] < 0)
+      return make_error(ErrorCode::invalid_argument, "ids must be non-negative, got " + std::to_string(ids[i]));
+  std::lock_guard lock(mutex_);
+  for (std::size_t i = 0; i < n; ++i) mark_seen(ids[i], true);
+  return {};
+}
+
+void Session::mark_seen(idx_t id, bool exclude) {
+  if (std::find(seen_order_.begin(), seen_order_.end(), id) == seen_order_.end()) seen_order_.push_back(id);
+  if (!exclude) return;
+  // An allow-list shrinks; otherwise the id joins the deny-list (an unfiltered session starts one).
+  if (effective_filter_.mode == IdFilter::Mode::allow) {
+    effective_filter_.ids.erase(id);
+  } else {
+    effective_filter_.mode = IdFilter::Mode::deny;
+    effective_filter_.ids.insert(id);
+  }
+}
+
 Status Session::run_turn(const float* query, std::size_t k, bool first) {
   std::vector<float> q;
   Status s = prepare_query(index_, query, q);
@@ -403,15 +426,8 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
     if (!s.ok()) return s;
     if (!fresh.anchor.empty()) pool_ = std::move(fresh);  // refilled by a cold search
   }
-  if (options_.exclude_seen && effective_filter_.mode != IdFilter::Mode::allow)
-    effective_filter_.mode = IdFilter::Mode::deny;
-  for (idx_t id : out_ids) {
-    if (id == kNoId) continue;
-    if (std::find(seen_order_.begin(), seen_order_.end(), id) == seen_order_.end()) seen_order_.push_back(id);
-    if (!options_.exclude_seen) continue;
-    if (effective_filter_.mode == IdFilter::Mode::allow) effective_filter_.ids.erase(id);
-    else effective_filter_.ids.insert(id);
-  }
+  for (idx_t id : out_ids)
+    if (id != kNoId) mark_seen(id, options_.exclude_seen);
   scores_ = std::move(out_scores);
   ids_ = std::move(out_ids);
   info_ = info;

@@ -387,3 +387,65 @@ TEST(generation_max_norm_stats_and_batch_scores) {
 }
 
 VSR_TEST_MAIN
+
+TEST(reconstruct_returns_stored_rows_in_order_for_every_storage) {
+  const std::size_t n = 300, d = 19;
+  auto base = random_vec(n * d, 41);
+  std::vector<idx_t> ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = idx_t(50 + 3 * i);
+  const std::string path = "/tmp/vsr_test_flat_rec_" + std::to_string(::getpid()) + ".vsr";
+  // Largest decode error per storage, relative to the row's largest magnitude (0 = bit exact).
+  const std::vector<std::pair<Storage, double>> tolerances = {
+      {Storage::f32, 0.0}, {Storage::f16, 1e-3}, {Storage::bf16, 8e-3}, {Storage::int8, 1.0 / 127}};
+  for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2})
+    for (auto [s, tol] : tolerances)
+      for (std::size_t rerank : {std::size_t(0), std::size_t(2)}) {
+        if (s == Storage::f32 && rerank > 0) continue;
+        auto index = make_index(d, m, s, rerank);
+        CHECK(index->add(base.data(), n, ids.data()).ok());
+        CHECK(index->remove(&ids[7], 5).ok());  // moves the last rows into the holes
+        // Expected rows: as added, normalised for cosine.
+        auto expected = [&](std::size_t i) {
+          std::vector<float> x(base.begin() + i * d, base.begin() + (i + 1) * d);
+          if (m == Metric::cosine) {
+            double nn = 0;
+            for (float v : x) nn += double(v) * v;
+            for (float& v : x) v = float(v / std::sqrt(nn));
+          }
+          return x;
+        };
+        const std::vector<std::size_t> pick = {n - 1, 0, 12, n - 1, 6, 150};  // repeats allowed
+        std::vector<idx_t> want(pick.size());
+        for (std::size_t j = 0; j < pick.size(); ++j) want[j] = ids[pick[j]];
+        auto check_rows = [&](const FlatIndex& idx) {
+          std::vector<float> out(pick.size() * d, -99.0f);
+          CHECK(idx.reconstruct(want.data(), want.size(), out.data()).ok());
+          const bool exact = s == Storage::f32 || rerank > 0;
+          for (std::size_t j = 0; j < pick.size(); ++j) {
+            auto x = expected(pick[j]);
+            float mx = 0;
+            for (float v : x) mx = std::max(mx, std::fabs(v));
+            for (std::size_t c = 0; c < d; ++c) {
+              // Cosine rows are normalised once, in float32, by the index: compare within rounding.
+              const double allowed = exact ? (m == Metric::cosine ? 1e-6 : 0.0) : tol * mx;
+              CHECK(std::fabs(out[j * d + c] - x[c]) <= allowed);
+            }
+          }
+        };
+        check_rows(*index);
+        // Removed and never-added ids are errors naming them.
+        std::vector<idx_t> bad = {ids[0], ids[8], 7};
+        std::vector<float> out(3 * d);
+        Status st = index->reconstruct(bad.data(), 3, out.data());
+        CHECK(!st.ok() && st.error().code == ErrorCode::not_found);
+        CHECK(!st.ok() && st.error().message == "2 ids are not in the index: " + std::to_string(ids[8]) + ", 7");
+        CHECK(index->reconstruct(want.data(), 0, nullptr).ok());
+        CHECK(index->save(path).ok());
+        auto loaded = FlatIndex::load(path, true, true);
+        CHECK(loaded.ok());
+        if (!loaded.ok()) continue;
+        check_rows(*loaded.value());
+        CHECK(loaded.value()->is_mapped());  // reading rows does not copy the index
+      }
+  std::remove(path.c_str());
+}

@@ -323,3 +323,48 @@ TEST(bad_arguments_are_rejected) {
 }
 
 VSR_TEST_MAIN
+
+TEST(reconstruct_returns_exact_rows_after_remove_reuse_and_mmap_load) {
+  const std::size_t n = 600, d = 12;
+  auto x = clustered(n, d, 21);
+  for (std::size_t i = 0; i < n * d; ++i) x[i] *= 1.0f + float(i % 7);  // not unit rows (ip, l2)
+  const std::string path = "/tmp/vsr_test_graph_rec_" + std::to_string(::getpid()) + ".vsr";
+  for (Metric m : {Metric::inner_product, Metric::l2})
+    for (Storage s : {Storage::f32, Storage::f16, Storage::int8}) {
+      auto g = make_graph(d, m, s);
+      CHECK(g->add(x.data(), n - 1, nullptr).ok());
+      std::vector<idx_t> gone = {3, 4, 100};
+      CHECK(g->remove(gone.data(), gone.size()).ok());
+      idx_t reused = 9000;  // takes a freed slot
+      CHECK(g->add(x.data() + (n - 1) * d, 1, &reused).ok());
+      const std::vector<idx_t> want = {9000, 0, 598, 5, 0};
+      const std::vector<std::size_t> row = {n - 1, 0, 598, 5, 0};
+      auto check_rows = [&](const GraphIndex& idx) {
+        std::vector<float> out(want.size() * d);
+        CHECK(idx.reconstruct(want.data(), want.size(), out.data()).ok());
+        for (std::size_t j = 0; j < want.size(); ++j)
+          CHECK(std::equal(out.begin() + j * d, out.begin() + (j + 1) * d, x.begin() + row[j] * d));
+      };
+      check_rows(*g);
+      std::vector<float> out(2 * d);
+      Status st = g->reconstruct(gone.data() + 1, 2, out.data());
+      CHECK(!st.ok() && st.error().code == ErrorCode::not_found && st.error().message == "2 ids are not in the index: 4, 100");
+      CHECK(g->save(path).ok());
+      auto loaded = GraphIndex::load(path, true, true);
+      CHECK(loaded.ok());
+      if (!loaded.ok()) continue;
+      check_rows(*loaded.value());
+      CHECK(loaded.value()->is_mapped());
+    }
+  // Cosine stores normalised rows and returns them.
+  auto g = make_graph(d, Metric::cosine, Storage::bf16);
+  std::vector<float> y(x.begin(), x.begin() + 10 * d);
+  CHECK(g->add(y.data(), 10, nullptr).ok());
+  idx_t id = 4;
+  std::vector<float> out(d);
+  CHECK(g->reconstruct(&id, 1, out.data()).ok());
+  double nn = 0;
+  for (std::size_t c = 0; c < d; ++c) nn += double(y[4 * d + c]) * y[4 * d + c];
+  for (std::size_t c = 0; c < d; ++c) CHECK_NEAR(out[c], y[4 * d + c] / std::sqrt(nn), 1e-6);
+  std::remove(path.c_str());
+}

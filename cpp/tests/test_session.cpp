@@ -74,6 +74,14 @@ std::vector<idx_t> exact_ids(const Index& index, const std::vector<float>& q, st
   return ids;
 }
 
+// One refine of session s; the ids it returned (info, when given, says how).
+std::vector<idx_t> refine_ids(Session& s, const std::vector<float>& q, std::size_t k, TurnInfo* info = nullptr) {
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  CHECK(s.refine(q.data(), k, sc.data(), ids.data(), info).ok());
+  return ids;
+}
+
 }  // namespace
 
 TEST(first_turn_equals_search_and_tiny_move_is_proven_from_pool) {
@@ -168,12 +176,8 @@ TEST(exclude_seen_never_returns_an_id_twice) {
     IdFilter deny;
     deny.mode = IdFilter::Mode::deny;
     deny.ids.insert(seen.begin(), seen.end());
-    auto expect = exact_ids(*index, q2, k, &deny);
-    std::vector<float> sc(k);
-    std::vector<idx_t> ids(k);
-    TurnInfo info;
-    CHECK(s->refine(q2.data(), k, sc.data(), ids.data(), &info).ok());
-    CHECK(ids == expect);
+    auto ids = refine_ids(*s, q2, k);
+    CHECK(ids == exact_ids(*index, q2, k, &deny));
     for (idx_t id : ids) CHECK(seen.insert(id).second);
   }
   CHECK(s->seen().size() == seen.size());
@@ -273,3 +277,58 @@ TEST(bad_input_is_rejected) {
 }
 
 VSR_TEST_MAIN
+
+TEST(exclude_drops_only_the_given_ids_and_the_pool_proof_still_holds) {
+  const std::size_t n = 1200, d = 16, k = 5;
+  auto x = clustered(n, d, 17);
+  for (Metric m : {Metric::inner_product, Metric::cosine, Metric::l2}) {
+    auto index = make_flat(x, d, m);
+    std::vector<float> q(x.begin() + 3 * d, x.begin() + 4 * d);
+    SessionOptions opt;
+    opt.pool_size = 128;
+    auto s = Session::start(*index, q.data(), k, opt).value();
+    // Like an agent that shows only the top-1 of each turn: exclude it, keep the rest eligible.
+    IdFilter deny;
+    deny.mode = IdFilter::Mode::deny;
+    std::size_t pool_turns = 0;
+    for (unsigned turn = 0; turn < 8; ++turn) {
+      const std::vector<idx_t> previous = s->ids();
+      const idx_t top1 = previous[0];
+      CHECK(s->exclude(&top1, 1).ok());
+      deny.ids.insert(top1);
+      auto q2 = moved(q, 0.9995, 70 + turn);
+      TurnInfo info;
+      auto ids = refine_ids(*s, q2, k, &info);
+      CHECK(ids == exact_ids(*index, q2, k, &deny));
+      CHECK(std::find(ids.begin(), ids.end(), top1) == ids.end());
+      pool_turns += info.path == TurnPath::pool;
+      // The previous turn's other results were not excluded: after a tiny move they come back.
+      CHECK(std::find(ids.begin(), ids.end(), previous[1]) != ids.end());
+    }
+    CHECK(pool_turns > 0);  // the pool path ran with excluded entries in the pool
+    // Excluded ids are in seen even when exclude_seen is off.
+    auto seen = s->seen();
+    for (idx_t id : deny.ids) CHECK(std::find(seen.begin(), seen.end(), id) != seen.end());
+  }
+}
+
+TEST(exclude_with_allow_filter_and_bad_ids) {
+  const std::size_t n = 300, d = 8, k = 2;
+  auto x = clustered(n, d, 23);
+  auto index = make_flat(x, d, Metric::inner_product);
+  SessionOptions opt;
+  opt.filter.mode = IdFilter::Mode::allow;
+  opt.filter.ids = {10, 20, 30};
+  std::vector<float> q(x.begin(), x.begin() + d);
+  auto s = Session::start(*index, q.data(), k, opt).value();
+  std::vector<idx_t> ex = {20, 30, 99999};  // an id not in the index is fine
+  CHECK(s->exclude(ex.data(), ex.size()).ok());
+  auto ids = refine_ids(*s, q, k);
+  CHECK(ids[0] == 10 && ids[1] == kNoId);
+  std::vector<idx_t> bad = {5, -3};
+  Status st = s->exclude(bad.data(), bad.size());
+  CHECK(!st.ok() && st.error().code == ErrorCode::invalid_argument);
+  auto seen = s->seen();
+  CHECK(std::find(seen.begin(), seen.end(), 5) == seen.end());  // a failed call excludes nothing
+  CHECK(std::find(seen.begin(), seen.end(), 99999) != seen.end());
+}

@@ -91,6 +91,53 @@ def test_exclude_seen_never_repeats(data):
     assert set(s.seen.tolist()) == seen and s.turns == 9
 
 
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("kind", ["flat", "graph"])
+def test_exclude_drops_only_the_given_ids(data, metric, kind):
+    if kind == "flat":
+        index = vsr_index.FlatIndex(32, metric=metric)
+    else:
+        index = vsr_index.GraphIndex(32, metric=metric, M=12, ef_construction=100)
+        index.ef_search = 200
+    index.add(data)
+    q = data[21]
+    s = index.session(q, k=5, pool_size=64)
+    shown = []
+    rng = np.random.default_rng(5)
+    paths = set()
+    for _ in range(8):
+        previous = s.ids.tolist()
+        s.exclude([previous[0]])  # only the top-1 was shown
+        shown.append(previous[0])
+        q2 = _moved(q, 0.9995, rng)
+        _, ids, info = s.refine(q2, 5)
+        paths.add(info["path"])
+        got = ids.tolist()
+        assert not set(shown) & set(got)
+        if kind == "flat":
+            np.testing.assert_array_equal(ids, _exact_ids(data, q2, 5, metric, exclude=shown))
+        else:  # approximate, but the exclusion is exact
+            assert len(set(got) & set(_exact_ids(data, q2, 5, metric, exclude=shown).tolist())) >= 4
+        assert previous[1] in got  # returned but not excluded: still eligible
+    if kind == "flat":
+        assert "pool" in paths  # the pool proof ran with excluded entries in the pool
+    assert set(shown) <= set(s.seen.tolist())
+
+
+def test_exclude_rejects_bad_ids(data):
+    index = vsr_index.FlatIndex(32)
+    index.add(data[:100])
+    s = index.session(data[0], k=3)
+    with pytest.raises(ValueError, match="non-negative"):
+        s.exclude([4, -1])
+    with pytest.raises(TypeError, match="integer dtype"):
+        s.exclude([1.5])
+    assert 4 not in s.seen.tolist()
+    s.exclude(np.array([], dtype=np.int64))
+    s.exclude(5)
+    assert 5 in s.seen.tolist() and 5 not in s.refine(data[5], 3)[1].tolist()
+
+
 def test_deny_filter_applies_to_every_turn(data):
     index = vsr_index.FlatIndex(32, metric="cosine")
     index.add(data)

@@ -79,7 +79,8 @@ def test_multi_turn_sqr_against_the_real_engine(setup, monkeypatch):
     assert summarize(traces)["ver_strict"] == 100.0
 
 
-def test_sessions_and_plain_search_show_the_same_videos_at_top1(setup, monkeypatch):
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_sessions_and_plain_search_give_the_same_rankings(setup, monkeypatch, top_k):
     engine, corpus, moments = setup
     policy = tiny_composite_policy(engine, num_latents=2, seed=4)
     with torch.no_grad():
@@ -95,9 +96,16 @@ def test_sessions_and_plain_search_show_the_same_videos_at_top1(setup, monkeypat
     )
     runs = {}
     for use_sessions in (False, True):
-        config = AgentConfig(max_turns=3, top_k=1, batch_size=2, use_sessions=use_sessions)
+        config = AgentConfig(max_turns=3, top_k=top_k, batch_size=2, use_sessions=use_sessions)
         traces = run_agent(policy, engine, corpus, moments[:3], config)
-        runs[use_sessions] = [([t.shown_video for t in tr.turns], tr.final_ranking) for tr in traces]
+        runs[use_sessions] = [([t.ranking for t in tr.turns], tr.final_ranking) for tr in traces]
+    # Only the shown (top-1) videos are excluded: with top_k > 1 a video ranked but not shown in
+    # one turn may be ranked again in the next, by sessions as by plain search.
     assert runs[True] == runs[False]
-    for shown, final in runs[True]:
+    for rankings, final in runs[True]:
+        shown = [r[0] for r in rankings]
         assert len(set(shown)) == 3 and final[0] not in shown
+        # each turn ranks everything left after the videos already shown (the test corpus is small)
+        assert [len(r) for r in rankings] == [min(top_k, len(corpus) - t) for t in range(3)]
+        for later, previous in zip(rankings[1:], rankings, strict=False):
+            assert previous[0] not in later

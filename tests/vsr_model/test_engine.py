@@ -164,9 +164,14 @@ def test_the_index_is_saved_by_vsr_index_and_served_from_its_memory_map(tmp_path
     tiny_engine.save(tmp_path / "eng")
     assert vsr_index.index_kind(tmp_path / "eng" / "index.vsr") == "flat"
     loaded = SearchEngine.load(tmp_path / "eng")
-    assert loaded.index.index.is_mapped and isinstance(loaded.index.vectors(), np.memmap)
+    assert not (tmp_path / "eng" / "index_vectors.npy").exists()  # rows come from the index itself
+    assert loaded.index.index.is_mapped
     assert loaded.video_ids == ids and loaded.search(vecs[:5], k=3) == tiny_engine.search(vecs[:5], k=3)
-    assert torch.equal(loaded.video_embeddings(["v07", "v03"]), vecs[[7, 3]])
+    # the cosine index returns the normalised rows it stores: the unit inputs up to rounding
+    assert torch.allclose(loaded.video_embeddings(["v07", "v03"]), vecs[[7, 3]], atol=1e-6)
+    assert torch.equal(loaded.video_embeddings(["v07", "v03"]), tiny_engine.video_embeddings(["v07", "v03"]))
+    assert loaded.index.index.is_mapped  # reading rows copies nothing
+    np.testing.assert_allclose(loaded.index.vectors(), vecs.numpy(), atol=1e-6)
     assert loaded.session(vecs[4], k=2).hits == tiny_engine.session(vecs[4], k=2).hits
     # a loaded engine takes more videos and saves over its own folder
     more = unit_rows(2, seed=3)
@@ -175,11 +180,22 @@ def test_the_index_is_saved_by_vsr_index_and_served_from_its_memory_map(tmp_path
     loaded.save(tmp_path / "eng")
     again = SearchEngine.load(tmp_path / "eng")
     assert again.video_ids == [*ids, "new0", "new1"]
-    assert torch.equal(again.video_embeddings(["new1", "v00"]), torch.cat([more[1:], vecs[:1]]))
-    # the earlier layout (rows + ids, no index file) is indexed from its rows
+    assert torch.allclose(again.video_embeddings(["new1", "v00"]), torch.cat([more[1:], vecs[:1]]), atol=1e-6)
+    # the earlier layout (rows as index_vectors.npy + ids, no index file) is indexed from its rows
     (tmp_path / "eng" / "index.vsr").unlink()
+    with pytest.raises(FileNotFoundError, match=r"neither index\.vsr nor index_vectors\.npy"):
+        SearchEngine.load(tmp_path / "eng")
+    np.save(tmp_path / "eng" / "index_vectors.npy", again.index.vectors())
     old = SearchEngine.load(tmp_path / "eng")
     assert not old.index.index.is_mapped and old.search(vecs[:3], k=2) == again.search(vecs[:3], k=2)
+    assert torch.allclose(
+        old.video_embeddings(["new1", "v00"]), again.video_embeddings(["new1", "v00"]), atol=1e-7
+    )
+    # saving it writes the current layout and drops the superseded rows
+    old.save(tmp_path / "eng")
+    assert (tmp_path / "eng" / "index.vsr").is_file() and not (
+        tmp_path / "eng" / "index_vectors.npy"
+    ).exists()
     # an index file that does not belong to the id map is refused
     other = vsr_index.FlatIndex(32, "cosine")
     other.add(unit_rows(3).numpy())

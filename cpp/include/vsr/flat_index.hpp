@@ -63,6 +63,8 @@ class FlatIndex final : public Index {
   // One pass over the gathered rows for all queries (sessions' group refinement).
   Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                          float* scores) const override;
+  // Float32 originals when kept (rerank), else the stored rows decoded (exact for f32 storage).
+  Status reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   std::uint64_t generation() const noexcept override { return generation_.load(); }
   // Largest norm ever added (never decreases on remove), over the vectors that exact scores use.
   std::optional<float> max_norm() const noexcept override;

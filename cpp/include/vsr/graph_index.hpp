@@ -59,6 +59,8 @@ class GraphIndex final : public Index {
   Status search_warm(const float* query, std::size_t k, const idx_t* seeds, std::size_t n_seeds, float* scores,
                      idx_t* ids, const SearchParams& params) const override;
   Status score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
+  // Always exact: f32 storage is the rows themselves, compressed storage keeps float32 originals.
+  Status reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   // Approximate, like search(): k-NN walks with k doubling until the k-th result leaves the ball.
   Status range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
                       const SearchParams& params) const override;

@@ -113,6 +113,13 @@ class Index {
   // removed and the error names the offending id.
   virtual Status remove(const idx_t* ids, std::size_t n);
 
+  // The stored vectors of n ids, in the given order, as float32 rows (out: n x dim). Exact when
+  // the index keeps float32 rows (f32 storage, or float32 originals beside a compressed form);
+  // otherwise decoded from the compressed form, so approximate. Cosine indexes return the
+  // normalised rows they store. Unknown ids are a not_found error naming them; nothing useful is
+  // written then.
+  virtual Status reconstruct(const idx_t* ids, std::size_t n, float* out) const;
+
   // All results with score >= radius (inner product / cosine) or squared distance <= radius (l2).
   virtual Status range_search(const float* queries, std::size_t nq, float radius, RangeResult* out,
                               const SearchParams& params) const;

@@ -57,6 +57,26 @@ Status check_existing_ids(const idx_t* ids, std::size_t n, const Lookup& existin
   return {};
 }
 
+// "id 7 is not in the index" / "3 ids are not in the index: 7, 9, 12" (at most 10 listed).
+std::string missing_ids_message(const std::vector<idx_t>& missing);
+// Rows (or slots) of n looked-up ids, in order, from an id -> row map. Unknown ids are a not_found
+// error naming them (the first few, then how many in all).
+template <typename Map, typename Row>
+Status lookup_rows(const idx_t* ids, std::size_t n, const Map& row_of, std::vector<Row>& rows) {
+  if (ids == nullptr && n > 0) return make_error(ErrorCode::invalid_argument, "ids is null");
+  rows.resize(n);
+  std::vector<idx_t> missing;
+  for (std::size_t j = 0; j < n; ++j) {
+    auto it = row_of.find(ids[j]);
+    if (it == row_of.end())
+      missing.push_back(ids[j]);
+    else
+      rows[j] = it->second;
+  }
+  if (missing.empty()) return {};
+  return make_error(ErrorCode::not_found, missing_ids_message(missing));
+}
+
 // Range search arguments: a finite radius and somewhere to write.
 Status check_range_args(float radius, const RangeResult* out);
 

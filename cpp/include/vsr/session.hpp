@@ -88,25 +88,33 @@ class Session {
   // are kNoId) and, when info != nullptr, how they were obtained.
   Status refine(const float* query, std::size_t k, float* scores, idx_t* ids, TurnInfo* info);
 
+  // Never returns these ids in later turns (whether or not exclude_seen is set); they join seen()
+  // in the order given. The cached pool stays valid: excluded entries are skipped when it is
+  // re-scored, and the bound still covers the k-th best of the ids that remain. Negative ids are
+  // an error (nothing is excluded then); ids not in the index are accepted.
+  Status exclude(const idx_t* ids, std::size_t n);
+
   std::size_t dim() const noexcept { return dim_; }
   const SessionOptions& options() const noexcept { return options_; }
   // Latest turn's results and info.
   const std::vector<float>& scores() const noexcept { return scores_; }
   const std::vector<idx_t>& ids() const noexcept { return ids_; }
   const TurnInfo& info() const noexcept { return info_; }
-  // Ids returned so far, in the order they were returned.
+  // Ids returned or excluded so far, in that order.
   std::vector<idx_t> seen() const;
   std::size_t turns() const noexcept { return turns_; }
 
  private:
   Session(const Index& index, SessionOptions options);
   Status run_turn(const float* query, std::size_t k, bool first);
+  // Records id in seen_order_ and, when `exclude`, drops it from every later turn.
+  void mark_seen(idx_t id, bool exclude);
 
   const Index& index_;
   std::size_t dim_;
   SessionOptions options_;
   CandidatePool pool_;
-  IdFilter effective_filter_;  // options_.filter plus the seen ids when exclude_seen
+  IdFilter effective_filter_;  // options_.filter less the excluded ids (and the seen ones when exclude_seen)
   std::vector<idx_t> seen_order_;
   std::vector<float> scores_;
   std::vector<idx_t> ids_;

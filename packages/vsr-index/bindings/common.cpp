@@ -259,6 +259,22 @@ distance for "l2" (ascending). Missing results have id -1.)doc")
              return scores;
            },
            py::arg("query"), py::arg("ids"), "Scores of one query against the listed ids (exact where possible).")
+      .def("reconstruct", [](const vsr::Index& self, const py::handle& ids) {
+             auto id = as_ids(ids, -1, "ids");
+             const std::size_t n = std::size_t(id.size());
+             py::array_t<float> rows({py::ssize_t(n), py::ssize_t(self.dim())});
+             float* out = rows.mutable_data();
+             {
+               py::gil_scoped_release release;
+               check(self.reconstruct(id.data(), n, out));
+             }
+             return rows;
+           },
+           py::arg("ids"),
+           "Stored vectors of the ids, in order -> (n, dim) float32. Exact float32 rows for f32 storage or "
+           "when float32 originals are kept (flat rerank > 0, every compressed graph index); decoded, so "
+           "approximate, for compressed flat storage without rerank. Cosine indexes return the normalised "
+           "rows they store. Unknown ids raise KeyError naming them.")
       .def("save", [](const vsr::Index& self, const py::handle& path) {
              const std::string p = as_path(path);
              py::gil_scoped_release release;

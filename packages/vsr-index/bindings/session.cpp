@@ -64,8 +64,18 @@ void bind_session(py::module_& m) {
       .def_property_readonly("info", [](const PySession& s) { return info_dict(s.session->info()); },
                              "How the latest turn was answered: path, distances, exact, moved, margin, pool_size.")
       .def_property_readonly("seen", [](const PySession& s) { return copy_ids(s.session->seen()); },
-                             "Every id returned so far, in the order first returned.")
+                             "Every id returned or excluded so far, in the order first returned or excluded.")
       .def_property_readonly("turns", [](const PySession& s) { return s.session->turns(); })
+      .def(
+          "exclude",
+          [](PySession& py_self, const py::handle& ids) {
+            auto id = as_ids(ids, -1, "ids");
+            py::gil_scoped_release release;
+            check(py_self.session->exclude(id.data(), std::size_t(id.size())));
+          },
+          py::arg("ids"),
+          "Never returns these ids in later turns (with or without exclude_seen); they join seen. The "
+          "cached pool stays usable: excluded entries are skipped and the proof covers the rest.")
       .def(
           "refine",
           [](PySession& py_self, const py::handle& query, std::optional<long> k) {

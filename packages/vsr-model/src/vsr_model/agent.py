@@ -50,9 +50,9 @@ class AgentConfig:
     text + this turn's tokens (False). `top_k`: ranking depth kept for VR. `batch_size`: queries per
     policy call. `sampling`: frame sampling passed to `corpus.clip` (None: the corpus default).
     `use_sessions`: search through `engine.session(...)` / `session.refine(...)` (vsr_index sessions,
-    which re-use the previous turn's candidate pool) instead of a fresh `engine.search` per turn. A
-    session's exclude-seen rule drops every video it has *returned* (the whole top-k), whereas the
-    plain search drops only the videos the policy was *shown*; the two agree when top_k = 1."""
+    which re-use the previous turn's candidate pool) instead of a fresh `engine.search` per turn. Either
+    way `exclude_seen` drops only the videos the policy was *shown* (each turn's top-1; the session is
+    told them with `session.exclude`), so both give the same rankings for any top_k."""
 
     max_turns: int = 2
     exclude_seen: bool = True
@@ -116,10 +116,12 @@ def _search(engine: SearchEngine, embeddings: torch.Tensor, states: list[_QueryS
     if config.use_sessions:
         results = []
         for state, emb in zip(states, embeddings, strict=True):
+            excluded = state.seen if config.exclude_seen else ()
             if state.session is None:
-                state.session = engine.session(emb[None], config.top_k, exclude_seen=config.exclude_seen)
+                state.session = engine.session(emb[None], config.top_k, exclude_seen=False, exclude=excluded)
                 results.append(list(state.session.hits))
             else:
+                state.session.exclude(excluded)  # videos shown since the last turn; repeats are no-ops
                 results.append(list(state.session.refine(emb[None], config.top_k)))
     else:
         exclude = [set(s.seen) for s in states] if config.exclude_seen else None

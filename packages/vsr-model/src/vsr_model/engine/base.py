@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from vsr_model.fileio import atomic_save_npy, atomic_write_json
+from vsr_model.fileio import atomic_write_json
 from vsr_model.video import FrameSampling, VideoClip
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.vsr"  # the vsr_index index itself (served memory-mapped after a load)
-INDEX_VECTORS = "index_vectors.npy"  # the same rows for lookups by id (memory-mapped, never read whole)
+INDEX_VECTORS = "index_vectors.npy"  # rows of folders written before index.vsr existed (read, never written)
 INDEX_IDS = "index_ids.json"  # video id of each row
 ENGINE_META = "engine.json"
 
@@ -55,9 +55,10 @@ def as_query_matrix(queries: torch.Tensor | np.ndarray, dim: int) -> np.ndarray:
 class VideoIndex:
     """vsr_index FlatIndex of video embeddings with a string id map; rows are never reused.
 
-    Saved as the vsr_index file (search is served from its memory map after a load), the id map, and
-    the rows as .npy, memory-mapped too, for lookups by id (`vectors`: InfoNCE negatives, evaluation),
-    since vsr_index offers no way to read stored vectors back.
+    Saved as the vsr_index file (search is served from its memory map after a load) and the id map.
+    Stored rows are read back with `index.reconstruct` (`embeddings`: InfoNCE negatives; `vectors`:
+    evaluation), which reads only the rows asked for from the map. A cosine index returns the
+    normalised rows it stores.
     """
 
     def __init__(self, dim: int, metric: str = "cosine"):
@@ -67,7 +68,6 @@ class VideoIndex:
         self.index = vsr_index.FlatIndex(self.dim, metric)
         self.ids: list[str] = []
         self.rows: dict[str, int] = {}
-        self._vectors: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -87,12 +87,14 @@ class VideoIndex:
         for i, v in enumerate(video_ids):
             self.rows[v] = start + i
         self.ids.extend(video_ids)
-        self._vectors.append(vectors)
+
+    def embeddings(self, video_ids: Sequence[str]) -> np.ndarray:
+        """(n, dim) float32 stored rows of the videos, in the order asked (KeyError for unknown ids)."""
+        return self.index.reconstruct(self.rows_of(video_ids))
 
     def vectors(self) -> np.ndarray:
-        if len(self._vectors) > 1:
-            self._vectors = [np.concatenate(self._vectors)]
-        return self._vectors[0] if self._vectors else np.zeros((0, self.dim), np.float32)
+        """Every stored row, in row order (an in-memory copy of the whole corpus)."""
+        return self.index.reconstruct(np.arange(len(self.ids), dtype=np.int64))
 
     def rows_of(self, video_ids: Sequence[str]) -> np.ndarray:
         missing = [v for v in video_ids if v not in self.rows]
@@ -151,23 +153,29 @@ class VideoIndex:
 
     def save(self, directory: Path) -> None:
         self.index.save(directory / INDEX_FILE)  # atomic (temp file + rename) inside vsr_index
-        atomic_save_npy(directory / INDEX_VECTORS, self.vectors())
         atomic_write_json(directory / INDEX_IDS, self.ids)
+        # Rows of the earlier layout are superseded by index.vsr once it is written.
+        (directory / INDEX_VECTORS).unlink(missing_ok=True)
 
     def load_into(self, directory: Path) -> None:
-        """Read a saved index into this empty one: the vsr_index file and the rows memory-mapped.
-        A folder without index.vsr (the earlier layout: rows + ids only) is indexed from its rows."""
+        """Read a saved index into this empty one: the vsr_index file, memory-mapped. A folder without
+        index.vsr (the earlier layout: rows as index_vectors.npy + ids) is indexed from its rows."""
         import vsr_index
 
         if self.ids:
             raise RuntimeError("load_into needs an empty index")
         ids = json.loads((directory / INDEX_IDS).read_text())
-        vectors = np.load(directory / INDEX_VECTORS, mmap_mode="r", allow_pickle=False)
-        if vectors.shape != (len(ids), self.dim) or vectors.dtype != np.float32:
-            raise ValueError(
-                f"{directory}: index rows {vectors.dtype} {vectors.shape} do not match {len(ids)} ids x dim {self.dim}"
-            )
         if not (directory / INDEX_FILE).is_file():
+            if not (directory / INDEX_VECTORS).is_file():
+                raise FileNotFoundError(
+                    f"{directory}: neither {INDEX_FILE} nor {INDEX_VECTORS} (earlier layout)"
+                )
+            vectors = np.load(directory / INDEX_VECTORS, mmap_mode="r", allow_pickle=False)
+            if vectors.shape != (len(ids), self.dim) or vectors.dtype != np.float32:
+                raise ValueError(
+                    f"{directory}: index rows {vectors.dtype} {vectors.shape} do not match "
+                    f"{len(ids)} ids x dim {self.dim}"
+                )
             if ids:
                 self.add(ids, vectors)
             return
@@ -182,7 +190,6 @@ class VideoIndex:
         self.index = index
         self.ids = [str(v) for v in ids]
         self.rows = {v: i for i, v in enumerate(self.ids)}
-        self._vectors = [vectors] if ids else []
 
 
 class EngineSession:
@@ -190,7 +197,8 @@ class EngineSession:
 
     `hits` are the first turn's results; `refine(new_query_embedding, k)` searches again, re-using the
     cached candidate pool when that provably gives the exact answer, and (with exclude_seen) never
-    returns a video twice. `seen` lists every video returned so far, in order.
+    returns a video twice. `exclude(video_ids)` drops just those videos from every later turn (e.g.
+    only the one the policy was shown). `seen` lists every video returned or excluded so far, in order.
     """
 
     def __init__(self, index: VideoIndex, inner):
@@ -206,6 +214,12 @@ class EngineSession:
         scores, rows, _ = self._inner.refine(q[0], k)
         self.hits = self._index._hits(scores, rows)
         return self.hits
+
+    def exclude(self, video_ids: Collection[str]) -> None:
+        """Never return these videos in later turns (KeyError for videos not in the index)."""
+        rows = self._index.rows_of(list(video_ids))
+        if rows.size:
+            self._inner.exclude(rows)
 
     @property
     def seen(self) -> list[str]:
@@ -314,7 +328,7 @@ class SearchEngine(ABC):
 
     def video_embeddings(self, video_ids: Sequence[str]) -> torch.Tensor:
         """Stored (L2-normalised) embeddings of indexed videos, in the order asked (InfoNCE negatives)."""
-        return torch.from_numpy(np.array(self.index.vectors()[self.index.rows_of(list(video_ids))]))
+        return torch.from_numpy(self.index.embeddings(list(video_ids)))
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

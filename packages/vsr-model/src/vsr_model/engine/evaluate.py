@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from vsr_model.data.records import Moment
@@ -27,5 +26,5 @@ def evaluate_retrieval(engine, moments: Sequence[Moment], ks: Sequence[int] = VR
         raise ValueError("no queries to evaluate")
     targets = engine.index.rows_of([m.video_id for m in moments])
     queries = encode_queries(engine, [m.query for m in moments])
-    videos = torch.from_numpy(np.array(engine.index.vectors()))  # a copy: the rows may be memory-mapped
+    videos = torch.from_numpy(engine.index.vectors())
     return recall_summary(score_ranks(queries, videos, targets), len(engine), ks)
