@@ -4,6 +4,7 @@ add and remove vectors."""
 import threading
 
 import numpy as np
+from thread_harness import run_concurrently
 
 import vsr_index
 
@@ -47,12 +48,6 @@ def test_concurrent_search_with_add_and_remove():
                 index.remove(new[:5])
         stop.set()
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
-        threading.Thread(target=writer)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(reader, 3, writer)
     assert errors == []
     assert len(index) == base + 40 * 10 - 20 * 5

@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from thread_harness import run_concurrently
 
 import vsr_index
 
@@ -180,13 +181,7 @@ def test_concurrent_search_and_sessions_with_add_and_remove():
                 index.remove(new[:10])
         stop.set()
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
-        threading.Thread(target=writer)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(reader, 3, writer)
     assert errors == []
     assert len(index) == n_base + 20 * 20 - 10 * 10
     live = np.array(

@@ -1,11 +1,10 @@
 """reconstruct(ids): the stored rows of the given ids, in order, for every index kind and storage."""
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thread_harness import run_concurrently
 
 import vsr_index
 
@@ -127,11 +126,5 @@ def test_reconstruct_runs_alongside_searches(kind):
             if not np.array_equal(index.search(queries, 5)[1], expected_ids):
                 errors.append("search differs")
 
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)] + [
-        threading.Thread(target=searcher)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(reader, 3, searcher)
     assert errors == []
