@@ -189,16 +189,18 @@ def test_text_targets_end_like_generation(policy):
     assert policy.completion_ids("x<|im_end|>").count(policy.tokenizer.eos_token_id) == 1
 
 
-def test_a_new_refine_token_starts_as_the_end_of_turn_token():
+@pytest.mark.parametrize("spare_rows", [0, 8])
+def test_a_new_refine_token_starts_as_the_end_of_turn_token(spare_rows):
     from test_policy_fakes import tiny_llama, tiny_tokenizer
 
     from vsr_model.policy.base import add_policy_tokens
 
+    # spare_rows: a checkpoint whose embeddings are padded beyond its tokenizer (no resize needed).
     tokenizer = tiny_tokenizer()
-    lm = tiny_llama(len(tokenizer))
+    lm = tiny_llama(len(tokenizer) + spare_rows)
     add_policy_tokens(tokenizer, lm, extra_tokens=(FRAME_TOKEN,))
     refine, eos = tokenizer.convert_tokens_to_ids(REFINE_TOKEN), tokenizer.eos_token_id
-    assert lm.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert lm.get_input_embeddings().weight.shape[0] == max(len(tokenizer), len(tokenizer) - 2 + spare_rows)
     for table in (lm.get_input_embeddings(), lm.get_output_embeddings()):
         assert torch.equal(table.weight[refine], table.weight[eos])
     # Growing again is a no-op: a loaded policy keeps its trained rows.

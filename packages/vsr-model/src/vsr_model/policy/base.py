@@ -134,24 +134,24 @@ def add_policy_tokens(tokenizer, model, extra_tokens: Sequence[str] = ()) -> Non
     A newly added <REFINE> starts as a copy of the end-of-turn token's input and output embeddings. It
     ends a turn the way EOS does, so the cold-start SFT only has to tell the two apart; a randomly placed
     row would first have to be lifted above every other logit, which a short run does not manage (the
-    policy then never emits <REFINE> and SQR never runs). Embeddings already large enough (a saved
-    policy being loaded) are left as they are.
+    policy then never emits <REFINE> and SQR never runs). This holds whether the row comes from growing
+    the embeddings or from the spare rows a checkpoint pads its vocabulary with. A tokenizer that
+    already has <REFINE> (a saved policy being loaded) keeps its trained rows.
     """
     added = [t for t in (REFINE_TOKEN, *extra_tokens) if t not in tokenizer.get_vocab()]
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": added}, replace_extra_special_tokens=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if model.get_input_embeddings().weight.shape[0] >= len(tokenizer):
-        return
-    model.resize_token_embeddings(len(tokenizer))
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
     eos = tokenizer.eos_token_id
-    if eos is None:
+    if REFINE_TOKEN not in added or eos is None:
         return
     refine = tokenizer.convert_tokens_to_ids(REFINE_TOKEN)
     with torch.no_grad():
         for table in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if table is not None and table.weight.shape[0] > max(refine, eos):
+            if table is not None:
                 table.weight[refine] = table.weight[eos]
 
 
