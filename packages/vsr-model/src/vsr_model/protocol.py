@@ -391,10 +391,9 @@ class QueryTrace:
         cut = QueryTrace(self.query_id, self.query, self.gt_video, self.gt_span, kept)
         if len(kept) == len(self.turns):
             cut.final_ranking = list(self.final_ranking)
-        elif kept[-1].parsed.matched:
-            cut.final_ranking = list(kept[-1].ranking)
         else:
-            # The search that followed the last kept rejection is what turn max_turns + 1 was shown.
+            # A matched turn ends the query, so the last kept turn rejected: the search that followed
+            # it is what turn max_turns + 1 was shown.
             cut.final_ranking = list(self.turns[max_turns].ranking)
         if not final_refine and kept:
             last = kept[-1]

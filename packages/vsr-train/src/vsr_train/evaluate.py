@@ -127,14 +127,12 @@ def write_results(
     tokenizer=None,
 ) -> Path:
     """traces.jsonl, summary.json (summary + per-turn table), results.md and per_turn.png of one run."""
+    from vsr_model.fileio import atomic_write_text
     from vsr_model.metrics import per_turn_table, summarize
     from vsr_model.protocol import QueryTrace
 
     output.mkdir(parents=True, exist_ok=True)
-    traces_path = output / "traces.jsonl"
-    tmp = traces_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(traces_path)
+    atomic_write_text(output / "traces.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     all_traces = [QueryTrace.from_dict(r) for r in rows]
     summary = summarize(all_traces)
     tokens = [_generated_tokens(r, tokenizer) for r in rows]
@@ -143,9 +141,10 @@ def write_results(
     write_json_atomic(
         output / "summary.json", {"name": name, "summary": summary, "per_turn": per_turn, "config": config}
     )
-    (output / "results.md").write_text(paper_table([(name, summary)]))
+    table = paper_table([(name, summary)])
+    (output / "results.md").write_text(table)
     plot_per_turn(per_turn, output / "per_turn.png", name)
-    log.info("results:\n%s", paper_table([(name, summary)]))
+    log.info("results:\n%s", table)
     return output / "summary.json"
 
 

@@ -219,6 +219,7 @@ def param_groups(
                 "initial_lr": lr,
                 "weight_decay": 0.0 if no_decay else optim.weight_decay,
                 "name": f"{kind}_{'no_decay' if no_decay else 'decay'}",
+                "kind": kind,
             }
         )
     return groups
@@ -228,8 +229,7 @@ def learning_rates(optimizer) -> dict[str, float]:
     """Current rate of each parameter kind (main / connector / sqr), as ``lr/<kind>`` log scalars."""
     rates: dict[str, float] = {}
     for group in optimizer.param_groups:
-        kind = str(group.get("name", "main")).rsplit("_decay", 1)[0].removesuffix("_no")
-        rates.setdefault(f"lr/{kind}", float(group["lr"]))
+        rates.setdefault(f"lr/{group.get('kind', 'main')}", float(group["lr"]))
     return rates
 
 
