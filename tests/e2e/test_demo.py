@@ -12,7 +12,17 @@ import pytest
 from vsr_train.demo import VARIANTS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-STAGES = ["benchmark", "engine", "corpus_train", "corpus_test", "stage1_data", "policy_init", "sft", "grpo"]
+STAGES = [
+    "benchmark",
+    "engine",
+    "corpus_train",
+    "corpus_test",
+    "stage1_data",
+    "policy_base",
+    "policy_init",
+    "sft",
+    "grpo",
+]
 
 
 def _demo(out):

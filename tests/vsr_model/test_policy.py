@@ -66,6 +66,43 @@ def test_embedded_frames_replace_the_frame_tokens(policy):
     assert torch.equal(embeds[0, ~slots], token_rows)
 
 
+def test_frame_feature_memo_encodes_each_frame_once_and_changes_nothing(engine):
+    policy = tiny_composite_policy(engine, hidden=48, num_latents=3)
+    calls = []
+    policy.frame_encoder.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+    first, second = make_clip(3, seed=1), make_clip(2, seed=2)
+    # the second item repeats the first clip's frames plus two new ones
+    repeated = Clip(np.concatenate([first.frames, second.frames]), np.arange(5.0), 10.0)
+    batch = policy.encode([VerifyInput("q", first), VerifyInput("another", repeated)])
+    with torch.no_grad():
+        memo_embeds = policy.embed_inputs(batch)
+        assert calls == [5]  # 8 frames in the batch, 5 distinct
+        again = policy.embed_inputs(batch)
+        assert calls == [5] and policy.frame_memo.hits == 3 + 8
+        policy.frame_memo = None
+        direct = policy.embed_inputs(batch)
+    assert calls == [5, 8]
+    assert torch.allclose(memo_embeds, direct, atol=1e-5) and torch.equal(memo_embeds, again)
+
+
+def test_frame_feature_memo_drops_the_least_recently_used_frames(engine):
+    from vsr_model.policy.composite import FrameFeatureMemo
+
+    encoder = tiny_frame_encoder(image_size=32).eval()
+    memo = FrameFeatureMemo(max_frames=4)
+    frames = torch.from_numpy(make_clip(6, seed=3, size=32).frames[:, :, :32].copy())
+    memo.encode(encoder, frames[:4])
+    memo.encode(encoder, frames[0:1])  # frame 0 becomes the most recent
+    memo.encode(encoder, frames[4:6])  # evicts frames 1 and 2
+    assert len(memo) == 4
+    misses = memo.misses
+    memo.encode(encoder, frames[[0, 3, 4, 5]])
+    assert memo.misses == misses
+    memo.encode(encoder, frames[1:2])
+    assert memo.misses == misses + 1
+    assert not FrameFeatureMemo.usable(encoder.train(), frames)
+
+
 def test_generation_stops_at_refine_or_eos(policy):
     batch = policy.encode([VerifyInput("q", make_clip(2)), VerifyInput("another query", make_clip(3, 2))])
     out = policy.generate(batch, GenerationSettings(max_new_tokens=12, do_sample=True, temperature=2.0))

@@ -89,6 +89,26 @@ def _build_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_policy(args: argparse.Namespace) -> int:
+    import json
+
+    from vsr_train.policy_init import init_policy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = init_policy(
+        out=args.out,
+        engine_dir=args.engine,
+        annotations=args.annotations,
+        corpus_file=args.corpus,
+        split=args.split,
+        policy_dir=args.policy,
+        align_steps=args.align_steps,
+        seed=args.seed,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from vsr_train.config import EvalConfig, load_config
     from vsr_train.evaluate import run_eval
@@ -149,6 +169,21 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--hard-negatives", type=int, default=24, help="engine-ranked negatives kept per query")
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(func=_build_data)
+    init = sub.add_parser(
+        "init-policy",
+        help="the policy Stage 1 starts from: SQR heads sized for the engine, connector aligned on annotations",
+    )
+    init.add_argument("--engine", required=True, help="saved search engine folder (sizes the SQR heads)")
+    init.add_argument("--out", required=True, help="policy folder to write")
+    init.add_argument(
+        "--policy", default=None, help="start from this saved policy (default: fresh composite)"
+    )
+    init.add_argument("--annotations", default=None, help="training annotations (for connector alignment)")
+    init.add_argument("--corpus", default=None, help="videos.jsonl of the training videos")
+    init.add_argument("--split", default=None, help="corpus split to read (default: all rows)")
+    init.add_argument("--align-steps", type=int, default=400, help="connector alignment steps (0: none)")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=_init_policy)
     verify = sub.add_parser("verify-checkpoint", help="check a checkpoint folder against its manifest")
     verify.add_argument("checkpoint", help="a checkpoints/step-XXXXXXXX folder")
     verify.set_defaults(func=_verify)

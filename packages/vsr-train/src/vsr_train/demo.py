@@ -2,8 +2,9 @@
 
 Stages (each a `vsr` subcommand run as its own process, so a crash in one leaves the others' outputs
 intact): synthetic benchmark -> fit the dual-encoder search engine -> index the train and test
-corpora -> Stage-1 data -> Stage-1 SFT -> Stage-2 GRPO -> evaluation of five agent variants
-(single shot, text-rewrite refinement, SQR with 1/2/3 turns) -> results table, plots, summary.json.
+corpora -> Stage-1 data -> initial policy (connector alignment) -> Stage-1 SFT -> Stage-2 GRPO ->
+evaluation of five agent variants (single shot, text-rewrite refinement, SQR with 1/2/3 turns) ->
+results table, plots, summary.json.
 
 Every finished stage writes ``stages/<name>.json`` with a hash of the settings it ran with; a rerun
 skips stages whose record matches and redoes the first one that does not, plus everything after it.
@@ -47,6 +48,8 @@ class DemoSize:
     # Stage-1 learning rates (vsr_train.config.OptimConfig keys). A short CPU run raises them so the
     # freshly initialised frame projector and SQR heads move within a few dozen steps.
     sft_optim: dict[str, Any] = field(default_factory=dict)
+    # Connector alignment steps before Stage 1 (vsr_model.policy.connector); 0 starts from a random one.
+    connector_align_steps: int = 400
     engine_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +66,7 @@ SIZES: dict[str, DemoSize] = {
         max_new_tokens=24,
         tiny_models=True,
         num_negatives=4,
+        connector_align_steps=20,
         engine_overrides={
             "engine": {
                 "text": {"name": "random-bert"},
@@ -74,13 +78,14 @@ SIZES: dict[str, DemoSize] = {
     "cpu": DemoSize(
         synth_preset="small",
         engine_epochs=8,
-        stage1_per_class=40,
-        sft_steps=40,
+        stage1_per_class=60,
+        sft_steps=30,
         grpo_steps=6,
         group_size=4,
         grpo_prompts_per_step=2,
-        eval_queries=150,
-        max_new_tokens=80,
+        eval_queries=100,
+        max_new_tokens=64,
+        micro_batch_size=4,
         sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 5e-4},
     ),
     "gpu": DemoSize(
@@ -233,6 +238,7 @@ class DemoPaths:
         self.corpus_train = o / "corpus_train"
         self.corpus_test = o / "corpus_test"
         self.stage1 = o / "data" / "stage1.jsonl"
+        self.policy_base = o / "policy_base"
         self.policy_init = o / "policy_init"
         self.sft = o / "sft"
         self.grpo = o / "grpo"
@@ -339,9 +345,31 @@ def run_demo(settings: DemoSettings) -> Path:
             seed,
         ),
     )
+    init_args = [
+        "--engine",
+        str(p.corpus_train / "engine"),
+        "--out",
+        str(p.policy_init),
+        "--annotations",
+        str(annotations / f"{settings.dataset}_train.jsonl"),
+        "--corpus",
+        str(videos),
+        "--split",
+        "train",
+        "--align-steps",
+        str(size.connector_align_steps),
+        "--seed",
+        seed,
+    ]
     if size.tiny_models:
-        runner.run("policy_init", {"seed": seed}, lambda: _save_tiny_policy(p, settings.seed))
-    initial_policy = str(p.policy_init) if size.tiny_models else None
+        runner.run("policy_base", {"seed": seed}, lambda: _save_tiny_policy(p, settings.seed))
+        init_args += ["--policy", str(p.policy_base)]
+    runner.run(
+        "policy_init",
+        {"align_steps": size.connector_align_steps, "seed": seed},
+        lambda: vsr("train", "init-policy", *init_args),
+    )
+    initial_policy = str(p.policy_init)
 
     common = {
         "seed": settings.seed,
@@ -463,7 +491,7 @@ def _save_tiny_policy(p: DemoPaths, seed: int) -> None:
 
     engine = DualEncoderEngine.load(p.corpus_train / "engine")
     policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, seed=seed)
-    policy.save_pretrained(p.policy_init)
+    policy.save_pretrained(p.policy_base)
 
 
 def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float]) -> Path:

@@ -37,10 +37,12 @@ class Example:
         return (self.start, self.end)
 
 
-def default_rationale(query: str, matched: bool) -> str:
+def default_rationale(matched: bool) -> str:
+    """The rationale when the dataset has none. Short on purpose: a template carries no evidence, and
+    repeating the query in it would double the tokens every verify turn generates."""
     if matched:
-        return f"The video shows what the query describes: {query.strip()}"
-    return f"The video does not show what the query describes: {query.strip()}"
+        return "The video shows the moment the query describes."
+    return "The video does not show the moment the query describes."
 
 
 def example_row(moment: Any, hits: Sequence[Any], num_hard_negatives: int) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def example_row(moment: Any, hits: Sequence[Any], num_hard_negatives: int) -> di
         "duration": None if moment.duration is None else float(moment.duration),
         "retrieved": top1,
         "matched": matched,
-        "rationale": (moment.extra or {}).get("rationale") or default_rationale(moment.query, matched),
+        "rationale": (moment.extra or {}).get("rationale") or default_rationale(matched),
         "hard_negatives": [h.video_id for h in hits[1:] if h.video_id != moment.video_id][
             :num_hard_negatives
         ],

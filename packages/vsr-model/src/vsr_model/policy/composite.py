@@ -7,9 +7,11 @@ reads times it can copy into <start>/<end>.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,10 +60,14 @@ class CompositePolicyConfig:
     frame_size: int = 224
     freeze_frame_encoder: bool = True
     dtype: str = "float32"
+    # Frames whose features a frozen encoder keeps in memory (FrameFeatureMemo); 0 turns the memo off.
+    frame_feature_memo: int = 50_000
 
     def __post_init__(self) -> None:
         if self.frame_size < 8:
             raise ValueError(f"frame_size must be >= 8 pixels, got {self.frame_size}")
+        if self.frame_feature_memo < 0:
+            raise ValueError(f"frame_feature_memo must be >= 0 frames, got {self.frame_feature_memo}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -97,6 +103,51 @@ class FrameProjector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features)
+
+
+class FrameFeatureMemo:
+    """Features of frames seen before, keyed by a hash of their pixels, least recently used dropped
+    first. A frozen encoder in eval mode maps a frame to the same feature every time, and the same
+    videos come back every turn, epoch and GRPO group: on CPU their re-encoding is a large share of a
+    step. Only for CPU tensors (hashing GPU frames would cost a copy) and unpartitioned encoders (under
+    ZeRO-3 every rank must run the encoder's gathers together)."""
+
+    def __init__(self, max_frames: int) -> None:
+        self.max_frames = max_frames
+        self._features: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    @staticmethod
+    def usable(encoder: nn.Module, frames: torch.Tensor) -> bool:
+        partitioned = any(hasattr(p, "ds_id") for p in encoder.parameters())
+        return frames.device.type == "cpu" and not partitioned and not encoder.training
+
+    def encode(self, encoder: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (T, F) features; only frames not seen before reach the encoder."""
+        frames = frames.contiguous()
+        keys = [hashlib.blake2b(memoryview(f.numpy()).cast("B"), digest_size=16).digest() for f in frames]
+        missing = sorted({i for i, key in enumerate(keys) if key not in self._features})
+        # A frame repeated inside one batch is encoded once.
+        first_of = {}
+        for i in missing:
+            first_of.setdefault(keys[i], i)
+        if first_of:
+            with torch.no_grad():
+                fresh = encoder(frames[list(first_of.values())])
+            for key, feature in zip(first_of, fresh, strict=True):
+                self._features[key] = feature.detach().clone()
+        self.misses += len(first_of)
+        self.hits += len(keys) - len(first_of)
+        for key in keys:
+            self._features.move_to_end(key)
+        out = torch.stack([self._features[key] for key in keys])
+        while len(self._features) > self.max_frames:
+            self._features.popitem(last=False)
+        return out
 
 
 def resize_frames(frames: np.ndarray, size: int) -> torch.Tensor:
@@ -169,6 +220,11 @@ class CompositeVideoPolicy(VideoPolicy):
         if self.sqr.hidden_size != hidden:
             raise ValueError(f"SQR heads built for hidden size {self.sqr.hidden_size}, the LLM has {hidden}")
         self.frame_token_id = int(tokenizer.convert_tokens_to_ids(FRAME_TOKEN))
+        self.frame_memo = (
+            FrameFeatureMemo(config.frame_feature_memo)
+            if config.freeze_frame_encoder and config.frame_feature_memo > 0
+            else None
+        )
 
     @property
     def tokenizer(self):
@@ -205,8 +261,11 @@ class CompositeVideoPolicy(VideoPolicy):
     def embed_inputs(self, batch: PolicyBatch) -> torch.Tensor:
         embeds = self.get_input_embeddings()(batch.input_ids)
         frames = batch.model_inputs["frames"].to(self.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frame_encoder):
-            features = self.frame_encoder(frames)
+        if self.frame_memo is not None and FrameFeatureMemo.usable(self.frame_encoder, frames):
+            features = self.frame_memo.encode(self.frame_encoder, frames)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frame_encoder):
+                features = self.frame_encoder(frames)
         if features.ndim != 2 or features.shape[0] != frames.shape[0]:
             raise ValueError(f"frame encoder returned {tuple(features.shape)} for {frames.shape[0]} frames")
         projected = self.projector(features.to(self.projector.net[0].weight.dtype)).to(embeds.dtype)

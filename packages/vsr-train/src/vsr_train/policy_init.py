@@ -1,0 +1,74 @@
+"""`vsr train init-policy`: the policy Stage 1 starts from, written once as a policy folder.
+
+A fresh composite policy (the default SmolLM2 over EfficientNet-Lite0, or any saved policy) gets SQR
+heads sized for the search engine and, unless turned off, a connector alignment on the training
+annotations (vsr_model.policy.connector). Converting the GGUF checkpoint and fitting the projector
+then happen once, not in every training process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def described_videos(
+    annotations: str, corpus_file: str, split: str | None, fmt: str | None = None
+) -> Iterator:
+    """Each annotated video of the corpus with its frames (the corpus' default sampling, as in
+    training) and its moments. An annotated video missing from the corpus is an error."""
+    from vsr_model.corpus import Corpus
+    from vsr_model.data import read_moments
+    from vsr_model.policy.connector import DescribedVideo
+
+    moments = read_moments(annotations, fmt).moments
+    corpus = Corpus.from_jsonl(corpus_file, split=split)
+    by_video: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for m in moments:
+        by_video[m.video_id].append((float(m.start), float(m.end), m.query))
+    missing = sorted(set(by_video) - set(corpus.ids))
+    if missing:
+        raise ValueError(f"{len(missing)} annotated videos are not in {corpus_file}: {missing[:5]}")
+    for video_id in sorted(by_video):
+        clip = corpus.clip(video_id)
+        yield DescribedVideo(clip.frames, clip.timestamps, by_video[video_id])
+
+
+def init_policy(
+    out: str,
+    engine_dir: str,
+    annotations: str | None,
+    corpus_file: str | None,
+    split: str | None,
+    policy_dir: str | None = None,
+    align_steps: int = 400,
+    seed: int = 0,
+) -> dict:
+    from vsr_model.policy import load_policy
+    from vsr_model.policy.composite import CompositeVideoPolicy
+    from vsr_model.policy.connector import ConnectorAlignmentConfig, align_connector
+    from vsr_train.config import ModelConfig
+    from vsr_train.vsr_adapter import load_vsr_policy
+
+    torch.manual_seed(seed)
+    if policy_dir is not None:
+        policy = load_policy(policy_dir)
+    else:
+        policy = load_vsr_policy(ModelConfig(kind="vsr_policy"), {}, "fp32", engine_dir).model
+    report = None
+    if align_steps > 0:
+        if not isinstance(policy, CompositeVideoPolicy):
+            raise ValueError(f"connector alignment is for the composite policy, not {type(policy).__name__}")
+        if annotations is None or corpus_file is None:
+            raise ValueError("connector alignment needs --annotations and --corpus (or --align-steps 0)")
+        config = ConnectorAlignmentConfig(steps=align_steps, seed=seed)
+        report = align_connector(policy, described_videos(annotations, corpus_file, split), config)
+    policy.save_pretrained(Path(out))
+    return {"policy": out, "alignment": None if report is None else asdict(report)}
