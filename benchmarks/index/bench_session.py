@@ -147,10 +147,13 @@ def bench_move(kind: str, index, x_truth, q0, cos, args, rng) -> dict:
     return row | {"by_path": by_path}
 
 
-def bench_group(kind: str, index, q0, cos, args, rng) -> dict:
-    """refine_group (G refined queries sharing one pool) vs G cold single searches."""
+def bench_group(kind: str, index, x_truth, q0, cos, args, rng) -> dict:
+    """refine_group (G refined queries sharing one pool) vs G cold single searches, with the recall
+    of both. The pool is `--group-pool-size` (0: automatic, max(64, 8k), as the search engine calls it)."""
     refined = moved_queries(q0, cos, args.group, rng)
-    pool = args.pool_size if kind == "graph" else args.flat_pool_size
+    flat_q = refined.reshape(-1, refined.shape[2])
+    truth = x_truth(flat_q)
+    pool = args.group_pool_size or None
     if kind == "graph":
         index.ef_search = args.ef_search
 
@@ -159,20 +162,28 @@ def bench_group(kind: str, index, q0, cos, args, rng) -> dict:
             index.refine_group(q0[i], refined[i], args.k, pool_size=pool)
 
     def cold_pass():
-        run_cold(index, refined.reshape(-1, refined.shape[2]), args.k)
+        run_cold(index, flat_q, args.k)
 
     # Seconds per group (one original + G refined queries).
     times = common.interleaved({"group": group_pass, "cold": cold_pass}, repeats=args.repeats, warmup=0)
     group_s, cold_s = (common.median(times[key]) / len(q0) for key in ("group", "cold"))
-    _, _, info = index.refine_group(q0[0], refined[0], args.k, pool_size=pool)
+    group_ids, paths = [], []
+    for i in range(len(q0)):
+        _, ids, info = index.refine_group(q0[i], refined[i], args.k, pool_size=pool)
+        group_ids.append(ids)
+        paths.extend(q["path"] for q in info["queries"])
+    cold_ids, _ = run_cold(index, flat_q, args.k)
     return {
         "index": kind,
         "cosine": cos,
         "G": args.group,
+        "pool_size": pool or "auto",
         "group_us": group_s * 1e6,
         "cold_x_G_us": cold_s * 1e6,
         "speedup": cold_s / group_s,
-        "example_paths": [q["path"] for q in info["queries"]],
+        "group_recall": common.recall_at_k(np.concatenate(group_ids), truth),
+        "cold_recall": common.recall_at_k(cold_ids, truth),
+        "paths": {p: paths.count(p) / len(paths) for p in sorted(set(paths))},
     }
 
 
@@ -191,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=4096,
         help="exact-index sessions' pool (the first search is a full scan either way)",
+    )
+    ap.add_argument(
+        "--group-pool-size",
+        type=int,
+        default=0,
+        help="refine_group's shared pool (0: automatic, as vsr_model's engine.refine_group calls it)",
     )
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=200)
@@ -233,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, index in (("graph", graph), ("flat", flat)):
             for cos in MOVES:
                 rows.append(bench_move(kind, index, truth, q0, cos, args, rng))
-                groups.append(bench_group(kind, index, q0, cos, args, rng))
+                groups.append(bench_group(kind, index, truth, q0, cos, args, rng))
     print("\nrefine vs cold search of the same refined query (per call, 1 thread):")
     common.print_table(
         rows,
@@ -261,7 +278,23 @@ def main(argv: list[str] | None = None) -> int:
         parts = ", ".join(f"{p}: {v['share']:.0%} x {v['distances']:.0f}" for p, v in r["by_path"].items())
         print(f"  {r['index']} cos={r['cosine']}: {parts}")
     print(f"\nrefine_group (G={args.group} refined queries, one shared pool) vs G cold searches:")
-    common.print_table(groups, ["index", "cosine", "G", "group_us", "cold_x_G_us", "speedup"])
+    common.print_table(
+        groups,
+        [
+            "index",
+            "cosine",
+            "G",
+            "pool_size",
+            "group_us",
+            "cold_x_G_us",
+            "speedup",
+            "group_recall",
+            "cold_recall",
+        ],
+    )
+    for g in groups:
+        parts = ", ".join(f"{p}: {v:.0%}" for p, v in g["paths"].items())
+        print(f"  {g['index']} cos={g['cosine']}: {parts}")
     common.write_json(
         args.out,
         {

@@ -301,7 +301,7 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
   st = check_k_fits(k, n);
   if (!st.ok()) return st;
   const std::size_t cand = opts_.rerank > 0 ? std::min(n, k * opts_.rerank) : k;
-  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  const int threads = resolve_threads(params.num_threads, num_threads_.load());
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
   std::vector<TopK> tops(nq, TopK(cand));
   const std::size_t rb = codec_.row_bytes();
@@ -390,7 +390,7 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
   std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
   std::shared_lock lock(mutex_);
   const std::size_t n = ids_.size();
-  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  const int threads = resolve_threads(params.num_threads, num_threads_.load());
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
     for (std::size_t a = qb; a < qe; a += kMaxQueriesPerTask) {

@@ -296,7 +296,7 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
   st = check_k_fits(k, live_);
   if (!st.ok()) return st;
   const IdFilter* filter = active_filter(params);
-  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  const int threads = resolve_threads(params.num_threads, num_threads_.load());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
     std::uint64_t dcount = 0;
     for (std::size_t i = qb; i < qe; ++i) {
@@ -318,7 +318,7 @@ Status GraphIndex::range_search(const float* queries, std::size_t nq, float radi
   const float* q = prepared.value();
   std::shared_lock lock(mutex_);
   const IdFilter* filter = active_filter(params);
-  const int threads = resolve_threads(params.num_threads > 0 ? params.num_threads : num_threads_.load());
+  const int threads = resolve_threads(params.num_threads, num_threads_.load());
   std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
   // A k-NN walk per query with k doubling while its k-th result is still inside the radius: the
   // beam (ef >= k) widens with the ball, so the answer is as approximate as a k-NN search of the

@@ -1,7 +1,8 @@
 """`vsr demo` end to end at the tiniest size: every stage runs through the real code paths (decoded
 video, engine fit, vsr_index corpus, Stage-1 data, SFT and GRPO under DeepSpeed, five evaluations)
 with randomly initialised miniature models, and every artifact is produced and well-formed. A rerun
-resumes: nothing is recomputed and the results are unchanged."""
+resumes: nothing is recomputed and the results are unchanged. A fresh run with the same seed in
+another folder reproduces the results."""
 
 import json
 import subprocess
@@ -71,3 +72,12 @@ def test_tiny_demo_produces_every_artifact_and_resumes(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("done earlier, skipped") == len(STAGES) + len(VARIANTS)
     assert json.loads((out / "summary.json").read_text())["results"] == summary["results"]
+
+    fresh = _demo(tmp_path / "again")
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["results"] == summary["results"]
+    for variant in VARIANTS:
+        traces = (tmp_path / "again" / "eval" / variant.key / "traces.jsonl").read_text()
+        assert traces == (out / "eval" / variant.key / "traces.jsonl").read_text().replace(
+            str(out), str(tmp_path / "again")
+        ), f"{variant.key}: traces differ between two runs with the same seed"

@@ -16,6 +16,11 @@ namespace vsr {
 // Worker count for a request: requested > 0 wins, else the hardware concurrency.
 int resolve_threads(int requested) noexcept;
 
+// A call's thread count: its own request when > 0, else the index's setting (then hardware).
+inline int resolve_threads(int requested, int index_setting) noexcept {
+  return resolve_threads(requested > 0 ? requested : index_setting);
+}
+
 // Runs fn(task) for every task in [0, n_tasks) on up to `threads` threads (the caller counts as
 // one). Returns when all tasks are done; rethrows the first exception a task threw (the other
 // tasks still run).
