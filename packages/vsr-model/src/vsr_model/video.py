@@ -250,7 +250,8 @@ class FrameCache:
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
     """Encode uint8 RGB frames (T, H, W, 3) as an H.264 mp4 with PyAV, atomically (temp file + rename).
 
-    H and W must be even (yuv420p). Frame k is presented at k / fps seconds.
+    H and W must be even (yuv420p). Frame k is presented at k / fps seconds. The same frames always
+    give the same file.
     """
     import av
 
@@ -270,7 +271,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
 
     def encode(f: Any) -> None:
         with av.open(f, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf)})
+            # One encoder thread: x264's threaded encoding does not give the same bytes (nor the same
+            # decoded pixels) run to run, and a seeded benchmark must.
+            stream = container.add_stream(
+                "libx264", rate=round(fps), options={"crf": str(crf), "threads": "1"}
+            )
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
