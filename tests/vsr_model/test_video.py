@@ -115,9 +115,26 @@ def test_write_video_rejects_bad_input(tmp_path):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_rgb_to_yuv420p_is_bt601_limited_range_with_averaged_chroma():
+    from vsr_model.video import rgb_to_yuv420p
+
+    frame = np.zeros((4, 6, 3), np.uint8)
+    frame[:, :2] = 255  # white
+    frame[:, 2:4] = (255, 0, 0)  # red
+    frame[:2, 4:] = 255  # a white/black block: chroma of its 2x2 averages stays neutral
+    planes = rgb_to_yuv420p(frame)
+    assert planes.shape == (6, 6) and planes.dtype == np.uint8
+    y = planes[:4]
+    u, v = planes[4:5].reshape(2, 3), planes[5:6].reshape(2, 3)
+    assert (y[:, :2] == 235).all() and (y[:, 2:4] == 81).all() and (y[2:, 4:] == 16).all()
+    assert (u[:, 0] == 128).all() and (v[:, 0] == 128).all()
+    assert (u[:, 1] == 90).all() and (v[:, 1] == 240).all()
+    assert (u[:, 2] == 128).all() and (v[:, 2] == 128).all()
+
+
 def test_write_video_gives_the_same_bytes_every_time(tmp_path):
-    # A moving, changing scene long enough for several groups of pictures: threaded x264 encoding
-    # produced different files from the same frames on some runs.
+    # A moving, changing scene long enough for several groups of pictures: PyAV's own colour
+    # conversion produced different pixels from the same frames on some runs.
     from vsr_model.data import synth
     from vsr_model.data import synth_world as world
 

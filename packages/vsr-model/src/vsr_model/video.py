@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import math
+from fractions import Fraction
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -247,6 +248,26 @@ class FrameCache:
                 os.unlink(p)
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3), H and W even -> the (H * 3 / 2, W) yuv420p layout PyAV reads: BT.601
+    limited range (what decoders assume for untagged H.264), chroma averaged over 2x2 blocks.
+
+    Done here rather than by PyAV's rgb24 conversion, which gave different pixels from the same
+    frames from one run to the next."""
+    rgb = frame.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    h, w = frame.shape[:2]
+    blocks = rgb.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    rb, gb, bb = blocks[..., 0], blocks[..., 1], blocks[..., 2]
+    u = 128.0 + (-37.797 * rb - 74.203 * gb + 112.0 * bb) / 255.0
+    v = 128.0 + (112.0 * rb - 93.786 * gb - 18.214 * bb) / 255.0
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
+    return np.concatenate([planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)]).reshape(
+        h * 3 // 2, w
+    )
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
     """Encode uint8 RGB frames (T, H, W, 3) as an H.264 mp4 with PyAV, atomically (temp file + rename).
 
@@ -271,14 +292,17 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
 
     def encode(f: Any) -> None:
         with av.open(f, mode="w", format="mp4") as container:
-            # One encoder thread: x264's threaded encoding does not give the same bytes (nor the same
-            # decoded pixels) run to run, and a seeded benchmark must.
-            stream = container.add_stream(
-                "libx264", rate=round(fps), options={"crf": str(crf), "threads": "1"}
-            )
+            # The same frames must give the same file (a seeded benchmark is compared run to run):
+            # one encoder thread, and our own colour conversion (rgb_to_yuv420p).
+            stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf)})
+            stream.codec_context.thread_count = 1
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            stream.codec_context.time_base = Fraction(1, round(fps))
+            for k, frame in enumerate(frames):
+                picture = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+                # Explicit timestamps: x264's rate control reads them.
+                picture.pts, picture.time_base = k, Fraction(1, round(fps))
+                for packet in stream.encode(picture):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
