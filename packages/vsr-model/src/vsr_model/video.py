@@ -10,9 +10,9 @@ import hashlib
 import json
 import logging
 import math
-from fractions import Fraction
 import os
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
