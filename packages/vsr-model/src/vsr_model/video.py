@@ -262,10 +262,8 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     rb, gb, bb = blocks[..., 0], blocks[..., 1], blocks[..., 2]
     u = 128.0 + (-37.797 * rb - 74.203 * gb + 112.0 * bb) / 255.0
     v = 128.0 + (112.0 * rb - 93.786 * gb - 18.214 * bb) / 255.0
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, u, v)]
-    return np.concatenate([planes[0].reshape(-1), planes[1].reshape(-1), planes[2].reshape(-1)]).reshape(
-        h * 3 // 2, w
-    )
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).reshape(-1) for p in (y, u, v)]
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
@@ -294,14 +292,15 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
         with av.open(f, mode="w", format="mp4") as container:
             # The same frames must give the same file (a seeded benchmark is compared run to run):
             # one encoder thread, and our own colour conversion (rgb_to_yuv420p).
+            time_base = Fraction(1, round(fps))
             stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf)})
             stream.codec_context.thread_count = 1
+            stream.codec_context.time_base = time_base
             stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            stream.codec_context.time_base = Fraction(1, round(fps))
             for k, frame in enumerate(frames):
                 picture = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
                 # Explicit timestamps: x264's rate control reads them.
-                picture.pts, picture.time_base = k, Fraction(1, round(fps))
+                picture.pts, picture.time_base = k, time_base
                 for packet in stream.encode(picture):
                     container.mux(packet)
             for packet in stream.encode():

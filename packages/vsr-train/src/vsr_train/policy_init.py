@@ -8,15 +8,12 @@ then happen once, not in every training process.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def described_videos(

@@ -130,11 +130,11 @@ class FrameFeatureMemo:
         """(T, H, W, 3) uint8 -> (T, F) features; only frames not seen before reach the encoder."""
         frames = frames.contiguous()
         keys = [hashlib.blake2b(memoryview(f.numpy()).cast("B"), digest_size=16).digest() for f in frames]
-        missing = sorted({i for i, key in enumerate(keys) if key not in self._features})
-        # A frame repeated inside one batch is encoded once.
-        first_of = {}
-        for i in missing:
-            first_of.setdefault(keys[i], i)
+        # New frames by first position; a frame repeated inside one batch is encoded once.
+        first_of: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._features:
+                first_of.setdefault(key, i)
         if first_of:
             with torch.no_grad():
                 fresh = encoder(frames[list(first_of.values())])
@@ -258,14 +258,17 @@ class CompositeVideoPolicy(VideoPolicy):
         frames = torch.cat([item["frames"] for item in per_item], dim=0)
         return position_ids, {"frames": frames}
 
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, size, size, 3) frames -> (T, F) frame-encoder features, through the memo when it applies."""
+        if self.frame_memo is not None and FrameFeatureMemo.usable(self.frame_encoder, frames):
+            return self.frame_memo.encode(self.frame_encoder, frames)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frame_encoder):
+            return self.frame_encoder(frames)
+
     def embed_inputs(self, batch: PolicyBatch) -> torch.Tensor:
         embeds = self.get_input_embeddings()(batch.input_ids)
         frames = batch.model_inputs["frames"].to(self.device)
-        if self.frame_memo is not None and FrameFeatureMemo.usable(self.frame_encoder, frames):
-            features = self.frame_memo.encode(self.frame_encoder, frames)
-        else:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_frame_encoder):
-                features = self.frame_encoder(frames)
+        features = self.frame_features(frames)
         if features.ndim != 2 or features.shape[0] != frames.shape[0]:
             raise ValueError(f"frame encoder returned {tuple(features.shape)} for {frames.shape[0]} frames")
         projected = self.projector(features.to(self.projector.net[0].weight.dtype)).to(embeds.dtype)

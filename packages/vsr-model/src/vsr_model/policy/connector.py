@@ -85,8 +85,7 @@ def align_connector(
     policy: CompositeVideoPolicy, videos: Iterable[DescribedVideo], config: ConnectorAlignmentConfig
 ) -> AlignmentReport:
     """Fit ``policy.projector`` in place; every other weight is left as it is."""
-    features, frame_texts, texts, index_of = [], [], [], {}
-    encoder = policy.frame_encoder
+    features, frame_texts, index_of = [], [], {}
     for video in videos:
         times = np.asarray(video.timestamps, dtype=np.float64)
         if len(times) != len(video.frames):
@@ -97,11 +96,7 @@ def align_connector(
             continue
         frames = resize_frames(np.asarray(video.frames)[keep], policy.config.frame_size)
         with torch.no_grad():
-            if policy.frame_memo is not None:
-                feats = policy.frame_memo.encode(encoder, frames)
-            else:
-                feats = encoder(frames)
-        features.append(feats.float())
+            features.append(policy.frame_features(frames.to(policy.device)).float())
         for i in keep:
             frame_texts.append([index_of.setdefault(text, len(index_of)) for text in covering[i]])
     if not features:
