@@ -26,9 +26,9 @@ import numpy as np
 
 import vsr_index
 
-try:  # optional: caps BLAS / OpenMP pools of numpy and faiss for the thread-count sweeps
+try:  # caps numpy's BLAS pool for the thread-count sweeps
     from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - only affects the numpy baseline's thread count
+except ImportError:  # pragma: no cover - limit_threads says what to install
     threadpool_limits = None
 
 
@@ -77,9 +77,13 @@ def print_machine(info: Mapping[str, Any], extra: Mapping[str, Any] | None = Non
 
 @contextlib.contextmanager
 def limit_threads(n: int) -> Iterator[None]:
-    """Caps numpy's BLAS and faiss' OpenMP pools to n threads for the duration."""
-    ctx = threadpool_limits(limits=n) if threadpool_limits is not None else contextlib.nullcontext()
-    with ctx:
+    """Caps numpy's BLAS and faiss' OpenMP pools to n threads for the duration.
+
+    Without threadpoolctl numpy's BLAS would use every core in a "1 thread" row, so it is required.
+    """
+    if threadpool_limits is None:
+        raise RuntimeError("benchmarks need threadpoolctl to cap numpy's BLAS threads: pip install threadpoolctl")
+    with threadpool_limits(limits=n):
         try:
             import faiss
 

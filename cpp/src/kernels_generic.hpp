@@ -175,14 +175,22 @@ inline void dot_rows_tiled(const float* queries, const std::uint8_t* rows, std::
   for (; j < n; ++j) dot_tile<T, S, NQ, 1>(queries, rows + j * rb, rb, d, out + j, ldo);
 }
 
-// One query streamed over n contiguous rows: out[j] = <q, decode(row_j)>. Rows are read one at a
-// time with four accumulators along the row: one sequential stream is what hardware prefetchers
-// follow best, and it measured faster than interleaving several rows when the scan is
-// memory-bound.
+// Float32 rows scanned together by one query (dot_rows): one accumulator per row, so each query
+// vector is loaded once for kStreamRows rows and their sums are independent chains. On a Xeon with
+// AVX-512 (100k rows, 384 and 2048 dims) this scanned float32 10-25% faster than one row at a time
+// with four accumulators along the row. Rows widened from f16 gained only at 2048 dims and lost
+// at 384, so the other storages keep the row-at-a-time scan.
+inline constexpr std::size_t kStreamRows = 8;
+
+// One query over n contiguous rows: out[j] = <q, decode(row_j)>.
 template <class T, Storage S>
 void dot_rows(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d, float* out) noexcept {
   const std::size_t rb = row_bytes(S, d);
-  for (std::size_t j = 0; j < n; ++j) out[j] = dot<T, S>(q, rows + j * rb, d);
+  if constexpr (S == Storage::f32) {
+    dot_rows_tiled<T, S, 1, kStreamRows>(q, rows, n, rb, d, out, n);
+  } else {
+    for (std::size_t j = 0; j < n; ++j) out[j] = dot<T, S>(q, rows + j * rb, d);
+  }
 }
 
 // A single-query row scan (dot_rows or an ISA's own, e.g. integer or bf16 dot products).
