@@ -82,7 +82,9 @@ def limit_threads(n: int) -> Iterator[None]:
     Without threadpoolctl numpy's BLAS would use every core in a "1 thread" row, so it is required.
     """
     if threadpool_limits is None:
-        raise RuntimeError("benchmarks need threadpoolctl to cap numpy's BLAS threads: pip install threadpoolctl")
+        raise RuntimeError(
+            "benchmarks need threadpoolctl to cap numpy's BLAS threads: pip install threadpoolctl"
+        )
     with threadpool_limits(limits=n):
         try:
             import faiss
