@@ -248,29 +248,42 @@ class FrameCache:
                 os.unlink(p)
 
 
+# BT.601 limited-range weights (per unit of 8-bit RGB), in 16-bit fixed point.
+_Y_WEIGHTS = tuple(round(c / 255.0 * 65536) for c in (65.481, 128.553, 24.966))
+_U_WEIGHTS = tuple(round(c / 255.0 * 65536) for c in (-37.797, -74.203, 112.0))
+_V_WEIGHTS = tuple(round(c / 255.0 * 65536) for c in (112.0, -93.786, -18.214))
+
+
+def _fixed_point_mix(rgb: np.ndarray, weights: tuple[int, int, int], offset: int, shift: int) -> np.ndarray:
+    """round(offset + sum_c weights[c] * rgb[..., c] / 2^shift), clipped to 0..255, in int32."""
+    mixed = rgb[..., 0] * weights[0] + rgb[..., 1] * weights[1] + rgb[..., 2] * weights[2]
+    return np.clip((mixed + (offset << shift) + (1 << (shift - 1))) >> shift, 0, 255)
+
+
 def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     """uint8 RGB (H, W, 3), H and W even -> the (H * 3 / 2, W) yuv420p layout PyAV reads: BT.601
     limited range (what decoders assume for untagged H.264), chroma averaged over 2x2 blocks.
 
-    Done here rather than by PyAV's rgb24 conversion, which gave different pixels from the same
-    frames from one run to the next."""
-    rgb = frame.astype(np.float32)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    Integer arithmetic only, so the result is the same whatever the array's alignment or the SIMD
+    path (PyAV's rgb24 conversion gave different pixels from the same frames run to run)."""
     h, w = frame.shape[:2]
-    blocks = rgb.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
-    rb, gb, bb = blocks[..., 0], blocks[..., 1], blocks[..., 2]
-    u = 128.0 + (-37.797 * rb - 74.203 * gb + 112.0 * bb) / 255.0
-    v = 128.0 + (112.0 * rb - 93.786 * gb - 18.214 * bb) / 255.0
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).reshape(-1) for p in (y, u, v)]
+    rgb = frame.astype(np.int32)
+    # Chroma from the sum of each 2x2 block (exact), so its weights are scaled by 4 more.
+    sums = rgb.reshape(h // 2, 2, w // 2, 2, 3).sum(axis=(1, 3))
+    y = _fixed_point_mix(rgb, _Y_WEIGHTS, 16, shift=16)
+    u = _fixed_point_mix(sums, _U_WEIGHTS, 128, shift=18)
+    v = _fixed_point_mix(sums, _V_WEIGHTS, 128, shift=18)
+    planes = [p.astype(np.uint8).reshape(-1) for p in (y, u, v)]
     return np.concatenate(planes).reshape(h * 3 // 2, w)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
     """Encode uint8 RGB frames (T, H, W, 3) as an H.264 mp4 with PyAV, atomically (temp file + rename).
 
-    H and W must be even (yuv420p). Frame k is presented at k / fps seconds. The same frames always
-    give the same file.
+    H and W must be even (yuv420p). Frame k is presented at k / fps seconds. crf=0 is lossless:
+    decoding gives back exactly rgb_to_yuv420p(frame), whatever choices the encoder makes. Lossy
+    files are not reproducible bit for bit: x264 occasionally (about 1 encode in 600 here) makes a
+    different decision on identical input, which moves decoded pixels by a level.
     """
     import av
 
@@ -290,8 +303,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float, crf: int = 18)
 
     def encode(f: Any) -> None:
         with av.open(f, mode="w", format="mp4") as container:
-            # The same frames must give the same file (a seeded benchmark is compared run to run):
-            # one encoder thread, and our own colour conversion (rgb_to_yuv420p).
+            # Our own colour conversion (PyAV's rgb24 path gave different pixels from the same
+            # frames run to run), and one encoder thread to keep lossy encodes as stable as x264 is.
             time_base = Fraction(1, round(fps))
             stream = container.add_stream("libx264", rate=round(fps), options={"crf": str(crf)})
             stream.codec_context.thread_count = 1

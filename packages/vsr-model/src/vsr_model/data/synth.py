@@ -225,7 +225,8 @@ def _render_and_write(args: tuple[VideoPlan, SynthConfig, str]) -> str:
         frames = world.render_video(
             plan.background, plan.events, plan.num_frames, config.height, config.width, config.fps
         )
-        write_video(out, frames, fps=config.fps)
+        # Lossless, so a seeded benchmark decodes to the same pixels on every run and machine.
+        write_video(out, frames, fps=config.fps, crf=0)
     return plan.video_id
 
 
