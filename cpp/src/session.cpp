@@ -262,11 +262,12 @@ Status scan_pool(const Index& index, const CandidatePool& pool, const std::vecto
 // Answers one query from `pool` (scorer == nullptr: the pool is stale or too far, not scored).
 // Takes the pool's top-k when the bound proves it, else starts a search from the pool's best
 // candidates (indexes with warm starts), else searches from scratch and, when new_pool != nullptr,
-// leaves that search's fresh pool there.
+// leaves that search's fresh pool there. With cold_deferred != nullptr a from-scratch search for k
+// results is not run but left to the caller (*cold_deferred = true), who batches several.
 Status answer_query(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
                     const PoolScorer* scorer, std::size_t k, std::size_t pool_size, const IdFilter* filter,
                     double warm_min_cosine, int threads, float* out_scores, idx_t* out_ids, TurnInfo& info,
-                    CandidatePool* new_pool) {
+                    CandidatePool* new_pool, bool* cold_deferred = nullptr) {
   const Metric metric = index.metric();
   const std::size_t d = index.dim();
   info.moved = distance(q.data(), pool.anchor.data(), d);
@@ -322,9 +323,15 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   // (stale, or the query moved beyond warm_min_cosine) and the caller keeps one; a query whose
   // proof merely failed is searched for k results and the pool keeps its anchor.
   const bool refill = scorer == nullptr && new_pool != nullptr;
+  info.path = TurnPath::cold;
+  if (cold_deferred != nullptr && !refill) {
+    *cold_deferred = true;
+    info.exact = index.exact_search();
+    info.pool_size = pool.ids.size();
+    return {};
+  }
   CandidatePool fresh;
   std::uint64_t distances = 0;
-  info.path = TurnPath::cold;
   Status s = search_pool(index, q, refill ? pool_size : k, filter, threads, fresh, distances);
   if (!s.ok()) return s;
   info.distances += distances;
@@ -435,6 +442,38 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
   return {};
 }
 
+namespace {
+
+// The cold searches of a group in one call (one pass over a flat index serves them all), for k
+// results each; the batch's distances are shared evenly among its queries.
+Status search_together(const Index& index, const float* queries, const std::vector<std::size_t>& which,
+                       std::size_t k, const GroupOptions& options, float* scores, idx_t* ids,
+                       std::vector<TurnInfo>& turn) {
+  const std::size_t d = index.dim(), m = which.size(), kk = std::min(k, index.size());
+  std::vector<float> batch(m * d), found_scores(m * kk);
+  std::vector<idx_t> found_ids(m * kk);
+  for (std::size_t j = 0; j < m; ++j) std::copy_n(queries + which[j] * d, d, batch.begin() + j * d);
+  SearchStats stats;
+  SearchParams params;
+  params.filter = options.filter;
+  params.num_threads = options.num_threads;
+  params.stats = &stats;
+  Status s = kk == 0 ? Status() : index.search(batch.data(), m, kk, found_scores.data(), found_ids.data(), params);
+  if (!s.ok()) return s;
+  const std::uint64_t each = stats.distances.load() / m;
+  for (std::size_t j = 0; j < m; ++j) {
+    const std::size_t i = which[j];
+    for (std::size_t r = 0; r < k; ++r) {
+      scores[i * k + r] = r < kk ? found_scores[j * kk + r] : missing_score(index.metric());
+      ids[i * k + r] = r < kk ? found_ids[j * kk + r] : kNoId;
+    }
+    turn[i].distances += each;
+  }
+  return {};
+}
+
+}  // namespace
+
 Status refine_group(const Index& index, const float* original, const float* refined, std::size_t nq,
                     std::size_t k, const GroupOptions& options, float* scores, idx_t* ids, TurnInfo* infos,
                     std::uint64_t* shared_distances) {
@@ -464,21 +503,28 @@ Status refine_group(const Index& index, const float* original, const float* refi
     s = index.score_ids_batch(all.data(), nq, pool.ids.data(), p, pool_scores.data());
     if (!s.ok()) return s;
   }
+  std::vector<TurnInfo> turn(nq);
+  std::vector<std::size_t> cold;  // queries the pool could not answer and no warm start served
   for (std::size_t i = 0; i < nq; ++i) {
     // The group's scores come from one blocked pass (counted once, up front), so the scan only
     // copies them.
-    TurnInfo info;
-    info.distances = p;
+    turn[i].distances = p;
     const float* row = pool_scores.data() + i * p;
     const PoolScorer scorer = [&](std::size_t b, std::size_t e, float* out, std::uint64_t&) {
       std::copy(row + b, row + e, out + b);
       return Status();
     };
+    bool deferred = false;
     s = answer_query(index, pool, qs[i], &scorer, k, pool_size, options.filter, options.warm_min_cosine,
-                     options.num_threads, scores + i * k, ids + i * k, info, nullptr);
+                     options.num_threads, scores + i * k, ids + i * k, turn[i], nullptr, &deferred);
     if (!s.ok()) return s;
-    if (infos) infos[i] = info;
+    if (deferred) cold.push_back(i);
   }
+  if (!cold.empty()) {
+    s = search_together(index, all.data(), cold, k, options, scores, ids, turn);
+    if (!s.ok()) return s;
+  }
+  if (infos) std::copy(turn.begin(), turn.end(), infos);
   return {};
 }
 

@@ -132,7 +132,8 @@ struct GroupOptions {
 
 // The G refined queries of one GRPO group share the original query's candidate pool: one search
 // for the original, then all G queries scored against the pool in one blocked pass, and a search
-// only for the queries the bound cannot settle. Writes nq * k results; infos (nq entries) and
+// only for the queries the bound cannot settle (warm starts one by one; searches from scratch
+// together in one call). Writes nq * k results; infos (nq entries) and
 // shared_distances (the pool search's distances) are optional.
 Status refine_group(const Index& index, const float* original, const float* refined, std::size_t nq,
                     std::size_t k, const GroupOptions& options, float* scores, idx_t* ids, TurnInfo* infos,
