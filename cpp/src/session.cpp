@@ -64,6 +64,15 @@ std::size_t resolve_pool_size(std::size_t requested, std::size_t k) noexcept {
 float key_of(Metric m, float score) noexcept { return higher_is_better(m) ? score : -score; }
 float missing_score(Metric m) noexcept { return higher_is_better(m) ? -TopK::kInf : TopK::kInf; }
 
+// Search settings that count the distances computed into stats.
+SearchParams counted_params(const IdFilter* filter, int threads, SearchStats& stats) noexcept {
+  SearchParams params;
+  params.filter = filter;
+  params.num_threads = threads;
+  params.stats = &stats;
+  return params;
+}
+
 // Searches from scratch for a fresh pool anchored at q.
 Status search_pool(const Index& index, const std::vector<float>& q, std::size_t pool_size, const IdFilter* filter,
                    int threads, CandidatePool& pool, std::uint64_t& distances) {
@@ -74,10 +83,7 @@ Status search_pool(const Index& index, const std::vector<float>& q, std::size_t 
   std::vector<float> scores(pool_size);
   std::vector<idx_t> ids(pool_size);
   SearchStats stats;
-  SearchParams params;
-  params.filter = filter;
-  params.num_threads = threads;
-  params.stats = &stats;
+  const SearchParams params = counted_params(filter, threads, stats);
   // Read before searching: a concurrent change then shows up as a stale pool, never a missed one.
   std::uint64_t generation = index.generation();
   Status s = pool_size == 0 ? Status() : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
@@ -305,10 +311,7 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   // its anchor, so later refines of the same original query still start from it.
   if (!seeds.empty()) {
     SearchStats stats;
-    SearchParams params;
-    params.filter = filter;
-    params.num_threads = threads;
-    params.stats = &stats;
+    const SearchParams params = counted_params(filter, threads, stats);
     Status s = index.search_warm(q.data(), k, seeds.data(), seeds.size(), out_scores, out_ids, params);
     info.distances += stats.distances.load();
     if (s.ok()) {
@@ -454,10 +457,7 @@ Status search_together(const Index& index, const float* queries, const std::vect
   std::vector<idx_t> found_ids(m * kk);
   for (std::size_t j = 0; j < m; ++j) std::copy_n(queries + which[j] * d, d, batch.begin() + j * d);
   SearchStats stats;
-  SearchParams params;
-  params.filter = options.filter;
-  params.num_threads = options.num_threads;
-  params.stats = &stats;
+  const SearchParams params = counted_params(options.filter, options.num_threads, stats);
   Status s = kk == 0 ? Status() : index.search(batch.data(), m, kk, found_scores.data(), found_ids.data(), params);
   if (!s.ok()) return s;
   const std::uint64_t each = stats.distances.load() / m;

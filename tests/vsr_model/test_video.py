@@ -117,7 +117,6 @@ def test_write_video_rejects_bad_input(tmp_path):
 
 
 def test_rgb_to_yuv420p_is_bt601_limited_range_with_averaged_chroma():
-
     frame = np.zeros((4, 6, 3), np.uint8)
     frame[:, :2] = 255  # white
     frame[:, 2:4] = (255, 0, 0)  # red
