@@ -10,6 +10,8 @@
 #include <cstring>
 #include <unordered_set>
 
+#include "vsr/storage_alloc.hpp"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define VSR_CRC_X86 1
@@ -244,6 +246,7 @@ Result<std::shared_ptr<FileReader>> FileReader::open(const std::string& path, bo
       ::close(fd);
       return e;
     }
+    advise_huge_pages(m, size);
     r->map_ = m;
     r->map_bytes_ = size;
     r->bytes_ = static_cast<const std::uint8_t*>(m);

@@ -28,6 +28,25 @@ struct Avx2Traits {
   static V load_i8(const std::int8_t* p) noexcept {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  // 8 x 8 transpose: pairs, then quads within 128-bit lanes, then the lanes (24 shuffles).
+  static void transpose(V* v) noexcept {
+    V a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+      a[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+      a[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+    }
+    // b[4i + c], lane L: value 4L + c of rows 4i .. 4i + 3.
+    for (int i = 0; i < 8; i += 4) {
+      b[i] = _mm256_shuffle_ps(a[i], a[i + 2], 0x44);
+      b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], 0xEE);
+      b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0x44);
+      b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+      v[c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x20);
+      v[4 + c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x31);
+    }
+  }
   // Four horizontal sums at once: three hadds and one lane fold instead of four full reductions.
   static void reduce4(V a, V b, V c, V d, float* out) noexcept {
     __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));

@@ -33,6 +33,31 @@ struct Avx512Traits {
     __m512i w = _mm512_maskz_cvtepi8_epi32(all, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm512_maskz_cvtepi32_ps(all, w);
   }
+  // 16 x 16 transpose: pairs interleaved within 128-bit lanes, then quads, then the 4 x 4 grid of
+  // 128-bit lanes in two rounds of lane shuffles (64 shuffles for 256 floats; zero-masked forms:
+  // see fold()).
+  static void transpose(V* v) noexcept {
+    V a[16], b[16];
+    for (int i = 0; i < 16; i += 2) {
+      a[i] = _mm512_maskz_unpacklo_ps(0xFFFF, v[i], v[i + 1]);
+      a[i + 1] = _mm512_maskz_unpackhi_ps(0xFFFF, v[i], v[i + 1]);
+    }
+    // b[4i + c], lane L: value 4L + c of rows 4i .. 4i + 3.
+    for (int i = 0; i < 16; i += 4) {
+      b[i] = _mm512_maskz_shuffle_ps(0xFFFF, a[i], a[i + 2], 0x44);
+      b[i + 1] = _mm512_maskz_shuffle_ps(0xFFFF, a[i], a[i + 2], 0xEE);
+      b[i + 2] = _mm512_maskz_shuffle_ps(0xFFFF, a[i + 1], a[i + 3], 0x44);
+      b[i + 3] = _mm512_maskz_shuffle_ps(0xFFFF, a[i + 1], a[i + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; ++c) {
+      const V u0 = _mm512_maskz_shuffle_f32x4(0xFFFF, b[c], b[4 + c], 0x88), u1 = _mm512_maskz_shuffle_f32x4(0xFFFF, b[c], b[4 + c], 0xDD);
+      const V u2 = _mm512_maskz_shuffle_f32x4(0xFFFF, b[8 + c], b[12 + c], 0x88), u3 = _mm512_maskz_shuffle_f32x4(0xFFFF, b[8 + c], b[12 + c], 0xDD);
+      v[c] = _mm512_maskz_shuffle_f32x4(0xFFFF, u0, u2, 0x88);
+      v[8 + c] = _mm512_maskz_shuffle_f32x4(0xFFFF, u0, u2, 0xDD);
+      v[4 + c] = _mm512_maskz_shuffle_f32x4(0xFFFF, u1, u3, 0x88);
+      v[12 + c] = _mm512_maskz_shuffle_f32x4(0xFFFF, u1, u3, 0xDD);
+    }
+  }
   // Zero-masked forms throughout: GCC 12 builds the plain casts, extracts and conversions from an
   // "undefined register" idiom (__Y = __Y) that trips -W(maybe-)uninitialized; the all-ones
   // zero-masked instruction has no such operand, computes the same and costs the same.

@@ -23,6 +23,12 @@ namespace vsr::avx512 {
 // 2 products of at most 127 * 32767 per 128 dimensions, so 2 * 16 * 4.2e6 < 2^31 per chunk.
 inline constexpr std::size_t kQueryChunk = 2048;
 
+// A row chunk's prefetch distance: whole rows ahead, at least generic::kScanPrefetchBytes, so that
+// a query processed in chunks (d > kQueryChunk) fetches the same chunk of a later row.
+inline std::size_t prefetch_distance(std::size_t rb) noexcept {
+  return (generic::kScanPrefetchBytes + rb - 1) / rb * rb;
+}
+
 // Mask of the first m (< 32) of 32 lanes.
 inline __mmask32 first_lanes(std::size_t m) noexcept { return __mmask32((std::uint64_t(1) << m) - 1); }
 
@@ -46,6 +52,7 @@ inline void finish4(const __m512* acc, std::size_t count, float* out, const floa
 inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
                            float* out) noexcept {
   const std::size_t rb = row_bytes(Storage::int8, d), scale_at = (d + 3) / 4 * 4;
+  const std::size_t ahead = prefetch_distance(rb);
   // max|q| (zero-masked forms: see Avx512Traits::fold).
   const __m512i no_sign = _mm512_set1_epi32(0x7FFFFFFF);
   __m512i vmax = _mm512_setzero_si512();
@@ -85,9 +92,14 @@ inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t
             _mm512_maskz_cvtepi8_epi16(~__mmask32(0), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)));
         a = _mm512_dpwssd_epi32(a, xv, _mm512_load_si512(qi + k));
       };
+      const std::uint8_t* ahead_x = row + c0 + ahead;  // this chunk of a row ahead (see prefetch_distance)
       std::size_t k = 0;
-      for (; k + 128 <= full; k += 128)
+      for (; k + 128 <= full; k += 128) {
+        generic::prefetch_range(ahead_x + k, 128);
         for (std::size_t u = 0; u < 4; ++u) step(acc[u], k + 32 * u);
+      }
+      // The chunk's rest, and the scale after the last chunk.
+      generic::prefetch_range(ahead_x + k, (c0 + len == d ? rb - c0 : len) - k);
       for (; k < full; k += 32) step(acc[0], k);
       if (tail) {
         const __m512i xv = _mm512_maskz_cvtepi8_epi16(~__mmask32(0), _mm256_maskz_loadu_epi8(tail, x + k));
@@ -123,6 +135,7 @@ constexpr Kernels vnni_kernels(Isa isa) noexcept {
 inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
                              float* out) noexcept {
   const std::size_t rb = row_bytes(Storage::bf16, d);
+  const std::size_t ahead = prefetch_distance(rb);
   alignas(64) std::uint16_t hi[kQueryChunk], lo[kQueryChunk];
   const float ones[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   for (std::size_t c0 = 0; c0 < d; c0 += kQueryChunk) {
@@ -148,11 +161,14 @@ inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size
         a = _mm512_dpbf16_ps(a, xb, reinterpret_cast<__m512bh>(_mm512_load_si512(hi + k)));
         b = _mm512_dpbf16_ps(b, xb, reinterpret_cast<__m512bh>(_mm512_load_si512(lo + k)));
       };
+      const std::uint8_t* ahead_x = rows + j * rb + 2 * c0 + ahead;  // see prefetch_distance
       std::size_t k = 0;
       for (; k + 64 <= full; k += 64) {
+        generic::prefetch_range(ahead_x + 2 * k, 128);
         step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
         step(acc[2], acc[3], _mm512_loadu_si512(x + k + 32), k + 32);
       }
+      generic::prefetch_range(ahead_x + 2 * k, 2 * (len - k));
       for (; k < full; k += 32) step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
       if (tail) step(acc[2], acc[3], _mm512_maskz_loadu_epi16(tail, x + k), k);
       sums[pending] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));

@@ -18,6 +18,7 @@ struct ScalarTraits {
   static V load_f16(const std::uint16_t* p) noexcept { return half_to_float(*p); }
   static V load_bf16(const std::uint16_t* p) noexcept { return bf16_to_float(*p); }
   static V load_i8(const std::int8_t* p) noexcept { return float(*p); }
+  static void transpose(V*) noexcept {}  // 1 x 1
   static void reduce4(V a, V b, V c, V d, float* out) noexcept {
     out[0] = a;
     out[1] = b;

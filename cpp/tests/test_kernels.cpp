@@ -150,8 +150,20 @@ TEST(packed_gemm_matches_decoded_reference_every_isa) {
         auto x = random_vec(n * d, 50 + unsigned(d)), q = random_vec(nq * d, 60 + unsigned(d));
         std::vector<std::uint8_t> rows(n * codec.row_bytes());
         CHECK(codec.encode(x.data(), n, rows.data()).ok());
-        std::vector<float> packed(packed_floats(*k, n, d));
+        std::vector<float> packed(packed_floats(*k, n, d), -3.0f);
         k->storage[std::size_t(s)].pack(rows.data(), n, d, packed.data());
+        {
+          // The layout itself: panel p holds rows p * P.. dimension-major, padding rows zero.
+          const std::size_t P = k->panel_rows;
+          std::vector<float> row(d);
+          for (std::size_t r = 0; r < packed.size() / d / P * P; ++r) {
+            if (r < n) codec.decode(&rows[r * codec.row_bytes()], row.data());
+            for (std::size_t i = 0; i < d; ++i) {
+              const float want = r < n ? row[i] : 0.0f;
+              CHECK_NEAR(packed[(r / P) * P * d + i * P + r % P], want, 1e-6 * (1 + std::abs(want)));
+            }
+          }
+        }
         const std::size_t ldo = n + 5;
         std::vector<float> out(nq * ldo, -7.0f);
         k->dot_packed(q.data(), nq, packed.data(), n, d, out.data(), ldo);

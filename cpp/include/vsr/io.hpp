@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "vsr/common.hpp"
+#include "vsr/mapped_array.hpp"
 
 namespace vsr::io {
 
@@ -101,7 +102,7 @@ class FileReader {
   std::uint32_t kind_version_ = 0;
   void* map_ = nullptr;
   std::size_t map_bytes_ = 0;
-  std::vector<std::uint8_t> buffer_;
+  std::vector<std::uint8_t, CacheAlignedAllocator<std::uint8_t>> buffer_;  // a file read into memory
   const std::uint8_t* bytes_ = nullptr;
   std::size_t size_ = 0;
   std::vector<Entry> entries_;

@@ -7,20 +7,23 @@
 #include <new>
 #include <vector>
 
+#include "vsr/storage_alloc.hpp"
+
 namespace vsr {
 
 // Owned storage starts on a 64-byte boundary, like a mapped file's sections, so that rows whose
 // size is a multiple of 64 bytes never straddle cache lines in a full-width AVX-512 load (malloc
-// returns 16-byte aligned blocks, which split every other 64-byte load).
+// returns 16-byte aligned blocks, which split every other 64-byte load). Blocks of at least a
+// huge page start on a huge-page boundary and ask the kernel for transparent huge pages (see
+// storage_alloc).
 template <typename T>
 struct CacheAlignedAllocator {
   using value_type = T;
-  static constexpr std::align_val_t kAlign{64};
   CacheAlignedAllocator() noexcept = default;
   template <typename U>
   CacheAlignedAllocator(const CacheAlignedAllocator<U>&) noexcept {}
-  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
-  void deallocate(T* p, std::size_t) noexcept { ::operator delete(p, kAlign); }
+  T* allocate(std::size_t n) { return static_cast<T*>(storage_alloc(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t n) noexcept { storage_free(p, n * sizeof(T)); }
   template <typename U>
   bool operator==(const CacheAlignedAllocator<U>&) const noexcept { return true; }
   template <typename U>
