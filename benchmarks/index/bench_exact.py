@@ -3,8 +3,9 @@
 Measures, for each data set and thread count: single-query latency/QPS (queries one at a time),
 batch QPS (one call with --batch queries), recall@10 of every storage type against exact float32
 ground truth, and the memory bandwidth a single-query scan achieves relative to a STREAM-like copy
-measured on this machine. Implementations are timed interleaved (one repetition of each in turn)
-and the median of --repeats repetitions is reported. Prints a table and writes JSON.
+and to a read-only stream (BLAS dot), both measured on this machine. Implementations are timed
+interleaved (one repetition of each in turn) and the median of --repeats repetitions is reported.
+Prints a table and writes JSON.
 
     python benchmarks/index/bench_exact.py                        # the full default run
     python benchmarks/index/bench_exact.py --sizes 100000x384 --threads 1 --batch 200
@@ -98,7 +99,7 @@ def build_impls(x: np.ndarray, faiss_mod, with_numpy: bool) -> list[Impl]:
     return impls
 
 
-def run_dataset(name, x, queries, args, faiss_mod, machine_bw) -> list[dict]:
+def run_dataset(name, x, queries, args, faiss_mod, machine_bw, read_bw) -> list[dict]:
     n, d = x.shape
     print(f"\n== {name}: n={n} d={d}, {args.single} single queries per repetition, batch={args.batch}, k={K}")
     t0 = time.perf_counter()
@@ -153,6 +154,7 @@ def run_dataset(name, x, queries, args, faiss_mod, machine_bw) -> list[dict]:
                     "recall@10": recall[key],
                     "scan_GBps": scan_bw / 1e9,
                     "pct_copy_bw": 100.0 * scan_bw / machine_bw[threads],
+                    "pct_read_bw": 100.0 * scan_bw / read_bw[threads],
                     "single_times_s": single[key],
                     "batch_times_s": batch[key],
                 }
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = common.cpu_info()
     machine_bw = {t: common.stream_copy_bandwidth(threads=t) for t in args.threads}
+    read_bw = {t: common.stream_read_bandwidth(threads=t) for t in args.threads}
     common.print_machine(
         info,
         {
@@ -202,15 +205,18 @@ def main(argv: list[str] | None = None) -> int:
             "STREAM-like copy bandwidth (read+write)": ", ".join(
                 f"{t} thread(s): {bw / 1e9:.1f} GB/s" for t, bw in machine_bw.items()
             ),
+            "read-only bandwidth (BLAS dot of a 512 MiB array)": ", ".join(
+                f"{t} thread(s): {bw / 1e9:.1f} GB/s" for t, bw in read_bw.items()
+            ),
         },
     )
     rows = []
     for n, d in parse_sizes(args.sizes):
         x, q = synthetic(n, d, max(args.batch, args.single))
-        rows += run_dataset(f"clustered-{n}x{d}", x, q, args, faiss_mod, machine_bw)
+        rows += run_dataset(f"clustered-{n}x{d}", x, q, args, faiss_mod, machine_bw, read_bw)
     if args.real:
         x, q = common.real_minilm(max(args.batch, args.single), args.fig_dir)
-        rows += run_dataset(f"minilm-fig-{len(x)}x{x.shape[1]}", x, q, args, faiss_mod, machine_bw)
+        rows += run_dataset(f"minilm-fig-{len(x)}x{x.shape[1]}", x, q, args, faiss_mod, machine_bw, read_bw)
     print()
     common.print_table(
         rows,
@@ -227,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             "recall@10",
             "scan_GBps",
             "pct_copy_bw",
+            "pct_read_bw",
         ],
     )
     path = common.write_json(
@@ -234,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "machine": info,
             "copy_bandwidth_Bps": machine_bw,
+            "read_bandwidth_Bps": read_bw,
             "args": vars(args),
             "k": K,
             "rows": rows,

@@ -121,6 +121,27 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def _per_thread_bandwidth(
+    work: Callable[[int, int], Any], n: int, bytes_per_element: float, threads: int, repeats: int
+) -> float:
+    """Best rate of `work(a, b)` over `threads` threads, each on its slice [a, b) of n elements."""
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+
+    def run() -> None:
+        if threads == 1:
+            work(0, n)
+            return
+        workers = [threading.Thread(target=work, args=(a, b)) for a, b in itertools.pairwise(bounds)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    run()
+    best = min(_timed(run) for _ in range(repeats))
+    return bytes_per_element * n / best
+
+
 def stream_copy_bandwidth(nbytes: int = 512 << 20, threads: int = 1, repeats: int = 5) -> float:
     """STREAM-like copy bandwidth in bytes/s, counting read + write traffic (2 x bytes copied).
 
@@ -129,24 +150,18 @@ def stream_copy_bandwidth(nbytes: int = 512 << 20, threads: int = 1, repeats: in
     n = nbytes // 8
     src = np.ones(n, dtype=np.float64)
     dst = np.empty_like(src)
-    bounds = np.linspace(0, n, threads + 1).astype(int)
+    return _per_thread_bandwidth(lambda a, b: np.copyto(dst[a:b], src[a:b]), n, 16.0, threads, repeats)
 
-    def run() -> None:
-        if threads == 1:
-            np.copyto(dst, src)
-            return
-        workers = [
-            threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b]))
-            for a, b in itertools.pairwise(bounds)
-        ]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
 
-    run()
-    best = min(_timed(run) for _ in range(repeats))
-    return 2.0 * n * 8 / best
+def stream_read_bandwidth(nbytes: int = 512 << 20, threads: int = 1, repeats: int = 5) -> float:
+    """Read-only bandwidth in bytes/s: each thread takes the BLAS dot product of its slice with
+    itself (one read stream, no writes), BLAS held to one thread per caller. A single-query scan
+    is a read stream too, so this is the ceiling it can reach; a copy also has the write path.
+    """
+    n = nbytes // 8
+    src = np.ones(n, dtype=np.float64)
+    with limit_threads(1):
+        return _per_thread_bandwidth(lambda a, b: np.dot(src[a:b], src[a:b]), n, 8.0, threads, repeats)
 
 
 def _timed(fn: Callable[[], Any]) -> float:

@@ -35,16 +35,6 @@ GraphIndex::Visited& GraphIndex::thread_visited() {
   return visited;
 }
 
-const std::uint32_t* GraphIndex::links(std::uint32_t slot, int level) const noexcept {
-  if (level == 0) return level0_.data() + std::size_t(slot) * (1 + 2 * opts_.M);
-  return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
-}
-
-std::uint32_t* GraphIndex::links_mut(std::uint32_t slot, int level) noexcept {
-  if (level == 0) return level0_.own().data() + std::size_t(slot) * (1 + 2 * opts_.M);
-  return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
-}
-
 float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept {
   if (!keep_originals_) return -dist_to(q, slot);
   const float* x = originals_.data() + std::size_t(slot) * dim_;
@@ -62,30 +52,50 @@ const float* GraphIndex::row_f32(std::uint32_t slot, float* buffer) const noexce
   return buffer;
 }
 
+void GraphIndex::score_slots(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
+  const std::uint8_t* codes = codes_.data();
+  if (opts_.metric == Metric::l2) {
+    const std::size_t rb = codec_.row_bytes();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i + 1 < n) {
+        const std::uint8_t* next = codes + std::size_t(slots[i + 1]) * rb;
+        for (std::size_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off);
+      }
+      out[i] = row_kernels_->l2sq(q, codes + std::size_t(slots[i]) * rb, dim_);
+    }
+    return;
+  }
+  row_kernels_->dot_gather(q, codes, slots, n, dim_, out);
+  for (std::size_t i = 0; i < n; ++i) out[i] = -out[i];
+}
+
 template <bool locked>
 std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float ep_dist, int from_level,
                                          int to_level, std::uint64_t& dcount) const {
-  std::vector<std::uint32_t> copy;
+  std::uint32_t nbs[256];  // upper layers hold at most M <= 256 links
+  float dist[256];
   for (int level = from_level; level > to_level; --level) {
     bool moved = true;
     while (moved) {
       moved = false;
       const std::uint32_t* l = links(ep, level);
+      std::uint32_t count;
       if (locked) {
         std::lock_guard lock(node_lock(ep));
-        copy.assign(l + 1, l + 1 + l[0]);
+        count = l[0];
+        std::copy(l + 1, l + 1 + count, nbs);
       } else {
-        copy.assign(l + 1, l + 1 + l[0]);
+        count = l[0];
+        std::copy(l + 1, l + 1 + count, nbs);
       }
-      for (std::uint32_t nb : copy) {
-        const float d = dist_to(q, nb);
-        ++dcount;
-        if (d < ep_dist) {
-          ep_dist = d;
-          ep = nb;
+      score_slots(q, nbs, count, dist);
+      dcount += count;
+      for (std::uint32_t i = 0; i < count; ++i)
+        if (dist[i] < ep_dist) {
+          ep_dist = dist[i];
+          ep = nbs[i];
           moved = true;
         }
-      }
     }
   }
   return ep;
@@ -115,8 +125,10 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
       }
     }
   }
+  const std::uint8_t* codes = codes_.data();
   const std::size_t rb = codec_.row_bytes();
-  std::uint32_t buf[1 + 2 * 256];
+  std::uint32_t buf[2 * 256];
+  float dist[2 * 256];
   while (!cand.empty()) {
     const Candidate c = cand.front();
     if (top.size() >= ef && c.dist > top.front().dist) break;
@@ -126,36 +138,35 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
     if (!cand.empty()) __builtin_prefetch(links(cand.front().slot, level));
     const std::uint32_t* l = links(c.slot, level);
     std::uint32_t count;
+    const std::uint32_t* nbs = l + 1;  // read in place when nothing writes links concurrently
     if (locked) {
       std::lock_guard lock(node_lock(c.slot));
       count = l[0];
       std::copy(l + 1, l + 1 + count, buf);
+      nbs = buf;
     } else {
       count = l[0];
-      std::copy(l + 1, l + 1 + count, buf);
     }
-    // Two passes: the unvisited neighbours' rows start loading together (memory-level
-    // parallelism), then each is scored while the whole of the next one is fetched.
+    // The unvisited neighbours' rows start loading together (memory-level parallelism), then
+    // they are scored in one call that fetches the whole of each next row while one is scored.
     std::uint32_t fresh = 0;
     for (std::uint32_t i = 0; i < count; ++i) {
-      const std::uint32_t nb = buf[i];
+      const std::uint32_t nb = nbs[i];
       if (visited.check_and_mark(nb)) continue;
       buf[fresh++] = nb;
-      __builtin_prefetch(codes_.data() + std::size_t(nb) * rb);
+      __builtin_prefetch(codes + std::size_t(nb) * rb);
     }
-    if (fresh > 0) {
-      const std::uint8_t* first = codes_.data() + std::size_t(buf[0]) * rb;
-      for (std::size_t off = 64; off < rb; off += 64) __builtin_prefetch(first + off);
-    }
+    if (fresh == 0) continue;
+    const std::uint8_t* first = codes + std::size_t(buf[0]) * rb;
+    for (std::size_t off = 64; off < rb; off += 64) __builtin_prefetch(first + off);
+    score_slots(q, buf, fresh, dist);
+    dcount += fresh;
     for (std::uint32_t i = 0; i < fresh; ++i) {
       const std::uint32_t nb = buf[i];
-      if (i + 1 < fresh) {
-        const std::uint8_t* next = codes_.data() + std::size_t(buf[i + 1]) * rb;
-        for (std::size_t off = 64; off < rb; off += 64) __builtin_prefetch(next + off);
-      }
-      const float d = dist_to(q, nb);
-      ++dcount;
+      const float d = dist[i];
       if (top.size() < ef || d < top.front().dist) {
+        // A candidate is likely to be expanded: start fetching its links now, iterations ahead.
+        __builtin_prefetch(links(nb, level));
         cand.push_back({d, nb});
         std::push_heap(cand.begin(), cand.end(), Nearer());
         if (accepted(nb)) {
@@ -262,6 +273,12 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
   search_layer<false>(q, entry, ef, 0, filter, thread_visited(), found, dcount);
   TopK top(k);
   if (keep_originals_) {
+    // The originals are cold (the walk read the codes): request them all, then score.
+    const std::size_t ob = dim_ * sizeof(float);
+    for (const Candidate& c : found) {
+      const auto* row = reinterpret_cast<const std::uint8_t*>(originals_.data() + std::size_t(c.slot) * dim_);
+      for (std::size_t off = 0; off < ob; off += 64) __builtin_prefetch(row + off);
+    }
     for (const Candidate& c : found) top.push(exact_score(q, c.slot), ids_[c.slot]);
     dcount += found.size();
   } else {

@@ -49,8 +49,9 @@ inline void finish4(const __m512* acc, std::size_t count, float* out, const floa
 // path; sixteen-bit query values keep that four orders below the int8 storage error itself,
 // which is why this does not quantise the query to 8 bits for vpdpbusd: the scan is
 // memory-bound either way, and the 8-bit query would cost ranking accuracy.
-inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
-                           float* out) noexcept {
+// Rows: generic::ContiguousRows (a flat scan) or generic::GatheredRows (a graph walk).
+template <class Rows>
+void int8_scan_vnni(const float* q, const Rows& rows, std::size_t n, std::size_t d, float* out) noexcept {
   const std::size_t rb = row_bytes(Storage::int8, d), scale_at = (d + 3) / 4 * 4;
   const std::size_t ahead = prefetch_distance(rb);
   // max|q| (zero-masked forms: see Avx512Traits::fold).
@@ -83,8 +84,11 @@ inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t
     float scales[4];
     std::size_t pending = 0;
     for (std::size_t j = 0; j < n; ++j) {
-      const std::uint8_t* row = rows + j * rb;
+      const std::uint8_t* row = rows(j);
       const std::int8_t* x = reinterpret_cast<const std::int8_t*>(row) + c0;
+      // The chunk's bytes, and the scale after the last chunk.
+      const std::size_t chunk_bytes = c0 + len == d ? rb - c0 : len;
+      if constexpr (!Rows::kStream) rows.prefetch_next(j, c0, chunk_bytes);
       __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                         _mm512_setzero_si512()};
       auto step = [&](__m512i& a, std::size_t k) {
@@ -95,11 +99,10 @@ inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t
       const std::uint8_t* ahead_x = row + c0 + ahead;  // this chunk of a row ahead (see prefetch_distance)
       std::size_t k = 0;
       for (; k + 128 <= full; k += 128) {
-        generic::prefetch_range(ahead_x + k, 128);
+        if constexpr (Rows::kStream) generic::prefetch_range(ahead_x + k, 128);
         for (std::size_t u = 0; u < 4; ++u) step(acc[u], k + 32 * u);
       }
-      // The chunk's rest, and the scale after the last chunk.
-      generic::prefetch_range(ahead_x + k, (c0 + len == d ? rb - c0 : len) - k);
+      if constexpr (Rows::kStream) generic::prefetch_range(ahead_x + k, chunk_bytes - k);
       for (; k < full; k += 32) step(acc[0], k);
       if (tail) {
         const __m512i xv = _mm512_maskz_cvtepi8_epi16(~__mmask32(0), _mm256_maskz_loadu_epi8(tail, x + k));
@@ -118,11 +121,22 @@ inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t
   }
 }
 
-// The avx512 kernel set with int8 rows scanned by int8_rows_vnni, labelled isa.
+inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
+                           float* out) noexcept {
+  int8_scan_vnni(q, generic::ContiguousRows{rows, row_bytes(Storage::int8, d)}, n, d, out);
+}
+
+inline void int8_gather_vnni(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
+                             std::size_t d, float* out) noexcept {
+  int8_scan_vnni(q, generic::GatheredRows{base, row_bytes(Storage::int8, d), slots, n}, n, d, out);
+}
+
+// The avx512 kernel set with int8 rows scanned by int8_scan_vnni, labelled isa.
 constexpr Kernels vnni_kernels(Isa isa) noexcept {
   Kernels k = generic::make_kernels<Avx512Traits>(isa);
-  k.storage[std::size_t(Storage::int8)].dot_block =
-      &generic::dot_block<Avx512Traits, Storage::int8, &int8_rows_vnni>;
+  StorageKernels& int8 = k.storage[std::size_t(Storage::int8)];
+  int8.dot_block = &generic::dot_block<Avx512Traits, Storage::int8, &int8_rows_vnni>;
+  int8.dot_gather = &int8_gather_vnni;
   return k;
 }
 #endif
@@ -132,8 +146,8 @@ constexpr Kernels vnni_kernels(Isa isa) noexcept {
 // lo = bf16(q - hi): vdpbf16ps multiplies 32 pairs exactly and adds them in float32, once with
 // hi and once with lo. The split leaves at most 2^-17 |q_i| of each query value out, so scores
 // match the float32-widening path to float32 rounding, not to bfloat16's 8 bits.
-inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
-                             float* out) noexcept {
+template <class Rows>
+void bf16_scan_dpbf16(const float* q, const Rows& rows, std::size_t n, std::size_t d, float* out) noexcept {
   const std::size_t rb = row_bytes(Storage::bf16, d);
   const std::size_t ahead = prefetch_distance(rb);
   alignas(64) std::uint16_t hi[kQueryChunk], lo[kQueryChunk];
@@ -154,21 +168,22 @@ inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size
     __m512 sums[4];
     std::size_t pending = 0;
     for (std::size_t j = 0; j < n; ++j) {
-      const std::uint16_t* x = reinterpret_cast<const std::uint16_t*>(rows + j * rb) + c0;
+      const std::uint16_t* x = reinterpret_cast<const std::uint16_t*>(rows(j)) + c0;
+      if constexpr (!Rows::kStream) rows.prefetch_next(j, 2 * c0, 2 * len);
       __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
       auto step = [&](__m512& a, __m512& b, __m512i xv, std::size_t k) {
         const __m512bh xb = reinterpret_cast<__m512bh>(xv);
         a = _mm512_dpbf16_ps(a, xb, reinterpret_cast<__m512bh>(_mm512_load_si512(hi + k)));
         b = _mm512_dpbf16_ps(b, xb, reinterpret_cast<__m512bh>(_mm512_load_si512(lo + k)));
       };
-      const std::uint8_t* ahead_x = rows + j * rb + 2 * c0 + ahead;  // see prefetch_distance
+      const std::uint8_t* ahead_x = rows(j) + 2 * c0 + ahead;  // see prefetch_distance
       std::size_t k = 0;
       for (; k + 64 <= full; k += 64) {
-        generic::prefetch_range(ahead_x + 2 * k, 128);
+        if constexpr (Rows::kStream) generic::prefetch_range(ahead_x + 2 * k, 128);
         step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
         step(acc[2], acc[3], _mm512_loadu_si512(x + k + 32), k + 32);
       }
-      generic::prefetch_range(ahead_x + 2 * k, 2 * (len - k));
+      if constexpr (Rows::kStream) generic::prefetch_range(ahead_x + 2 * k, 2 * (len - k));
       for (; k < full; k += 32) step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
       if (tail) step(acc[2], acc[3], _mm512_maskz_loadu_epi16(tail, x + k), k);
       sums[pending] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
@@ -179,6 +194,16 @@ inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size
     }
     if (pending > 0) finish4(sums, pending, out + n - pending, ones, c0 > 0);
   }
+}
+
+inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
+                             float* out) noexcept {
+  bf16_scan_dpbf16(q, generic::ContiguousRows{rows, row_bytes(Storage::bf16, d)}, n, d, out);
+}
+
+inline void bf16_gather_dpbf16(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
+                               std::size_t d, float* out) noexcept {
+  bf16_scan_dpbf16(q, generic::GatheredRows{base, row_bytes(Storage::bf16, d), slots, n}, n, d, out);
 }
 #endif
 

@@ -8,7 +8,9 @@ namespace {
 constexpr Kernels make() noexcept {
   using T = avx512::Avx512Traits;
   Kernels k = avx512::vnni_kernels(Isa::avx512bf16);
-  k.storage[std::size_t(Storage::bf16)].dot_block = &generic::dot_block<T, Storage::bf16, &avx512::bf16_rows_dpbf16>;
+  StorageKernels& bf16 = k.storage[std::size_t(Storage::bf16)];
+  bf16.dot_block = &generic::dot_block<T, Storage::bf16, &avx512::bf16_rows_dpbf16>;
+  bf16.dot_gather = &avx512::bf16_gather_dpbf16;
   return k;
 }
 

@@ -209,6 +209,38 @@ void dot_rows(const float* q, const std::uint8_t* rows, std::size_t n, std::size
   for (std::size_t j = 0; j < n; ++j) out[j] = dot<T, S, true>(q, rows + j * rb, d);
 }
 
+// Where a single-query kernel finds row j, and how it prefetches. Contiguous rows (a flat scan)
+// stream: each line read requests the line kScanPrefetchBytes later. Gathered rows (a graph walk)
+// are scattered: each row requests the whole of the next one before it is scored.
+struct ContiguousRows {
+  static constexpr bool kStream = true;
+  const std::uint8_t* rows;
+  std::size_t rb;
+  const std::uint8_t* operator()(std::size_t j) const noexcept { return rows + j * rb; }
+};
+struct GatheredRows {
+  static constexpr bool kStream = false;
+  const std::uint8_t* base;
+  std::size_t rb;
+  const std::uint32_t* slots;
+  std::size_t n;
+  const std::uint8_t* operator()(std::size_t j) const noexcept { return base + std::size_t(slots[j]) * rb; }
+  // Requests bytes [offset, offset + bytes) of row j + 1, if there is one.
+  void prefetch_next(std::size_t j, std::size_t offset, std::size_t bytes) const noexcept {
+    if (j + 1 < n) prefetch_range((*this)(j + 1) + offset, bytes);
+  }
+};
+
+template <class T, Storage S>
+void dot_gather(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
+                float* out) noexcept {
+  const GatheredRows rows{base, row_bytes(S, d), slots, n};
+  for (std::size_t j = 0; j < n; ++j) {
+    rows.prefetch_next(j, 0, rows.rb);
+    out[j] = dot<T, S>(q, rows(j), d);
+  }
+}
+
 // A single-query row scan (dot_rows or an ISA's own, e.g. integer or bf16 dot products).
 using RowsFn = void (*)(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
                         float* out) noexcept;
@@ -331,7 +363,7 @@ void dot_packed(const float* queries, std::size_t nq, const float* packed, std::
 
 template <class T, Storage S>
 constexpr StorageKernels storage_kernels() noexcept {
-  return StorageKernels{&dot<T, S>, &l2sq<T, S>, &dot_block<T, S>, &pack<T, S>};
+  return StorageKernels{&dot<T, S>, &l2sq<T, S>, &dot_block<T, S>, &dot_gather<T, S>, &pack<T, S>};
 }
 
 template <class T>

@@ -1,5 +1,6 @@
 // Portable reference kernels (one float per "vector"): every SIMD path is tested against these,
-// and they run on any CPU.
+// and they run on any CPU. No transpose(): packing takes the scatter path here, as on NEON, so
+// that path is tested on every machine.
 #include "kernels_generic.hpp"
 
 namespace vsr {
@@ -18,7 +19,6 @@ struct ScalarTraits {
   static V load_f16(const std::uint16_t* p) noexcept { return half_to_float(*p); }
   static V load_bf16(const std::uint16_t* p) noexcept { return bf16_to_float(*p); }
   static V load_i8(const std::int8_t* p) noexcept { return float(*p); }
-  static void transpose(V*) noexcept {}  // 1 x 1
   static void reduce4(V a, V b, V c, V d, float* out) noexcept {
     out[0] = a;
     out[1] = b;

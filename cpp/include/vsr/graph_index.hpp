@@ -118,8 +118,14 @@ class GraphIndex final : public Index {
 
   // Graph structure.
   std::size_t max_links(int level) const noexcept { return level == 0 ? 2 * opts_.M : opts_.M; }
-  const std::uint32_t* links(std::uint32_t slot, int level) const noexcept;
-  std::uint32_t* links_mut(std::uint32_t slot, int level) noexcept;
+  const std::uint32_t* links(std::uint32_t slot, int level) const noexcept {
+    if (level == 0) return level0_.data() + std::size_t(slot) * (1 + 2 * opts_.M);
+    return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
+  }
+  std::uint32_t* links_mut(std::uint32_t slot, int level) noexcept {
+    if (level == 0) return level0_.own().data() + std::size_t(slot) * (1 + 2 * opts_.M);
+    return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
+  }
   std::mutex& node_lock(std::uint32_t slot) const noexcept { return node_locks_[slot % kNodeLocks]; }
 
   // Distances.
@@ -127,6 +133,9 @@ class GraphIndex final : public Index {
     const std::uint8_t* row = codes_.data() + std::size_t(slot) * codec_.row_bytes();
     return opts_.metric == Metric::l2 ? row_kernels_->l2sq(q, row, dim_) : -row_kernels_->dot(q, row, dim_);
   }
+  // out[i] = dist_to(q, slots[i]) for i < n, in one kernel call for ip / cosine (which may score
+  // a little differently from dist_to: e.g. int8 rows against an int16-quantised query).
+  void score_slots(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept;
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
   // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.

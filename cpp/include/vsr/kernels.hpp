@@ -19,6 +19,10 @@ struct StorageKernels {
   // out[i * ldo + j] = <queries_i, decode(row_j)>, i < nq, j < n (see Codec::dot_block).
   void (*dot_block)(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n,
                     std::size_t d, float* out, std::size_t ldo) noexcept;
+  // out[i] = <q, decode(base + slots[i] * row_bytes)> for i < n: rows gathered by slot (a graph
+  // walk's neighbours), scored one after another while the next is fetched.
+  void (*dot_gather)(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
+                     std::size_t d, float* out) noexcept;
   // Decodes n rows into ceil(n / panel_rows) panels for dot_packed: panel p holds rows
   // [p * panel_rows, ...) dimension-major (packed[k * panel_rows + r]), zero-padded.
   void (*pack)(const std::uint8_t* rows, std::size_t n, std::size_t d, float* packed) noexcept;
