@@ -23,9 +23,11 @@ namespace vsr::avx512 {
 // 2 products of at most 127 * 32767 per 128 dimensions, so 2 * 16 * 4.2e6 < 2^31 per chunk.
 inline constexpr std::size_t kQueryChunk = 2048;
 
-// A row chunk's prefetch distance: whole rows ahead, at least generic::kScanPrefetchBytes, so that
-// a query processed in chunks (d > kQueryChunk) fetches the same chunk of a later row.
-inline std::size_t prefetch_distance(std::size_t rb) noexcept {
+// A row chunk's prefetch distance in a contiguous scan: generic::kScanPrefetchBytes when the query
+// is one chunk (the rows are one stream); whole rows ahead, at least that far, when it is processed
+// in chunks (d > kQueryChunk), so that the same chunk of a later row is fetched.
+inline std::size_t prefetch_distance(std::size_t rb, std::size_t d) noexcept {
+  if (d <= kQueryChunk) return generic::kScanPrefetchBytes;
   return (generic::kScanPrefetchBytes + rb - 1) / rb * rb;
 }
 
@@ -53,7 +55,7 @@ inline void finish4(const __m512* acc, std::size_t count, float* out, const floa
 template <class Rows>
 void int8_scan_vnni(const float* q, const Rows& rows, std::size_t n, std::size_t d, float* out) noexcept {
   const std::size_t rb = row_bytes(Storage::int8, d), scale_at = (d + 3) / 4 * 4;
-  const std::size_t ahead = prefetch_distance(rb);
+  const std::size_t ahead = prefetch_distance(rb, d);
   // max|q| (zero-masked forms: see Avx512Traits::fold).
   const __m512i no_sign = _mm512_set1_epi32(0x7FFFFFFF);
   __m512i vmax = _mm512_setzero_si512();
@@ -121,22 +123,13 @@ void int8_scan_vnni(const float* q, const Rows& rows, std::size_t n, std::size_t
   }
 }
 
-inline void int8_rows_vnni(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
-                           float* out) noexcept {
-  int8_scan_vnni(q, generic::ContiguousRows{rows, row_bytes(Storage::int8, d)}, n, d, out);
-}
-
-inline void int8_gather_vnni(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
-                             std::size_t d, float* out) noexcept {
-  int8_scan_vnni(q, generic::GatheredRows{base, row_bytes(Storage::int8, d), slots, n}, n, d, out);
-}
-
 // The avx512 kernel set with int8 rows scanned by int8_scan_vnni, labelled isa.
 constexpr Kernels vnni_kernels(Isa isa) noexcept {
   Kernels k = generic::make_kernels<Avx512Traits>(isa);
   StorageKernels& int8 = k.storage[std::size_t(Storage::int8)];
-  int8.dot_block = &generic::dot_block<Avx512Traits, Storage::int8, &int8_rows_vnni>;
-  int8.dot_gather = &int8_gather_vnni;
+  int8.dot_block = &generic::dot_block<Avx512Traits, Storage::int8,
+                                       &generic::scan_contiguous<Storage::int8, &int8_scan_vnni<generic::ContiguousRows>>>;
+  int8.dot_gather = &generic::scan_gathered<Storage::int8, &int8_scan_vnni<generic::GatheredRows>>;
   return k;
 }
 #endif
@@ -149,7 +142,7 @@ constexpr Kernels vnni_kernels(Isa isa) noexcept {
 template <class Rows>
 void bf16_scan_dpbf16(const float* q, const Rows& rows, std::size_t n, std::size_t d, float* out) noexcept {
   const std::size_t rb = row_bytes(Storage::bf16, d);
-  const std::size_t ahead = prefetch_distance(rb);
+  const std::size_t ahead = prefetch_distance(rb, d);
   alignas(64) std::uint16_t hi[kQueryChunk], lo[kQueryChunk];
   const float ones[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   for (std::size_t c0 = 0; c0 < d; c0 += kQueryChunk) {
@@ -194,16 +187,6 @@ void bf16_scan_dpbf16(const float* q, const Rows& rows, std::size_t n, std::size
     }
     if (pending > 0) finish4(sums, pending, out + n - pending, ones, c0 > 0);
   }
-}
-
-inline void bf16_rows_dpbf16(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
-                             float* out) noexcept {
-  bf16_scan_dpbf16(q, generic::ContiguousRows{rows, row_bytes(Storage::bf16, d)}, n, d, out);
-}
-
-inline void bf16_gather_dpbf16(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
-                               std::size_t d, float* out) noexcept {
-  bf16_scan_dpbf16(q, generic::GatheredRows{base, row_bytes(Storage::bf16, d), slots, n}, n, d, out);
 }
 #endif
 

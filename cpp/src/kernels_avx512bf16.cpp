@@ -9,8 +9,9 @@ constexpr Kernels make() noexcept {
   using T = avx512::Avx512Traits;
   Kernels k = avx512::vnni_kernels(Isa::avx512bf16);
   StorageKernels& bf16 = k.storage[std::size_t(Storage::bf16)];
-  bf16.dot_block = &generic::dot_block<T, Storage::bf16, &avx512::bf16_rows_dpbf16>;
-  bf16.dot_gather = &avx512::bf16_gather_dpbf16;
+  bf16.dot_block = &generic::dot_block<
+      T, Storage::bf16, &generic::scan_contiguous<Storage::bf16, &avx512::bf16_scan_dpbf16<generic::ContiguousRows>>>;
+  bf16.dot_gather = &generic::scan_gathered<Storage::bf16, &avx512::bf16_scan_dpbf16<generic::GatheredRows>>;
   return k;
 }
 

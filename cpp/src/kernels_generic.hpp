@@ -231,6 +231,22 @@ struct GatheredRows {
   }
 };
 
+// A row scan written over a row source (an ISA's own kernel, e.g. vpdpwssd) as a contiguous
+// single-query scan (a RowsFn) and as a gather (StorageKernels::dot_gather).
+template <class Rows>
+using ScanFn = void (*)(const float* q, const Rows& rows, std::size_t n, std::size_t d, float* out) noexcept;
+
+template <Storage S, ScanFn<ContiguousRows> Scan>
+void scan_contiguous(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d, float* out) noexcept {
+  Scan(q, ContiguousRows{rows, row_bytes(S, d)}, n, d, out);
+}
+
+template <Storage S, ScanFn<GatheredRows> Scan>
+void scan_gathered(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
+                   float* out) noexcept {
+  Scan(q, GatheredRows{base, row_bytes(S, d), slots, n}, n, d, out);
+}
+
 template <class T, Storage S>
 void dot_gather(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
                 float* out) noexcept {
@@ -319,13 +335,26 @@ void pack(const std::uint8_t* rows, std::size_t n, std::size_t d, float* packed)
   }
 }
 
-// NQ queries x one panel: NQ * PV accumulators, each holding W row scores of one query; the
-// query value is broadcast, so no horizontal sums are needed.
-template <class T, std::size_t NQ>
-inline void packed_tile(const float* queries, const float* panel, std::size_t d, std::size_t valid, float* out,
-                        std::size_t ldo) noexcept {
+// Groups of PQ queries, dimension-major, zero-padded (Kernels::pack_queries).
+template <class T>
+void pack_queries(const float* queries, std::size_t nq, std::size_t d, float* out) noexcept {
+  constexpr std::size_t G = T::PQ;
+  for (std::size_t g0 = 0; g0 < nq; g0 += G) {
+    float* group = out + g0 * d;
+    const std::size_t m = nq - g0 < G ? nq - g0 : G;
+    for (std::size_t a = 0; a < G; ++a)
+      for (std::size_t k = 0; k < d; ++k) group[k * G + a] = a < m ? queries[(g0 + a) * d + k] : 0.0f;
+  }
+}
+
+// One query group x one panel: PQ * PV accumulators, each holding W row scores of one query;
+// the query values of a dimension are broadcast from the group's packed line, so no horizontal
+// sums are needed. Writes the first `queries` x `valid` scores.
+template <class T>
+inline void packed_tile(const float* group, const float* panel, std::size_t d, std::size_t queries,
+                        std::size_t valid, float* out, std::size_t ldo) noexcept {
   using V = typename T::V;
-  constexpr std::size_t PV = T::PV, P = T::PV * T::W;
+  constexpr std::size_t NQ = T::PQ, PV = T::PV, P = T::PV * T::W;
   V acc[NQ][PV];
   for (std::size_t a = 0; a < NQ; ++a)
     for (std::size_t v = 0; v < PV; ++v) acc[a][v] = T::zero();
@@ -333,11 +362,11 @@ inline void packed_tile(const float* queries, const float* panel, std::size_t d,
     V x[PV];
     for (std::size_t v = 0; v < PV; ++v) x[v] = T::load_f32(panel + k * P + v * T::W);
     for (std::size_t a = 0; a < NQ; ++a) {
-      const V b = T::set1(queries[a * d + k]);
+      const V b = T::set1(group[k * NQ + a]);
       for (std::size_t v = 0; v < PV; ++v) acc[a][v] = T::fma(b, x[v], acc[a][v]);
     }
   }
-  for (std::size_t a = 0; a < NQ; ++a) {
+  for (std::size_t a = 0; a < queries; ++a) {
     alignas(64) float tmp[P];
     for (std::size_t v = 0; v < PV; ++v) T::store(tmp + v * T::W, acc[a][v]);
     for (std::size_t r = 0; r < valid; ++r) out[a * ldo + r] = tmp[r];
@@ -345,20 +374,13 @@ inline void packed_tile(const float* queries, const float* panel, std::size_t d,
 }
 
 template <class T>
-void dot_packed(const float* queries, std::size_t nq, const float* packed, std::size_t n, std::size_t d, float* out,
-                std::size_t ldo) noexcept {
+void dot_packed(const float* packed_queries, std::size_t nq, const float* packed, std::size_t n, std::size_t d,
+                float* out, std::size_t ldo) noexcept {
   constexpr std::size_t P = T::PV * T::W;
-  std::size_t a = 0;
-  for (; a + T::PQ <= nq; a += T::PQ)
+  for (std::size_t a = 0; a < nq; a += T::PQ)
     for (std::size_t p0 = 0; p0 < n; p0 += P)
-      packed_tile<T, T::PQ>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
-  // Leftover queries four at a time (each panel load then serves four), then one at a time.
-  for (; a + 4 <= nq; a += 4)
-    for (std::size_t p0 = 0; p0 < n; p0 += P)
-      packed_tile<T, 4>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
-  for (; a < nq; ++a)
-    for (std::size_t p0 = 0; p0 < n; p0 += P)
-      packed_tile<T, 1>(queries + a * d, packed + p0 * d, d, n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
+      packed_tile<T>(packed_queries + a * d, packed + p0 * d, d, nq - a < T::PQ ? nq - a : T::PQ,
+                     n - p0 < P ? n - p0 : P, out + a * ldo + p0, ldo);
 }
 
 template <class T, Storage S>
@@ -393,6 +415,8 @@ constexpr Kernels make_kernels(Isa isa) noexcept {
                  {storage_kernels<T, Storage::f32>(), storage_kernels<T, Storage::f16>(),
                   storage_kernels<T, Storage::bf16>(), storage_kernels<T, Storage::int8>()},
                  T::PV * T::W,
+                 T::PQ,
+                 &pack_queries<T>,
                  &dot_packed<T>};
 }
 

@@ -176,7 +176,14 @@ TEST(packed_gemm_matches_decoded_reference_every_isa) {
         }
         const std::size_t ldo = n + 5;
         std::vector<float> out(nq * ldo, -7.0f);
-        k->dot_packed(q.data(), nq, packed.data(), n, d, out.data(), ldo);
+        std::vector<float> qpacked(packed_query_floats(*k, nq, d), -5.0f);
+        k->pack_queries(q.data(), nq, d, qpacked.data());
+        for (std::size_t a = 0; a < qpacked.size() / d; ++a)  // group layout, zero-padded
+          for (std::size_t i = 0; i < d; ++i) {
+            const std::size_t G = k->query_group, g = a / G;
+            CHECK(qpacked[g * G * d + i * G + a % G] == (a < nq ? q[a * d + i] : 0.0f));
+          }
+        k->dot_packed(qpacked.data(), nq, packed.data(), n, d, out.data(), ldo);
         std::vector<float> row(d);
         for (std::size_t r = 0; r < n; ++r) {
           codec.decode(&rows[r * codec.row_bytes()], row.data());

@@ -44,16 +44,27 @@ struct Kernels {
   StorageKernels storage[kNumStorages];
   // Rows per packed panel (a multiple of the vector width).
   std::size_t panel_rows;
-  // GEMM-style batch scoring: out[i * ldo + j] = <queries_i, row_j> for n packed rows. The
-  // register tile holds many queries x one panel with no horizontal sums; for large batches,
-  // where packing a block once is repaid by every query that visits it.
-  void (*dot_packed)(const float* queries, std::size_t nq, const float* packed, std::size_t n, std::size_t d,
-                     float* out, std::size_t ldo) noexcept;
+  // Queries per packed query group: the register tile's query count.
+  std::size_t query_group;
+  // Packs nq float32 queries into ceil(nq / query_group) groups for dot_packed, each
+  // dimension-major (group g: out[g * query_group * d + k * query_group + a]), zero-padded; a
+  // tile then broadcasts its queries' values for one dimension from one or two cache lines.
+  void (*pack_queries)(const float* queries, std::size_t nq, std::size_t d, float* out) noexcept;
+  // GEMM-style batch scoring: out[i * ldo + j] = <query_i, row_j> for nq packed queries and n
+  // packed rows. The register tile holds a query group x one panel with no horizontal sums; for
+  // large batches, where packing a block once is repaid by every query that visits it.
+  void (*dot_packed)(const float* packed_queries, std::size_t nq, const float* packed, std::size_t n,
+                     std::size_t d, float* out, std::size_t ldo) noexcept;
 };
 
 // Floats needed to pack n rows (whole panels).
 inline std::size_t packed_floats(const Kernels& k, std::size_t n, std::size_t d) noexcept {
   return (n + k.panel_rows - 1) / k.panel_rows * k.panel_rows * d;
+}
+
+// Floats needed to pack nq queries (whole groups).
+inline std::size_t packed_query_floats(const Kernels& k, std::size_t nq, std::size_t d) noexcept {
+  return (nq + k.query_group - 1) / k.query_group * k.query_group * d;
 }
 
 // Kernel table for an ISA; nullptr when that ISA was not compiled in.
