@@ -53,19 +53,11 @@ const float* GraphIndex::row_f32(std::uint32_t slot, float* buffer) const noexce
 }
 
 void GraphIndex::score_slots(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
-  const std::uint8_t* codes = codes_.data();
   if (opts_.metric == Metric::l2) {
-    const std::size_t rb = codec_.row_bytes();
-    for (std::size_t i = 0; i < n; ++i) {
-      if (i + 1 < n) {
-        const std::uint8_t* next = codes + std::size_t(slots[i + 1]) * rb;
-        for (std::size_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off);
-      }
-      out[i] = row_kernels_->l2sq(q, codes + std::size_t(slots[i]) * rb, dim_);
-    }
+    row_kernels_->l2sq_gather(q, codes_.data(), slots, n, dim_, out);
     return;
   }
-  row_kernels_->dot_gather(q, codes, slots, n, dim_, out);
+  row_kernels_->dot_gather(q, codes_.data(), slots, n, dim_, out);
   for (std::size_t i = 0; i < n; ++i) out[i] = -out[i];
 }
 

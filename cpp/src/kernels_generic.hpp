@@ -247,13 +247,15 @@ void scan_gathered(const float* q, const std::uint8_t* base, const std::uint32_t
   Scan(q, GatheredRows{base, row_bytes(S, d), slots, n}, n, d, out);
 }
 
-template <class T, Storage S>
-void dot_gather(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
-                float* out) noexcept {
+// Rows gathered by slot scored one after another, each next row fetched while one is scored
+// (StorageKernels::dot_gather and l2sq_gather).
+template <Storage S, float (*Score)(const float*, const std::uint8_t*, std::size_t) noexcept>
+void score_gather(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
+                  float* out) noexcept {
   const GatheredRows rows{base, row_bytes(S, d), slots, n};
   for (std::size_t j = 0; j < n; ++j) {
     rows.prefetch_next(j, 0, rows.rb);
-    out[j] = dot<T, S>(q, rows(j), d);
+    out[j] = Score(q, rows(j), d);
   }
 }
 
@@ -385,7 +387,12 @@ void dot_packed(const float* packed_queries, std::size_t nq, const float* packed
 
 template <class T, Storage S>
 constexpr StorageKernels storage_kernels() noexcept {
-  return StorageKernels{&dot<T, S>, &l2sq<T, S>, &dot_block<T, S>, &dot_gather<T, S>, &pack<T, S>};
+  return StorageKernels{&dot<T, S>,
+                        &l2sq<T, S>,
+                        &dot_block<T, S>,
+                        &score_gather<S, &dot<T, S>>,
+                        &score_gather<S, &l2sq<T, S>>,
+                        &pack<T, S>};
 }
 
 template <class T>

@@ -130,11 +130,16 @@ TEST(single_query_scan_matches_scalar_every_isa) {
         const std::uint32_t slots[] = {12, 0, 5, 5, 3, 11, 7, 1, 9};
         const std::size_t ns = sizeof slots / sizeof slots[0];
         std::vector<float> gathered(ns + 1, -7.0f);
-        kernels_for(isa)->storage[std::size_t(s)].dot_gather(q.data(), rows.data(), slots, ns, d, gathered.data());
+        const StorageKernels& sk = kernels_for(isa)->storage[std::size_t(s)];
+        sk.dot_gather(q.data(), rows.data(), slots, ns, d, gathered.data());
         for (std::size_t j = 0; j < ns; ++j) {
           codec.decode(&rows[slots[j] * codec.row_bytes()], decoded.data());
           CHECK_NEAR(gathered[j], ref[slots[j]], 1e-4 + query_rounding(isa, s, q.data(), decoded.data(), d));
         }
+        CHECK(gathered[ns] == -7.0f);
+        sk.l2sq_gather(q.data(), rows.data(), slots, ns, d, gathered.data());
+        for (std::size_t j = 0; j < ns; ++j)
+          CHECK_NEAR(gathered[j], scalar.l2sq(q.data(), &rows[slots[j] * codec.row_bytes()]), 1e-4);
         CHECK(gathered[ns] == -7.0f);
       }
       // A zero query scores zero against every row.

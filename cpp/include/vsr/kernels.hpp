@@ -23,6 +23,9 @@ struct StorageKernels {
   // walk's neighbours), scored one after another while the next is fetched.
   void (*dot_gather)(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
                      std::size_t d, float* out) noexcept;
+  // out[i] = ||q - decode(base + slots[i] * row_bytes)||^2, gathered the same way.
+  void (*l2sq_gather)(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
+                      std::size_t d, float* out) noexcept;
   // Decodes n rows into ceil(n / panel_rows) panels for dot_packed: panel p holds rows
   // [p * panel_rows, ...) dimension-major (packed[k * panel_rows + r]), zero-padded.
   void (*pack)(const std::uint8_t* rows, std::size_t n, std::size_t d, float* packed) noexcept;
