@@ -66,6 +66,8 @@ std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float
                                          int to_level, std::uint64_t& dcount) const {
   std::uint32_t nbs[256];  // upper layers hold at most M <= 256 links
   float dist[256];
+  const std::uint8_t* codes = codes_.data();
+  const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
   for (int level = from_level; level > to_level; --level) {
     bool moved = true;
     while (moved) {
@@ -80,6 +82,7 @@ std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float
         count = l[0];
         std::copy(l + 1, l + 1 + count, nbs);
       }
+      for (std::uint32_t i = 0; i < count; ++i) prefetch_bytes(codes + std::size_t(nbs[i]) * rb, head);
       score_slots(q, nbs, count, dist);
       dcount += count;
       for (std::uint32_t i = 0; i < count; ++i)
@@ -118,7 +121,10 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
     }
   }
   const std::uint8_t* codes = codes_.data();
-  const std::size_t rb = codec_.row_bytes();
+  const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
+  const std::size_t link_bytes = (1 + max_links(level)) * sizeof(std::uint32_t);
+  std::uint16_t* marks = visited.marks();
+  const std::uint16_t epoch = visited.epoch();
   std::uint32_t buf[2 * 256];
   float dist[2 * 256];
   while (!cand.empty()) {
@@ -127,7 +133,7 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
     std::pop_heap(cand.begin(), cand.end(), Nearer());
     cand.pop_back();
     // Link lists live apart from the rows: fetch the next candidate's while this one is expanded.
-    if (!cand.empty()) __builtin_prefetch(links(cand.front().slot, level));
+    if (!cand.empty()) prefetch_bytes(links(cand.front().slot, level), link_bytes);
     const std::uint32_t* l = links(c.slot, level);
     std::uint32_t count;
     const std::uint32_t* nbs = l + 1;  // read in place when nothing writes links concurrently
@@ -139,18 +145,19 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
     } else {
       count = l[0];
     }
-    // The unvisited neighbours' rows start loading together (memory-level parallelism), then
-    // they are scored in one call that fetches the whole of each next row while one is scored.
+    // The neighbours' rows start loading together (memory-level parallelism; a visited one is
+    // cached already), then the unvisited ones are scored in one call. Branch-free: whether a
+    // neighbour was visited is a coin flip to the branch predictor.
     std::uint32_t fresh = 0;
     for (std::uint32_t i = 0; i < count; ++i) {
       const std::uint32_t nb = nbs[i];
-      if (visited.check_and_mark(nb)) continue;
-      buf[fresh++] = nb;
-      __builtin_prefetch(codes + std::size_t(nb) * rb);
+      const bool seen = marks[nb] == epoch;
+      marks[nb] = epoch;
+      buf[fresh] = nb;
+      fresh += !seen;
+      prefetch_bytes(codes + std::size_t(nb) * rb, head);
     }
     if (fresh == 0) continue;
-    const std::uint8_t* first = codes + std::size_t(buf[0]) * rb;
-    for (std::size_t off = 64; off < rb; off += 64) __builtin_prefetch(first + off);
     score_slots(q, buf, fresh, dist);
     dcount += fresh;
     for (std::uint32_t i = 0; i < fresh; ++i) {
@@ -158,7 +165,7 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
       const float d = dist[i];
       if (top.size() < ef || d < top.front().dist) {
         // A candidate is likely to be expanded: start fetching its links now, iterations ahead.
-        __builtin_prefetch(links(nb, level));
+        prefetch_bytes(links(nb, level), link_bytes);
         cand.push_back({d, nb});
         std::push_heap(cand.begin(), cand.end(), Nearer());
         if (accepted(nb)) {

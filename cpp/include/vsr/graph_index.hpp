@@ -101,6 +101,11 @@ class GraphIndex final : public Index {
       return false;
     }
 
+    // The raw marks and the current epoch, for a hot loop that keeps them in registers
+    // (check_and_mark's stores could alias them and force a reload per neighbour).
+    std::uint16_t* marks() noexcept { return marks_.data(); }
+    std::uint16_t epoch() const noexcept { return epoch_; }
+
    private:
     std::vector<std::uint16_t> marks_;
     std::uint16_t epoch_ = 0;
@@ -122,6 +127,18 @@ class GraphIndex final : public Index {
     if (level == 0) return level0_.data() + std::size_t(slot) * (1 + 2 * opts_.M);
     return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
   }
+  // Requests every cache line of [p, p + bytes): a walk reads link lists and code rows at random,
+  // where the hardware prefetchers do not help, and a line requested only when it is read costs
+  // a whole trip to memory.
+  static void prefetch_bytes(const void* p, std::size_t bytes) noexcept {
+    const char* b = static_cast<const char*>(p);
+    for (std::size_t off = 0; off < bytes; off += 64) __builtin_prefetch(b + off);
+    __builtin_prefetch(b + bytes - 1);  // the last line, when the block straddles one more
+  }
+  // How much of each neighbour's row a walk requests up front: all of a short row; the head of a
+  // long one, whose rest the gather kernel fetches while it scores the row before (requesting
+  // whole long rows for every neighbour at once would flood the core's outstanding misses).
+  static std::size_t row_head_bytes(std::size_t row_bytes) noexcept { return std::min<std::size_t>(row_bytes, 512); }
   std::uint32_t* links_mut(std::uint32_t slot, int level) noexcept {
     if (level == 0) return level0_.own().data() + std::size_t(slot) * (1 + 2 * opts_.M);
     return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
