@@ -197,6 +197,7 @@ void GraphIndex::insert(std::uint32_t slot, int level) {
   sc.query.resize(dim_);
   sc.row.resize(dim_);
   const float* q = row_f32(slot, sc.query.data());
+  const WalkQuery wq = prepare_walk(q, sc.prepared);
   std::unique_lock top_lock(entry_mutex_);
   std::uint32_t ep = entry_;
   const int top = max_level_;
@@ -204,11 +205,11 @@ void GraphIndex::insert(std::uint32_t slot, int level) {
 
   std::uint64_t dcount = 0;
   float ep_dist = dist_to(q, ep);
-  ep = greedy_descend<locked>(q, ep, ep_dist, top, level, dcount);
+  ep = greedy_descend<locked>(wq, ep, ep_dist, top, level, dcount);
   sc.entry.assign(1, Candidate{dist_to(q, ep), ep});
   Visited& visited = thread_visited();
   for (int l = std::min(level, top); l >= 0; --l) {
-    search_layer<locked>(q, sc.entry, opts_.ef_construction, l, nullptr, visited, sc.found, dcount);
+    search_layer<locked>(wq, sc.entry, opts_.ef_construction, l, nullptr, visited, sc.found, dcount);
     sc.entry = sc.found;
     select_neighbors(sc.found, opts_.M, sc.chosen, sc.select);
     connect(slot, l, sc.chosen, sc);

@@ -52,17 +52,24 @@ const float* GraphIndex::row_f32(std::uint32_t slot, float* buffer) const noexce
   return buffer;
 }
 
-void GraphIndex::score_slots(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
+GraphIndex::WalkQuery GraphIndex::prepare_walk(const float* q, PreparedBuffer& buffer) const {
+  if (opts_.metric == Metric::l2) return {q, nullptr};  // l2 gathers read the float32 query
+  buffer.resize(row_kernels_->prepared_bytes(dim_));
+  row_kernels_->prepare(q, dim_, buffer.data());
+  return {q, buffer.data()};
+}
+
+void GraphIndex::score_slots(const WalkQuery& wq, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
   if (opts_.metric == Metric::l2) {
-    row_kernels_->l2sq_gather(q, codes_.data(), slots, n, dim_, out);
+    row_kernels_->l2sq_gather(wq.q, codes_.data(), slots, n, dim_, out);
     return;
   }
-  row_kernels_->dot_gather(q, codes_.data(), slots, n, dim_, out);
+  row_kernels_->dot_gather_prepared(wq.prepared, codes_.data(), slots, n, dim_, out);
   for (std::size_t i = 0; i < n; ++i) out[i] = -out[i];
 }
 
 template <bool locked>
-std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float ep_dist, int from_level,
+std::uint32_t GraphIndex::greedy_descend(const WalkQuery& wq, std::uint32_t ep, float ep_dist, int from_level,
                                          int to_level, std::uint64_t& dcount) const {
   std::uint32_t nbs[256];  // upper layers hold at most M <= 256 links
   float dist[256];
@@ -83,7 +90,7 @@ std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float
         std::copy(l + 1, l + 1 + count, nbs);
       }
       for (std::uint32_t i = 0; i < count; ++i) prefetch_bytes(codes + std::size_t(nbs[i]) * rb, head);
-      score_slots(q, nbs, count, dist);
+      score_slots(wq, nbs, count, dist);
       dcount += count;
       for (std::uint32_t i = 0; i < count; ++i)
         if (dist[i] < ep_dist) {
@@ -97,7 +104,7 @@ std::uint32_t GraphIndex::greedy_descend(const float* q, std::uint32_t ep, float
 }
 
 template <bool locked>
-void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entry, std::size_t ef, int level,
+void GraphIndex::search_layer(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
                               const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
                               std::uint64_t& dcount) const {
   visited.reset(capacity());
@@ -158,7 +165,7 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
       prefetch_bytes(codes + std::size_t(nb) * rb, head);
     }
     if (fresh == 0) continue;
-    score_slots(q, buf, fresh, dist);
+    score_slots(wq, buf, fresh, dist);
     dcount += fresh;
     for (std::uint32_t i = 0; i < fresh; ++i) {
       const std::uint32_t nb = buf[i];
@@ -183,14 +190,14 @@ void GraphIndex::search_layer(const float* q, const std::vector<Candidate>& entr
 }
 
 // The build walks with locks when inserting in parallel and without them on one thread.
-template std::uint32_t GraphIndex::greedy_descend<true>(const float*, std::uint32_t, float, int, int,
+template std::uint32_t GraphIndex::greedy_descend<true>(const WalkQuery&, std::uint32_t, float, int, int,
                                                         std::uint64_t&) const;
-template std::uint32_t GraphIndex::greedy_descend<false>(const float*, std::uint32_t, float, int, int,
+template std::uint32_t GraphIndex::greedy_descend<false>(const WalkQuery&, std::uint32_t, float, int, int,
                                                          std::uint64_t&) const;
-template void GraphIndex::search_layer<true>(const float*, const std::vector<Candidate>&, std::size_t, int,
+template void GraphIndex::search_layer<true>(const WalkQuery&, const std::vector<Candidate>&, std::size_t, int,
                                              const IdFilter*, Visited&, std::vector<Candidate>&,
                                              std::uint64_t&) const;
-template void GraphIndex::search_layer<false>(const float*, const std::vector<Candidate>&, std::size_t, int,
+template void GraphIndex::search_layer<false>(const WalkQuery&, const std::vector<Candidate>&, std::size_t, int,
                                               const IdFilter*, Visited&, std::vector<Candidate>&,
                                               std::uint64_t&) const;
 
@@ -256,6 +263,8 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
     }
     ef = std::min(n, std::size_t(std::ceil(double(ef) * double(n) / double(allowed))));
   }
+  thread_local PreparedBuffer prepared;
+  const WalkQuery wq = prepare_walk(q, prepared);
   std::vector<Candidate> entry;
   if (n_seeds > 0) {
     entry.reserve(n_seeds);
@@ -264,12 +273,12 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
   } else {
     float d = dist_to(q, entry_);
     ++dcount;
-    std::uint32_t ep = greedy_descend<false>(q, entry_, d, max_level_, 0, dcount);
+    std::uint32_t ep = greedy_descend<false>(wq, entry_, d, max_level_, 0, dcount);
     entry.push_back({ep == entry_ ? d : dist_to(q, ep), ep});
     dcount += ep != entry_;
   }
   thread_local std::vector<Candidate> found;
-  search_layer<false>(q, entry, ef, 0, filter, thread_visited(), found, dcount);
+  search_layer<false>(wq, entry, ef, 0, filter, thread_visited(), found, dcount);
   TopK top(k);
   if (keep_originals_) {
     // The originals are cold (the walk read the codes): request them all, then score.

@@ -12,6 +12,9 @@ constexpr Kernels make() noexcept {
   bf16.dot_block = &generic::dot_block<
       T, Storage::bf16, &generic::scan_contiguous<Storage::bf16, &avx512::bf16_scan_dpbf16<generic::ContiguousRows>>>;
   bf16.dot_gather = &generic::scan_gathered<Storage::bf16, &avx512::bf16_scan_dpbf16<generic::GatheredRows>>;
+  bf16.prepared_bytes = &avx512::bf16_prepared_bytes;
+  bf16.prepare = &avx512::bf16_prepare_dpbf16;
+  bf16.dot_gather_prepared = &avx512::bf16_gather_prepared_dpbf16;
   return k;
 }
 

@@ -259,6 +259,17 @@ void score_gather(const float* q, const std::uint8_t* base, const std::uint32_t*
   }
 }
 
+// The prepared query of kernels that read float32 queries: a copy (StorageKernels::prepare).
+inline std::size_t float_prepared_bytes(std::size_t d) noexcept { return d * sizeof(float); }
+inline void float_prepare(const float* q, std::size_t d, std::uint8_t* out) noexcept {
+  std::memcpy(out, q, d * sizeof(float));
+}
+template <Storage S, float (*Score)(const float*, const std::uint8_t*, std::size_t) noexcept>
+void score_gather_prepared(const std::uint8_t* prepared, const std::uint8_t* base, const std::uint32_t* slots,
+                           std::size_t n, std::size_t d, float* out) noexcept {
+  score_gather<S, Score>(reinterpret_cast<const float*>(prepared), base, slots, n, d, out);
+}
+
 // A single-query row scan (dot_rows or an ISA's own, e.g. integer or bf16 dot products).
 using RowsFn = void (*)(const float* q, const std::uint8_t* rows, std::size_t n, std::size_t d,
                         float* out) noexcept;
@@ -392,6 +403,9 @@ constexpr StorageKernels storage_kernels() noexcept {
                         &dot_block<T, S>,
                         &score_gather<S, &dot<T, S>>,
                         &score_gather<S, &l2sq<T, S>>,
+                        &float_prepared_bytes,
+                        &float_prepare,
+                        &score_gather_prepared<S, &dot<T, S>>,
                         &pack<T, S>};
 }
 

@@ -9,6 +9,7 @@
 #include "test_harness.hpp"
 #include "vsr/codec.hpp"
 #include "vsr/kernels.hpp"
+#include "vsr/mapped_array.hpp"
 
 using namespace vsr;
 
@@ -137,6 +138,13 @@ TEST(single_query_scan_matches_scalar_every_isa) {
           CHECK_NEAR(gathered[j], ref[slots[j]], 1e-4 + query_rounding(isa, s, q.data(), decoded.data(), d));
         }
         CHECK(gathered[ns] == -7.0f);
+        // A query prepared once scores exactly as dot_gather, which converts it per call.
+        std::vector<std::uint8_t, CacheAlignedAllocator<std::uint8_t>> prepared(sk.prepared_bytes(d) + 1, 0xA5);
+        sk.prepare(q.data(), d, prepared.data());
+        CHECK(prepared.back() == 0xA5);  // nothing written past prepared_bytes(d)
+        std::vector<float> from_prepared(ns + 1, -7.0f);
+        sk.dot_gather_prepared(prepared.data(), rows.data(), slots, ns, d, from_prepared.data());
+        for (std::size_t j = 0; j <= ns; ++j) CHECK(from_prepared[j] == gathered[j]);
         sk.l2sq_gather(q.data(), rows.data(), slots, ns, d, gathered.data());
         for (std::size_t j = 0; j < ns; ++j)
           CHECK_NEAR(gathered[j], scalar.l2sq(q.data(), &rows[slots[j] * codec.row_bytes()]), 1e-4);
@@ -149,6 +157,13 @@ TEST(single_query_scan_matches_scalar_every_isa) {
       CHECK(codec.encode(x.data(), 5, rows.data()).ok());
       codec.dot_block(zero.data(), 1, rows.data(), 5, out.data(), 5);
       for (float v : out) CHECK(v == 0.0f);
+      const StorageKernels& sk = kernels_for(isa)->storage[std::size_t(s)];
+      std::vector<std::uint8_t, CacheAlignedAllocator<std::uint8_t>> prepared(sk.prepared_bytes(40));
+      sk.prepare(zero.data(), 40, prepared.data());
+      const std::uint32_t slots[] = {4, 0, 2};
+      std::fill(out.begin(), out.end(), 1.0f);
+      sk.dot_gather_prepared(prepared.data(), rows.data(), slots, 3, 40, out.data());
+      for (std::size_t j = 0; j < 3; ++j) CHECK(out[j] == 0.0f);
     }
   }
 }

@@ -111,8 +111,17 @@ class GraphIndex final : public Index {
     std::uint16_t epoch_ = 0;
   };
   static Visited& thread_visited();
+  // A query as the walk scores it: float32 (l2, single distances) and the row kernels' prepared
+  // form (StorageKernels::prepare), converted once per walk instead of once per expansion.
+  struct WalkQuery {
+    const float* q;
+    const std::uint8_t* prepared;
+  };
+  using PreparedBuffer = std::vector<std::uint8_t, CacheAlignedAllocator<std::uint8_t>>;
+  WalkQuery prepare_walk(const float* q, PreparedBuffer& buffer) const;
   // Per-thread buffers of an insertion, reused from one insert to the next (no allocation once warm).
   struct BuildScratch {
+    PreparedBuffer prepared;
     std::vector<float> query, row, select;  // the new node, a neighbour (decoded), select_neighbors'
     std::vector<Candidate> entry, found, cands;
     std::vector<std::uint32_t> chosen, kept;
@@ -152,7 +161,7 @@ class GraphIndex final : public Index {
   }
   // out[i] = dist_to(q, slots[i]) for i < n, in one kernel call for ip / cosine (which may score
   // a little differently from dist_to: e.g. int8 rows against an int16-quantised query).
-  void score_slots(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept;
+  void score_slots(const WalkQuery& wq, const std::uint32_t* slots, std::size_t n, float* out) const noexcept;
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
   // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.
@@ -160,10 +169,10 @@ class GraphIndex final : public Index {
 
   // Search primitives (graph_index_search.cpp). `locked` reads links under node locks (build).
   template <bool locked>
-  std::uint32_t greedy_descend(const float* q, std::uint32_t ep, float ep_dist, int from_level, int to_level,
+  std::uint32_t greedy_descend(const WalkQuery& wq, std::uint32_t ep, float ep_dist, int from_level, int to_level,
                                std::uint64_t& dcount) const;
   template <bool locked>
-  void search_layer(const float* q, const std::vector<Candidate>& entry, std::size_t ef, int level,
+  void search_layer(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
                     const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
                     std::uint64_t& dcount) const;
   void select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,

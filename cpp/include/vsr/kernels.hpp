@@ -26,6 +26,15 @@ struct StorageKernels {
   // out[i] = ||q - decode(base + slots[i] * row_bytes)||^2, gathered the same way.
   void (*l2sq_gather)(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
                       std::size_t d, float* out) noexcept;
+  // A graph walk scores many small gathers against one query, so it converts the query once into
+  // the form this storage's gather kernel reads (int8 rows under VNNI: int16 values and a scale;
+  // bf16 rows under AVX512_BF16: two bfloat16 parts; elsewhere float32 as given). prepare writes
+  // prepared_bytes(d) bytes to 64-byte aligned memory; dot_gather_prepared then scores exactly
+  // as dot_gather does.
+  std::size_t (*prepared_bytes)(std::size_t d) noexcept;
+  void (*prepare)(const float* q, std::size_t d, std::uint8_t* out) noexcept;
+  void (*dot_gather_prepared)(const std::uint8_t* prepared, const std::uint8_t* base, const std::uint32_t* slots,
+                              std::size_t n, std::size_t d, float* out) noexcept;
   // Decodes n rows into ceil(n / panel_rows) panels for dot_packed: panel p holds rows
   // [p * panel_rows, ...) dimension-major (packed[k * panel_rows + r]), zero-padded.
   void (*pack)(const std::uint8_t* rows, std::size_t n, std::size_t d, float* packed) noexcept;
