@@ -41,6 +41,21 @@ float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept
   return opts_.metric == Metric::l2 ? -kernels_->l2sq_f32(q, x, dim_) : kernels_->dot_f32(q, x, dim_);
 }
 
+void GraphIndex::exact_scores(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
+  if (!keep_originals_) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = exact_score(q, slots[i]);
+    return;
+  }
+  const StorageKernels& f32 = kernels_->storage[std::size_t(Storage::f32)];
+  const auto* base = reinterpret_cast<const std::uint8_t*>(originals_.data());
+  if (opts_.metric != Metric::l2) {
+    f32.dot_gather(q, base, slots, n, dim_, out);
+    return;
+  }
+  f32.l2sq_gather(q, base, slots, n, dim_, out);
+  for (std::size_t i = 0; i < n; ++i) out[i] = -out[i];
+}
+
 void GraphIndex::decode_slot(std::uint32_t slot, float* out) const noexcept {
   codec_.decode(codes_.data() + std::size_t(slot) * codec_.row_bytes(), out);
 }
@@ -287,7 +302,13 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
       const auto* row = reinterpret_cast<const std::uint8_t*>(originals_.data() + std::size_t(c.slot) * dim_);
       for (std::size_t off = 0; off < ob; off += 64) __builtin_prefetch(row + off);
     }
-    for (const Candidate& c : found) top.push(exact_score(q, c.slot), ids_[c.slot]);
+    thread_local std::vector<std::uint32_t> slots;
+    thread_local std::vector<float> exact;
+    slots.resize(found.size());
+    exact.resize(found.size());
+    for (std::size_t i = 0; i < found.size(); ++i) slots[i] = found[i].slot;
+    exact_scores(q, slots.data(), slots.size(), exact.data());
+    for (std::size_t i = 0; i < found.size(); ++i) top.push(exact[i], ids_[slots[i]]);
     dcount += found.size();
   } else {
     for (const Candidate& c : found) top.push(-c.dist, ids_[c.slot]);

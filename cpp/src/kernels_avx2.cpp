@@ -14,6 +14,7 @@ struct Avx2Traits {
   static V zero() noexcept { return _mm256_setzero_ps(); }
   static V set1(float x) noexcept { return _mm256_set1_ps(x); }
   static V fma(V a, V b, V c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) noexcept { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) noexcept { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) noexcept { return _mm256_mul_ps(a, b); }
   static void store(float* p, V v) noexcept { _mm256_storeu_ps(p, v); }

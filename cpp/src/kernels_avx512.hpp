@@ -17,6 +17,7 @@ struct Avx512Traits {
   static V zero() noexcept { return _mm512_setzero_ps(); }
   static V set1(float x) noexcept { return _mm512_set1_ps(x); }
   static V fma(V a, V b, V c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) noexcept { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) noexcept { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) noexcept { return _mm512_mul_ps(a, b); }
   static void store(float* p, V v) noexcept { _mm512_storeu_ps(p, v); }

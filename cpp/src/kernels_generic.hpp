@@ -6,7 +6,7 @@
 // Traits must provide:
 //   using V; static constexpr size_t W (floats per vector), NQ x NR (multi-query register tile),
 //   PQ x PV (packed tile: PQ queries x PV vectors of rows); store(float*, V);
-//   zero(), set1(float), fma(a, b, c) = a*b + c, sub(a, b), mul(a, b),
+//   zero(), set1(float), fma(a, b, c) = a*b + c, add(a, b), sub(a, b), mul(a, b),
 //   load_f32(const float*), load_f16(const uint16_t*), load_bf16(const uint16_t*),
 //   load_i8(const int8_t*) (W values widened to float32), reduce4(a, b, c, d, float out[4]).
 #pragma once
@@ -247,15 +247,66 @@ void scan_gathered(const float* q, const std::uint8_t* base, const std::uint32_t
   Scan(q, GatheredRows{base, row_bytes(S, d), slots, n}, n, d, out);
 }
 
-// Rows gathered by slot scored one after another, each next row fetched while one is scored
-// (StorageKernels::dot_gather and l2sq_gather).
-template <Storage S, float (*Score)(const float*, const std::uint8_t*, std::size_t) noexcept>
-void score_gather(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
-                  float* out) noexcept {
-  const GatheredRows rows{base, row_bytes(S, d), slots, n};
-  for (std::size_t j = 0; j < n; ++j) {
-    rows.prefetch_next(j, 0, rows.rb);
-    out[j] = Score(q, rows(j), d);
+// Rows gathered by slot (a graph walk's neighbours; StorageKernels::dot_gather and l2sq_gather),
+// four at a time: two accumulators per row and one four-way reduction for the four rows, where
+// a row at a time pays a whole horizontal sum per row. The next four rows are requested while
+// these are scored. L2: squared distances, else inner products.
+template <class T, Storage S, bool L2>
+void gather4(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
+             float* out) noexcept {
+  using R = Row<S>;
+  using V = typename T::V;
+  const std::size_t rb = row_bytes(S, d), full = d / T::W * T::W;
+  std::size_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const std::uint8_t* rows[4];
+    V scale[4];
+    for (std::size_t r = 0; r < 4; ++r) {
+      rows[r] = base + std::size_t(slots[j + r]) * rb;
+      if constexpr (L2 && R::kScaled) scale[r] = T::set1(R::scale(rows[r], d));
+    }
+    for (std::size_t r = j + 4; r < n && r < j + 8; ++r) prefetch_range(base + std::size_t(slots[r]) * rb, rb);
+    V acc[4][2];
+    for (std::size_t r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = T::zero();
+    auto step = [&](std::size_t i, std::size_t u) {
+      const V qv = T::load_f32(q + i);
+      for (std::size_t r = 0; r < 4; ++r) {
+        V x = R::template load<T>(rows[r], i);
+        if constexpr (L2) {
+          if constexpr (R::kScaled) x = T::mul(x, scale[r]);
+          const V t = T::sub(qv, x);
+          acc[r][u] = T::fma(t, t, acc[r][u]);
+        } else {
+          acc[r][u] = T::fma(qv, x, acc[r][u]);
+        }
+      }
+    };
+    std::size_t i = 0;
+    for (; i + 2 * T::W <= full; i += 2 * T::W) {
+      step(i, 0);
+      step(i + T::W, 1);
+    }
+    if (i < full) step(i, 0);
+    float sums[4];
+    T::reduce4(T::add(acc[0][0], acc[0][1]), T::add(acc[1][0], acc[1][1]), T::add(acc[2][0], acc[2][1]),
+               T::add(acc[3][0], acc[3][1]), sums);
+    for (std::size_t r = 0; r < 4; ++r) {
+      const float sc = R::scale(rows[r], d);
+      float s = sums[r];
+      for (std::size_t k = full; k < d; ++k) {
+        if constexpr (L2) {
+          const float t = q[k] - sc * R::get(rows[r], k);
+          s += t * t;
+        } else {
+          s += q[k] * R::get(rows[r], k);
+        }
+      }
+      out[j + r] = L2 ? s : s * sc;
+    }
+  }
+  for (; j < n; ++j) {
+    const std::uint8_t* row = base + std::size_t(slots[j]) * rb;
+    out[j] = L2 ? l2sq<T, S>(q, row, d) : dot<T, S>(q, row, d);
   }
 }
 
@@ -264,10 +315,10 @@ inline std::size_t float_prepared_bytes(std::size_t d) noexcept { return d * siz
 inline void float_prepare(const float* q, std::size_t d, std::uint8_t* out) noexcept {
   std::memcpy(out, q, d * sizeof(float));
 }
-template <Storage S, float (*Score)(const float*, const std::uint8_t*, std::size_t) noexcept>
-void score_gather_prepared(const std::uint8_t* prepared, const std::uint8_t* base, const std::uint32_t* slots,
-                           std::size_t n, std::size_t d, float* out) noexcept {
-  score_gather<S, Score>(reinterpret_cast<const float*>(prepared), base, slots, n, d, out);
+template <class T, Storage S>
+void gather4_prepared(const std::uint8_t* prepared, const std::uint8_t* base, const std::uint32_t* slots,
+                      std::size_t n, std::size_t d, float* out) noexcept {
+  gather4<T, S, false>(reinterpret_cast<const float*>(prepared), base, slots, n, d, out);
 }
 
 // A single-query row scan (dot_rows or an ISA's own, e.g. integer or bf16 dot products).
@@ -401,11 +452,11 @@ constexpr StorageKernels storage_kernels() noexcept {
   return StorageKernels{&dot<T, S>,
                         &l2sq<T, S>,
                         &dot_block<T, S>,
-                        &score_gather<S, &dot<T, S>>,
-                        &score_gather<S, &l2sq<T, S>>,
+                        &gather4<T, S, false>,
+                        &gather4<T, S, true>,
                         &float_prepared_bytes,
                         &float_prepare,
-                        &score_gather_prepared<S, &dot<T, S>>,
+                        &gather4_prepared<T, S>,
                         &pack<T, S>};
 }
 

@@ -15,6 +15,7 @@ struct NeonTraits {
   static V zero() noexcept { return vdupq_n_f32(0.0f); }
   static V set1(float x) noexcept { return vdupq_n_f32(x); }
   static V fma(V a, V b, V c) noexcept { return vfmaq_f32(c, a, b); }
+  static V add(V a, V b) noexcept { return vaddq_f32(a, b); }
   static V sub(V a, V b) noexcept { return vsubq_f32(a, b); }
   static V mul(V a, V b) noexcept { return vmulq_f32(a, b); }
   static void store(float* p, V v) noexcept { vst1q_f32(p, v); }

@@ -12,6 +12,7 @@ struct ScalarTraits {
   static V zero() noexcept { return 0.0f; }
   static V set1(float x) noexcept { return x; }
   static V fma(V a, V b, V c) noexcept { return a * b + c; }
+  static V add(V a, V b) noexcept { return a + b; }
   static V sub(V a, V b) noexcept { return a - b; }
   static V mul(V a, V b) noexcept { return a * b; }
   static void store(float* p, V v) noexcept { *p = v; }

@@ -163,6 +163,8 @@ class GraphIndex final : public Index {
   // a little differently from dist_to: e.g. int8 rows against an int16-quantised query).
   void score_slots(const WalkQuery& wq, const std::uint32_t* slots, std::size_t n, float* out) const noexcept;
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
+  // out[i] = exact_score(q, slots[i]) for i < n, the rows gathered in one kernel call.
+  void exact_scores(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept;
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
   // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.
   const float* row_f32(std::uint32_t slot, float* buffer) const noexcept;
