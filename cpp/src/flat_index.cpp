@@ -424,14 +424,23 @@ Status FlatIndex::score_ids(const float* query, const idx_t* ids, std::size_t n,
   return score_ids_batch(query, 1, ids, n, scores);
 }
 
+Status FlatIndex::score_ids_prepared(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
+  return score_prepared(query, 1, ids, n, scores);
+}
+
 Status FlatIndex::score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                                   float* scores) const {
   if (nq == 0 || n == 0) return {};
-  if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   std::vector<float> qstore;
   Result<const float*> prepared = prepare_rows(queries, nq, dim_, opts_.metric, "query", qstore);
   if (!prepared.ok()) return prepared.error();
-  const float* q = prepared.value();
+  return score_prepared(prepared.value(), nq, ids, n, scores);
+}
+
+Status FlatIndex::score_prepared(const float* q, std::size_t nq, const idx_t* ids, std::size_t n,
+                                 float* scores) const {
+  if (nq == 0 || n == 0) return {};
+  if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   std::shared_lock lock(mutex_);
   std::vector<std::size_t> rows;
   Status st = lookup_rows(ids, n, row_of_, rows);

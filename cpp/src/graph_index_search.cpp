@@ -42,12 +42,9 @@ float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept
 }
 
 void GraphIndex::exact_scores(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
-  if (!keep_originals_) {
-    for (std::size_t i = 0; i < n; ++i) out[i] = exact_score(q, slots[i]);
-    return;
-  }
+  // Exact rows: the float32 originals of compressed storage, else the (float32) codes themselves.
   const StorageKernels& f32 = kernels_->storage[std::size_t(Storage::f32)];
-  const auto* base = reinterpret_cast<const std::uint8_t*>(originals_.data());
+  const auto* base = keep_originals_ ? reinterpret_cast<const std::uint8_t*>(originals_.data()) : codes_.data();
   if (opts_.metric != Metric::l2) {
     f32.dot_gather(q, base, slots, n, dim_, out);
     return;
@@ -425,14 +422,24 @@ Status GraphIndex::score_ids(const float* query, const idx_t* ids, std::size_t n
   std::vector<float> qstore;
   Result<const float*> prepared = prepare_rows(query, 1, dim_, opts_.metric, "query", qstore);
   if (!prepared.ok()) return prepared.error();
-  const float* q = prepared.value();
+  return score_ids_prepared(prepared.value(), ids, n, scores);
+}
+
+Status GraphIndex::score_ids_prepared(const float* q, const idx_t* ids, std::size_t n, float* scores) const {
   std::shared_lock lock(mutex_);
+  thread_local std::vector<std::uint32_t> slots;
+  slots.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
     auto it = slot_of_.find(ids[i]);
     if (it == slot_of_.end())
       return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
-    scores[i] = exact_score(q, it->second);
+    slots[i] = it->second;
   }
+  // The rows are cold (cached candidates from an earlier search): request their heads together.
+  const std::uint8_t* rows = keep_originals_ ? reinterpret_cast<const std::uint8_t*>(originals_.data()) : codes_.data();
+  const std::size_t rb = keep_originals_ ? dim_ * sizeof(float) : codec_.row_bytes(), head = row_head_bytes(rb);
+  for (std::size_t i = 0; i < n; ++i) prefetch_bytes(rows + std::size_t(slots[i]) * rb, head);
+  exact_scores(q, slots.data(), n, scores);
   to_metric_units(opts_.metric, scores, n);
   return {};
 }

@@ -26,22 +26,39 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kUnitRoundoff = 1.0 / (1 << 24);  // float32
 
-double norm(const float* x, std::size_t d) noexcept { return std::sqrt(sqnorm(x, d)); }
+// How far a query moved from a pool's anchor, measured once per turn in one pass (in double: the
+// bound below must stay valid for tiny moves).
+struct QueryMove {
+  bool valid = false;        // the pool has an anchor
+  double distance = 0;       // ||q - anchor||
+  double query_norm = 0, anchor_norm = 0;
+  double cosine = 0;         // of the angle between q and the anchor (0 when either is zero)
+  double unit_distance = 1;  // ||q / |q| - anchor / |anchor||| = 2 sin(angle / 2)
+};
 
-double distance(const float* a, const float* b, std::size_t d) noexcept {
-  double s = 0;
-  for (std::size_t i = 0; i < d; ++i) s += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-  return std::sqrt(s);
-}
-
-double cosine_similarity(const float* a, const float* b, std::size_t d) noexcept {
-  double ab = 0, aa = 0, bb = 0;
-  for (std::size_t i = 0; i < d; ++i) {
-    ab += double(a[i]) * b[i];
-    aa += double(a[i]) * a[i];
-    bb += double(b[i]) * b[i];
+QueryMove measure_move(const std::vector<float>& q, const std::vector<float>& anchor) noexcept {
+  QueryMove m;
+  if (anchor.empty()) return m;
+  m.valid = true;
+  double qq = 0, aa = 0, qa = 0, dd = 0;
+  for (std::size_t i = 0; i < q.size(); ++i) {
+    const double x = q[i], y = anchor[i];
+    qq += x * x;
+    aa += y * y;
+    qa += x * y;
+    dd += (x - y) * (x - y);
   }
-  return aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : 0.0;
+  m.distance = std::sqrt(dd);
+  m.query_norm = std::sqrt(qq);
+  m.anchor_norm = std::sqrt(aa);
+  if (qq > 0 && aa > 0) {
+    const double nq = m.query_norm, na = m.anchor_norm;
+    m.cosine = std::clamp(qa / (nq * na), -1.0, 1.0);
+    // ||q^ - a^||^2 = (||q - a||^2 - (|q| - |a|)^2) / (|q| |a|): no cancellation for tiny moves,
+    // where 2 - 2 cos would lose every digit.
+    m.unit_distance = std::sqrt(std::clamp((dd - (nq - na) * (nq - na)) / (nq * na), 0.0, 4.0));
+  }
+  return m;
 }
 
 // Copies a query, checking it and normalising it for cosine, so the distance a query moved is
@@ -129,8 +146,7 @@ void write_prefix(const CandidatePool& pool, std::size_t k, Metric metric, float
 // `eps` covers the rounding of float32 scores (worst-case error of a d-term dot product).
 class MoveBound {
  public:
-  MoveBound(const Index& index, const CandidatePool& pool, const std::vector<float>& q, double moved)
-      : metric_(index.metric()), moved_(moved) {
+  MoveBound(const Index& index, const QueryMove& move) : metric_(index.metric()), moved_(move.distance) {
     const std::size_t d = index.dim();
     gamma_ = (d + 2) * kUnitRoundoff / (1 - (d + 2) * kUnitRoundoff);
     if (metric_ == Metric::l2) return;
@@ -139,20 +155,12 @@ class MoveBound {
       valid_ = mn.has_value();
       r_ = mn.value_or(0.f);
     }
-    anchor_norm_ = norm(pool.anchor.data(), d);
-    query_norm_ = norm(q.data(), d);
-    double dot = 0;
-    for (std::size_t i = 0; i < d; ++i) dot += double(q[i]) * pool.anchor[i];
-    cos_ = anchor_norm_ > 0 && query_norm_ > 0 ? std::clamp(dot / (anchor_norm_ * query_norm_), -1.0, 1.0) : 0.0;
-    // sin from the distance between the unit vectors: accurate for tiny moves, where 1 - cos^2 cancels.
-    double u2 = 0;
-    if (anchor_norm_ > 0 && query_norm_ > 0)
-      for (std::size_t i = 0; i < d; ++i) {
-        const double diff = q[i] / query_norm_ - pool.anchor[i] / anchor_norm_;
-        u2 += diff * diff;
-      }
-    const double u = std::sqrt(u2);  // = 2 sin(theta / 2)
-    sin_ = anchor_norm_ > 0 && query_norm_ > 0 ? std::min(1.0, u * std::sqrt(std::max(0.0, 1 - u2 / 4))) : 1.0;
+    anchor_norm_ = move.anchor_norm;
+    query_norm_ = move.query_norm;
+    const bool both = anchor_norm_ > 0 && query_norm_ > 0;
+    cos_ = both ? move.cosine : 0.0;
+    const double u = move.unit_distance;  // sin from the distance between the unit vectors
+    sin_ = both ? std::min(1.0, u * std::sqrt(std::max(0.0, 1 - u * u / 4))) : 1.0;
     eps_ = 2 * gamma_ * r_ * (query_norm_ + anchor_norm_) + 1e-6 * r_ * query_norm_;
   }
 
@@ -190,18 +198,8 @@ class MoveBound {
 };
 
 // Whether q is close enough to the pool's anchor for the pool to help (bound or warm start).
-bool close_to_anchor(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
-                     double min_cosine) noexcept {
-  if (pool.anchor.empty()) return false;
-  const std::size_t d = index.dim();
-  double cos;
-  if (index.metric() == Metric::cosine) {
-    const double moved = distance(q.data(), pool.anchor.data(), d);
-    cos = 1 - moved * moved / 2;
-  } else {
-    cos = cosine_similarity(q.data(), pool.anchor.data(), d);
-  }
-  return cos >= min_cosine;
+bool close_to_anchor(const QueryMove& move, double min_cosine) noexcept {
+  return move.valid && move.cosine >= min_cosine;
 }
 
 // Exact scores of the new query for pool entries [begin, end) (written to out[begin, end)); adds
@@ -215,11 +213,11 @@ using PoolScorer = std::function<Status(std::size_t begin, std::size_t end, floa
 // for a nearby query sit at the pool's head), so the scan gives up and leaves the query to a
 // search: that caps the cost of a failed proof. Returns whether it proved the answer and, in
 // `scored`, how many leading entries of pool_scores hold scores. Leaves the slack in info.margin.
-Status scan_pool(const Index& index, const CandidatePool& pool, const std::vector<float>& q, const PoolScorer& scorer,
+Status scan_pool(const Index& index, const CandidatePool& pool, const QueryMove& move, const PoolScorer& scorer,
                  std::size_t k, const IdFilter* filter, std::vector<float>& pool_scores, TopK& top, TurnInfo& info,
                  bool& proven, std::size_t& scored) {
   const Metric metric = index.metric();
-  const MoveBound bound(index, pool, q, info.moved);
+  const MoveBound bound(index, move);
   const std::size_t p = pool.ids.size();
   pool_scores.resize(p);
   proven = false;
@@ -270,20 +268,19 @@ Status scan_pool(const Index& index, const CandidatePool& pool, const std::vecto
 // candidates (indexes with warm starts), else searches from scratch and, when new_pool != nullptr,
 // leaves that search's fresh pool there. With cold_deferred != nullptr a from-scratch search for k
 // results is not run but left to the caller (*cold_deferred = true), who batches several.
-Status answer_query(const Index& index, const CandidatePool& pool, const std::vector<float>& q,
+Status answer_query(const Index& index, const CandidatePool& pool, const std::vector<float>& q, const QueryMove& move,
                     const PoolScorer* scorer, std::size_t k, std::size_t pool_size, const IdFilter* filter,
                     double warm_min_cosine, int threads, float* out_scores, idx_t* out_ids, TurnInfo& info,
                     CandidatePool* new_pool, bool* cold_deferred = nullptr) {
   const Metric metric = index.metric();
-  const std::size_t d = index.dim();
-  info.moved = distance(q.data(), pool.anchor.data(), d);
+  info.moved = move.distance;
   info.margin = kNaN;
   TopK top(k);
   std::vector<float> pool_scores;
   std::size_t scored = 0;
   if (scorer != nullptr) {
     bool proven = false;
-    Status s = scan_pool(index, pool, q, *scorer, k, filter, pool_scores, top, info, proven, scored);
+    Status s = scan_pool(index, pool, move, *scorer, k, filter, pool_scores, top, info, proven, scored);
     if (!s.ok()) return s;
     if (proven) {
       top.write_sorted(out_scores, out_ids, -TopK::kInf);
@@ -297,7 +294,7 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   }
   // Seeds for a warm start: the scored pool entries re-ranked for the new query, best first.
   std::vector<idx_t> seeds;
-  if (scorer != nullptr && close_to_anchor(index, pool, q, warm_min_cosine) && scored > 0) {
+  if (scorer != nullptr && close_to_anchor(move, warm_min_cosine) && scored > 0) {
     std::vector<std::size_t> order(scored);
     for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
@@ -424,14 +421,14 @@ Status Session::run_turn(const float* query, std::size_t k, bool first) {
     // The pool is only valid for the index contents it was searched over.
     // A stale pool, or a query that moved too far for the pool to help, goes straight to a cold
     // search without scoring the pool.
-    bool skip = pool_.generation != index_.generation() ||
-                !close_to_anchor(index_, pool_, q, options_.warm_min_cosine);
+    const QueryMove move = measure_move(q, pool_.anchor);
+    bool skip = pool_.generation != index_.generation() || !close_to_anchor(move, options_.warm_min_cosine);
     const PoolScorer scorer = [&](std::size_t b, std::size_t e, float* out, std::uint64_t& distances) {
       distances += e - b;
-      return index_.score_ids(q.data(), pool_.ids.data() + b, e - b, out + b);
+      return index_.score_ids_prepared(q.data(), pool_.ids.data() + b, e - b, out + b);
     };
     CandidatePool fresh;
-    s = answer_query(index_, pool_, q, skip ? nullptr : &scorer, k, pool_size, filter, options_.warm_min_cosine,
+    s = answer_query(index_, pool_, q, move, skip ? nullptr : &scorer, k, pool_size, filter, options_.warm_min_cosine,
                      options_.num_threads, out_scores.data(), out_ids.data(), info, &fresh);
     if (!s.ok()) return s;
     if (!fresh.anchor.empty()) pool_ = std::move(fresh);  // refilled by a cold search
@@ -515,7 +512,7 @@ Status refine_group(const Index& index, const float* original, const float* refi
       return Status();
     };
     bool deferred = false;
-    s = answer_query(index, pool, qs[i], &scorer, k, pool_size, options.filter, options.warm_min_cosine,
+    s = answer_query(index, pool, qs[i], measure_move(qs[i], pool.anchor), &scorer, k, pool_size, options.filter, options.warm_min_cosine,
                      options.num_threads, scores + i * k, ids + i * k, turn[i], nullptr, &deferred);
     if (!s.ok()) return s;
     if (deferred) cold.push_back(i);

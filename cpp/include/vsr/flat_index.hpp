@@ -12,11 +12,11 @@
 #include <memory>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "vsr/codec.hpp"
 #include "vsr/index.hpp"
+#include "vsr/id_map.hpp"
 #include "vsr/io.hpp"
 #include "vsr/kernels.hpp"
 #include "vsr/mapped_array.hpp"
@@ -60,6 +60,7 @@ class FlatIndex final : public Index {
                       const SearchParams& params) const override;
   // Exact scores when float32 is available (f32 storage or rerank), else from the stored form.
   Status score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
+  Status score_ids_prepared(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
   // One pass over the gathered rows for all queries (sessions' group refinement).
   Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids, std::size_t n,
                          float* scores) const override;
@@ -87,6 +88,8 @@ class FlatIndex final : public Index {
   // Rows of the allow-list ids present in the index, ascending.
   std::vector<std::size_t> allowed_rows(const IdFilter& filter) const;
   float exact_score(const float* q, std::size_t row) const noexcept;
+  // score_ids_batch for queries already prepared (checked, normalised for cosine).
+  Status score_prepared(const float* q, std::size_t nq, const idx_t* ids, std::size_t n, float* scores) const;
   void make_owned();
 
   std::size_t dim_;
@@ -98,7 +101,7 @@ class FlatIndex final : public Index {
   MappedArray<float> originals_;     // size() x dim_ float32, only with rerank
   MappedArray<float> sqnorms_;       // ||stored row||^2, only for l2
   MappedArray<idx_t> ids_;           // external id of each row
-  std::unordered_map<idx_t, std::size_t> row_of_;
+  IdMap<std::size_t> row_of_;
   idx_t next_id_ = 0;
   double max_sq_norm_ = 0;  // largest squared norm added (never decreases)
   std::atomic<std::uint64_t> generation_{0};

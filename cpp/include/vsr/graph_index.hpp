@@ -19,11 +19,11 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "vsr/codec.hpp"
 #include "vsr/index.hpp"
+#include "vsr/id_map.hpp"
 #include "vsr/io.hpp"
 #include "vsr/kernels.hpp"
 #include "vsr/mapped_array.hpp"
@@ -59,6 +59,7 @@ class GraphIndex final : public Index {
   Status search_warm(const float* query, std::size_t k, const idx_t* seeds, std::size_t n_seeds, float* scores,
                      idx_t* ids, const SearchParams& params) const override;
   Status score_ids(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
+  Status score_ids_prepared(const float* query, const idx_t* ids, std::size_t n, float* scores) const override;
   // Always exact: f32 storage is the rows themselves, compressed storage keeps float32 originals.
   Status reconstruct(const idx_t* ids, std::size_t n, float* out) const override;
   // Approximate, like search(): k-NN walks with k doubling until the k-th result leaves the ball.
@@ -215,7 +216,7 @@ class GraphIndex final : public Index {
   std::vector<std::uint8_t> levels_;
   std::vector<std::vector<std::uint32_t>> upper_;  // level L: L * (1 + M) words
   std::vector<std::uint32_t> free_slots_;
-  std::unordered_map<idx_t, std::uint32_t> slot_of_;
+  IdMap<std::uint32_t> slot_of_;
   std::size_t live_ = 0;
   idx_t next_id_ = 0;
   std::uint32_t entry_ = kNoSlot;

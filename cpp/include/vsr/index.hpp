@@ -73,6 +73,13 @@ class Index {
   virtual Status score_ids(const float* query, const idx_t* ids, std::size_t n,
                            float* scores) const = 0;
 
+  // score_ids for a query already checked and prepared as search() prepares it (finite, of this
+  // dimension, normalised for cosine): a session re-scores its pool block by block with one
+  // prepared query and so skips the per-call checks. The default checks anyway.
+  virtual Status score_ids_prepared(const float* query, const idx_t* ids, std::size_t n, float* scores) const {
+    return score_ids(query, ids, n, scores);
+  }
+
   // Exact scores of nq queries against the same n ids: scores[i * n + j] for query i, id j.
   // Indexes override this with one blocked pass over the rows; the default scores query by query.
   virtual Status score_ids_batch(const float* queries, std::size_t nq, const idx_t* ids,
