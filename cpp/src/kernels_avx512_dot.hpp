@@ -43,6 +43,31 @@ inline void finish4(const __m512* acc, std::size_t count, float* out, const floa
   for (std::size_t r = 0; r < count; ++r) out[r] = (add ? out[r] : 0.0f) + s[r] * scales[r];
 }
 
+// Rows' score vectors collected four at a time, each four written with one reduction (finish4).
+class Pending4 {
+ public:
+  explicit Pending4(bool add) noexcept : add_(add) {}
+  // Row j's score vector and scale; writes rows j-3..j once four are pending.
+  void push(__m512 sum, float scale, float* out, std::size_t j) noexcept {
+    sums_[count_] = sum;
+    scales_[count_] = scale;
+    if (++count_ == 4) {
+      finish4(sums_, 4, out + j - 3, scales_, add_);
+      count_ = 0;
+    }
+  }
+  // Writes the rows still pending, the last of n.
+  void flush(float* out, std::size_t n) noexcept {
+    if (count_ > 0) finish4(sums_, count_, out + n - count_, scales_, add_);
+  }
+
+ private:
+  __m512 sums_[4];
+  float scales_[4];
+  std::size_t count_ = 0;
+  bool add_;
+};
+
 #if defined(__AVX512VNNI__)
 // int8 rows (codes times a per-row scale) against the query quantised to int16 with its own
 // scale max|q| / 32767: vpdpwssd multiplies 32 sign-extended codes by 32 query values and adds
@@ -85,9 +110,7 @@ void int8_chunk_vnni(const std::int16_t* qi, float qscale, const Rows& rows, std
   const std::size_t rb = row_bytes(Storage::int8, d), scale_at = (d + 3) / 4 * 4;
   const std::size_t ahead = prefetch_distance(rb, d), full = len / 32 * 32;
   const __mmask32 tail = first_lanes(len - full);
-  __m512 sums[4];
-  float scales[4];
-  std::size_t pending = 0;
+  Pending4 pending(c0 > 0);
   for (std::size_t j = 0; j < n; ++j) {
     const std::uint8_t* row = rows(j);
     const std::int8_t* x = reinterpret_cast<const std::int8_t*>(row) + c0;
@@ -114,15 +137,11 @@ void int8_chunk_vnni(const std::int16_t* qi, float qscale, const Rows& rows, std
       acc[1] = _mm512_dpwssd_epi32(acc[1], xv, _mm512_load_si512(qi + k));
     }
     const __m512i total = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-    sums[pending] = to_float(total);
-    std::memcpy(&scales[pending], row + scale_at, sizeof(float));
-    scales[pending] *= qscale;
-    if (++pending == 4) {
-      finish4(sums, 4, out + j - 3, scales, c0 > 0);
-      pending = 0;
-    }
+    float scale;
+    std::memcpy(&scale, row + scale_at, sizeof scale);
+    pending.push(to_float(total), scale * qscale, out, j);
   }
-  if (pending > 0) finish4(sums, pending, out + n - pending, scales, c0 > 0);
+  pending.flush(out, n);
 }
 
 // Rows: generic::ContiguousRows (a flat scan) or generic::GatheredRows (a graph walk). The query
@@ -212,10 +231,8 @@ template <class Rows>
 void bf16_chunk_dpbf16(const std::uint16_t* hi, const std::uint16_t* lo, const Rows& rows, std::size_t n,
                        std::size_t d, std::size_t c0, std::size_t len, float* out) noexcept {
   const std::size_t ahead = prefetch_distance(row_bytes(Storage::bf16, d), d), full = len / 32 * 32;
-  const float ones[4] = {1.0f, 1.0f, 1.0f, 1.0f};
   const __mmask32 tail = first_lanes(len - full);
-  __m512 sums[4];
-  std::size_t pending = 0;
+  Pending4 pending(c0 > 0);
   for (std::size_t j = 0; j < n; ++j) {
     const std::uint16_t* x = reinterpret_cast<const std::uint16_t*>(rows(j)) + c0;
     if constexpr (!Rows::kStream) rows.prefetch_next(j, 2 * c0, 2 * len);
@@ -235,13 +252,9 @@ void bf16_chunk_dpbf16(const std::uint16_t* hi, const std::uint16_t* lo, const R
     if constexpr (Rows::kStream) generic::prefetch_range(ahead_x + 2 * k, 2 * (len - k));
     for (; k < full; k += 32) step(acc[0], acc[1], _mm512_loadu_si512(x + k), k);
     if (tail) step(acc[2], acc[3], _mm512_maskz_loadu_epi16(tail, x + k), k);
-    sums[pending] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
-    if (++pending == 4) {
-      finish4(sums, 4, out + j - 3, ones, c0 > 0);
-      pending = 0;
-    }
+    pending.push(_mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])), 1.0f, out, j);
   }
-  if (pending > 0) finish4(sums, pending, out + n - pending, ones, c0 > 0);
+  pending.flush(out, n);
 }
 
 // A scan that splits the query a chunk at a time on the stack.

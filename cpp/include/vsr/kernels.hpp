@@ -20,7 +20,7 @@ struct StorageKernels {
   void (*dot_block)(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n,
                     std::size_t d, float* out, std::size_t ldo) noexcept;
   // out[i] = <q, decode(base + slots[i] * row_bytes)> for i < n: rows gathered by slot (a graph
-  // walk's neighbours), scored one after another while the next is fetched.
+  // walk's neighbours, a re-rank's candidates), the next rows fetched while these are scored.
   void (*dot_gather)(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
                      std::size_t d, float* out) noexcept;
   // out[i] = ||q - decode(base + slots[i] * row_bytes)||^2, gathered the same way.
