@@ -110,6 +110,48 @@ TEST(scores_are_exact_after_rerank) {
   for (std::size_t j = 0; j < k; ++j) CHECK_NEAR(s[j], ref[j], 1e-5);
 }
 
+// score_ids_prepared (a session's pool re-scoring) gives score_ids' exact scores for a query that
+// is already normalised, on the graph (every storage) and the flat index, and names unknown ids.
+TEST(score_ids_prepared_matches_score_ids) {
+  const std::size_t n = 600, d = 40;
+  auto x = clustered(n, d, 11);
+  std::vector<float> q = clustered(1, d, 12);
+  for (float& v : q) v *= 3.0f;  // not unit length: score_ids normalises it for cosine
+  std::vector<float> unit(q);
+  double norm = 0;
+  for (float v : q) norm += double(v) * v;
+  for (float& v : unit) v = float(v / std::sqrt(norm));
+  const std::vector<idx_t> ids = {5, 599, 0, 17, 17, 300, 42, 8, 123};
+  for (Metric m : {Metric::cosine, Metric::inner_product, Metric::l2}) {
+    auto f = make_flat(x, d, m);
+    const std::vector<float>& prepared = m == Metric::cosine ? unit : q;
+    std::vector<float> ref(ids.size()), got(ids.size());
+    CHECK(f->score_ids(q.data(), ids.data(), ids.size(), ref.data()).ok());
+    CHECK(f->score_ids_prepared(prepared.data(), ids.data(), ids.size(), got.data()).ok());
+    for (std::size_t j = 0; j < ids.size(); ++j) CHECK_NEAR(got[j], ref[j], 1e-5);
+    for (Storage s : {Storage::f32, Storage::f16, Storage::bf16, Storage::int8}) {
+      auto g = make_graph(d, m, s);
+      CHECK(g->add(x.data(), n, nullptr).ok());
+      std::vector<float> a(ids.size()), b(ids.size());
+      CHECK(g->score_ids(q.data(), ids.data(), ids.size(), a.data()).ok());
+      CHECK(g->score_ids_prepared(prepared.data(), ids.data(), ids.size(), b.data()).ok());
+      for (std::size_t j = 0; j < ids.size(); ++j) {
+        // The same query gives the same scores; a query normalised here may differ in its last bit.
+        if (m == Metric::cosine) {
+          CHECK_NEAR(a[j], b[j], 1e-6);
+        } else {
+          CHECK(a[j] == b[j]);
+        }
+        CHECK_NEAR(a[j], ref[j], 1e-4);  // exact: f32 rows or float32 originals
+      }
+      const idx_t unknown[] = {3, 100000};
+      Status st = g->score_ids_prepared(prepared.data(), unknown, 2, b.data());
+      CHECK(!st.ok() && st.error().code == ErrorCode::not_found &&
+            st.error().message.find("100000") != std::string::npos);
+    }
+  }
+}
+
 TEST(incremental_adds_keep_recall_and_ids) {
   const std::size_t n = 4000, d = 32, k = 10;
   auto x = clustered(n, d, 5);
