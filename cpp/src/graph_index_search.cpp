@@ -116,34 +116,67 @@ std::uint32_t GraphIndex::greedy_descend(const WalkQuery& wq, std::uint32_t ep, 
 }
 
 template <bool locked>
+std::uint32_t GraphIndex::unvisited_neighbors(std::uint32_t slot, int level, Visited& visited,
+                                              std::uint32_t* out) const noexcept {
+  const std::uint32_t* l = links(slot, level);
+  std::uint32_t count;
+  const std::uint32_t* nbs = l + 1;  // read in place when nothing writes links concurrently
+  if (locked) {
+    std::lock_guard lock(node_lock(slot));
+    count = l[0];
+    std::copy(l + 1, l + 1 + count, out);
+    nbs = out;  // compacted in place below: the write index never passes the read index
+  } else {
+    count = l[0];
+  }
+  // The neighbours' rows start loading together (memory-level parallelism; a visited one is
+  // cached already). Branch-free: whether a neighbour was visited is a coin flip to the branch
+  // predictor. Marks, epoch and codes stay in registers (stores to out could alias members).
+  std::uint16_t* marks = visited.marks();
+  const std::uint16_t epoch = visited.epoch();
+  const std::uint8_t* codes = codes_.data();
+  const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
+  std::uint32_t fresh = 0;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const std::uint32_t nb = nbs[i];
+    const bool seen = marks[nb] == epoch;
+    marks[nb] = epoch;
+    out[fresh] = nb;
+    fresh += !seen;
+    prefetch_bytes(codes + std::size_t(nb) * rb, head);
+  }
+  return fresh;
+}
+
+template <bool locked>
 void GraphIndex::search_layer(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
                               const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
                               std::uint64_t& dcount) const {
   visited.reset(capacity());
-  // Heaps reuse per-thread storage: a search allocates nothing once warm.
+  if (filter == nullptr) {
+    beam_search<locked>(wq, entry, ef, level, visited, out, dcount);
+    return;
+  }
+  // Filtered: the results (accepted nodes only) and the frontier (every node, so that the walk
+  // can pass through rejected ones) are two heaps. Heaps reuse per-thread storage.
   thread_local std::vector<Candidate> cand;  // min-heap: next to expand
   std::vector<Candidate>& top = out;         // max-heap: best ef accepted so far
   cand.clear();
   top.clear();
-  auto accepted = [&](std::uint32_t slot) { return filter == nullptr || filter->accepts(ids_[slot]); };
-  for (const Candidate& e : entry) {
-    if (visited.check_and_mark(e.slot)) continue;
-    cand.push_back(e);
+  auto push = [&](const Candidate& c) {
+    cand.push_back(c);
     std::push_heap(cand.begin(), cand.end(), Nearer());
-    if (accepted(e.slot)) {
-      top.push_back(e);
-      std::push_heap(top.begin(), top.end(), Farther());
-      if (top.size() > ef) {
-        std::pop_heap(top.begin(), top.end(), Farther());
-        top.pop_back();
-      }
+    if (!filter->accepts(ids_[c.slot])) return;
+    top.push_back(c);
+    std::push_heap(top.begin(), top.end(), Farther());
+    if (top.size() > ef) {
+      std::pop_heap(top.begin(), top.end(), Farther());
+      top.pop_back();
     }
-  }
-  const std::uint8_t* codes = codes_.data();
-  const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
+  };
+  for (const Candidate& e : entry)
+    if (!visited.check_and_mark(e.slot)) push(e);
   const std::size_t link_bytes = (1 + max_links(level)) * sizeof(std::uint32_t);
-  std::uint16_t* marks = visited.marks();
-  const std::uint16_t epoch = visited.epoch();
   std::uint32_t buf[2 * 256];
   float dist[2 * 256];
   while (!cand.empty()) {
@@ -153,52 +186,96 @@ void GraphIndex::search_layer(const WalkQuery& wq, const std::vector<Candidate>&
     cand.pop_back();
     // Link lists live apart from the rows: fetch the next candidate's while this one is expanded.
     if (!cand.empty()) prefetch_bytes(links(cand.front().slot, level), link_bytes);
-    const std::uint32_t* l = links(c.slot, level);
-    std::uint32_t count;
-    const std::uint32_t* nbs = l + 1;  // read in place when nothing writes links concurrently
-    if (locked) {
-      std::lock_guard lock(node_lock(c.slot));
-      count = l[0];
-      std::copy(l + 1, l + 1 + count, buf);
-      nbs = buf;
-    } else {
-      count = l[0];
-    }
-    // The neighbours' rows start loading together (memory-level parallelism; a visited one is
-    // cached already), then the unvisited ones are scored in one call. Branch-free: whether a
-    // neighbour was visited is a coin flip to the branch predictor.
-    std::uint32_t fresh = 0;
-    for (std::uint32_t i = 0; i < count; ++i) {
-      const std::uint32_t nb = nbs[i];
-      const bool seen = marks[nb] == epoch;
-      marks[nb] = epoch;
-      buf[fresh] = nb;
-      fresh += !seen;
-      prefetch_bytes(codes + std::size_t(nb) * rb, head);
-    }
+    const std::uint32_t fresh = unvisited_neighbors<locked>(c.slot, level, visited, buf);
     if (fresh == 0) continue;
     score_slots(wq, buf, fresh, dist);
     dcount += fresh;
     for (std::uint32_t i = 0; i < fresh; ++i) {
-      const std::uint32_t nb = buf[i];
-      const float d = dist[i];
-      if (top.size() < ef || d < top.front().dist) {
-        // A candidate is likely to be expanded: start fetching its links now, iterations ahead.
-        prefetch_bytes(links(nb, level), link_bytes);
-        cand.push_back({d, nb});
-        std::push_heap(cand.begin(), cand.end(), Nearer());
-        if (accepted(nb)) {
-          top.push_back({d, nb});
-          std::push_heap(top.begin(), top.end(), Farther());
-          if (top.size() > ef) {
-            std::pop_heap(top.begin(), top.end(), Farther());
-            top.pop_back();
-          }
-        }
-      }
+      if (top.size() >= ef && dist[i] >= top.front().dist) continue;
+      // A candidate is likely to be expanded: start fetching its links now, iterations ahead.
+      prefetch_bytes(links(buf[i], level), link_bytes);
+      push({dist[i], buf[i]});
     }
   }
   std::sort_heap(top.begin(), top.end(), Farther());  // ascending distance
+}
+
+namespace {
+
+// The unfiltered walk's one list: the best ef nodes found, ascending, each marked once expanded.
+// It replaces HNSW's two heaps exactly: a frontier node worse than the ef-th result can never be
+// expanded (the results only improve), so the frontier is the unexpanded part of the results.
+class Beam {
+ public:
+  struct Entry {
+    float dist;
+    std::uint32_t slot;
+    bool expanded;
+  };
+  void reset(std::size_t capacity) {
+    items_.clear();
+    items_.reserve(capacity + 1);
+    capacity_ = capacity;
+    cursor_ = 0;
+  }
+  // Inserts (dist, slot) in order unless the list is full and it is no better than the last.
+  bool push(float dist, std::uint32_t slot) {
+    const std::size_t n = items_.size();
+    if (n >= capacity_ && !(dist < items_.back().dist)) return false;
+    std::size_t at = n;
+    while (at > 0 && items_[at - 1].dist > dist) --at;  // after equal distances, like a heap's order
+    items_.insert(items_.begin() + std::ptrdiff_t(at), Entry{dist, slot, false});
+    if (items_.size() > capacity_) items_.pop_back();
+    if (at < cursor_) cursor_ = at;
+    return true;
+  }
+  // The best unexpanded entry, marked expanded; nullptr when every entry is.
+  const Entry* next() noexcept {
+    while (cursor_ < items_.size() && items_[cursor_].expanded) ++cursor_;
+    if (cursor_ == items_.size()) return nullptr;
+    items_[cursor_].expanded = true;
+    return &items_[cursor_];
+  }
+  // The entry next() would return, if any (for prefetching), without marking it.
+  const Entry* peek() const noexcept {
+    for (std::size_t i = cursor_; i < items_.size(); ++i)
+      if (!items_[i].expanded) return &items_[i];
+    return nullptr;
+  }
+  const std::vector<Entry>& items() const noexcept { return items_; }
+
+ private:
+  std::vector<Entry> items_;
+  std::size_t capacity_ = 0;
+  std::size_t cursor_ = 0;  // no unexpanded entry before it
+};
+
+}  // namespace
+
+template <bool locked>
+void GraphIndex::beam_search(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
+                             Visited& visited, std::vector<Candidate>& out, std::uint64_t& dcount) const {
+  thread_local Beam beam;  // reused: a search allocates nothing once warm
+  beam.reset(ef);
+  for (const Candidate& e : entry)
+    if (!visited.check_and_mark(e.slot)) beam.push(e.dist, e.slot);
+  const std::size_t link_bytes = (1 + max_links(level)) * sizeof(std::uint32_t);
+  std::uint32_t buf[2 * 256];
+  float dist[2 * 256];
+  while (const Beam::Entry* c = beam.next()) {
+    const std::uint32_t slot = c->slot;  // c may move as entries are inserted
+    // Link lists live apart from the rows: fetch the next candidate's while this one is expanded.
+    if (const Beam::Entry* after = beam.peek()) prefetch_bytes(links(after->slot, level), link_bytes);
+    const std::uint32_t fresh = unvisited_neighbors<locked>(slot, level, visited, buf);
+    if (fresh == 0) continue;
+    score_slots(wq, buf, fresh, dist);
+    dcount += fresh;
+    for (std::uint32_t i = 0; i < fresh; ++i)
+      // A candidate is likely to be expanded: start fetching its links now, iterations ahead.
+      if (beam.push(dist[i], buf[i])) prefetch_bytes(links(buf[i], level), link_bytes);
+  }
+  out.clear();
+  for (const Beam::Entry& e : beam.items()) out.push_back({e.dist, e.slot});
 }
 
 // The build walks with locks when inserting in parallel and without them on one thread.

@@ -178,6 +178,14 @@ class GraphIndex final : public Index {
   void search_layer(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
                     const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
                     std::uint64_t& dcount) const;
+  // The unfiltered walk of search_layer: one sorted list of the best ef, each entry expanded once.
+  template <bool locked>
+  void beam_search(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
+                   Visited& visited, std::vector<Candidate>& out, std::uint64_t& dcount) const;
+  // Writes slot's unvisited neighbours on `level` to out (marking them visited, requesting their
+  // rows) and returns how many; reads the links under the node's lock when `locked` (a build).
+  template <bool locked>
+  std::uint32_t unvisited_neighbors(std::uint32_t slot, int level, Visited& visited, std::uint32_t* out) const noexcept;
   void select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,
                         std::vector<float>& buffer) const;
   // One query end to end: filter strategy, walk (from seeds when given), re-rank, top-k.
