@@ -186,18 +186,18 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   return {};
 }
 
-GraphIndex::BuildScratch& GraphIndex::thread_scratch() {
+GraphIndex::BuildScratch& GraphIndex::build_scratch() {
   thread_local BuildScratch scratch;
   return scratch;
 }
 
 template <bool locked>
 void GraphIndex::insert(std::uint32_t slot, int level) {
-  BuildScratch& sc = thread_scratch();
+  BuildScratch& sc = build_scratch();
   sc.query.resize(dim_);
   sc.row.resize(dim_);
   const float* q = row_f32(slot, sc.query.data());
-  const WalkQuery wq = prepare_walk(q, sc.prepared);
+  const WalkQuery wq = prepare_walk(q, sc.walk.prepared);
   std::unique_lock top_lock(entry_mutex_);
   std::uint32_t ep = entry_;
   const int top = max_level_;
@@ -206,12 +206,13 @@ void GraphIndex::insert(std::uint32_t slot, int level) {
   std::uint64_t dcount = 0;
   float ep_dist = dist_to(q, ep);
   ep = greedy_descend<locked>(wq, ep, ep_dist, top, level, dcount);
-  sc.entry.assign(1, Candidate{dist_to(q, ep), ep});
-  Visited& visited = thread_visited();
+  std::vector<Candidate>& entry = sc.walk.entry;
+  std::vector<Candidate>& found = sc.walk.found;
+  entry.assign(1, Candidate{dist_to(q, ep), ep});
   for (int l = std::min(level, top); l >= 0; --l) {
-    search_layer<locked>(wq, sc.entry, opts_.ef_construction, l, nullptr, visited, sc.found, dcount);
-    sc.entry = sc.found;
-    select_neighbors(sc.found, opts_.M, sc.chosen, sc.select);
+    search_layer<locked>(wq, entry, opts_.ef_construction, l, nullptr, sc.walk, found, dcount);
+    entry = found;
+    select_neighbors(found, opts_.M, sc.chosen, sc.select);
     connect(slot, l, sc.chosen, sc);
   }
   if (level > top) {

@@ -30,9 +30,9 @@ struct Nearer {
 
 }  // namespace
 
-GraphIndex::Visited& GraphIndex::thread_visited() {
-  thread_local Visited visited;
-  return visited;
+GraphIndex::WalkScratch& GraphIndex::search_scratch() {
+  thread_local WalkScratch scratch;
+  return scratch;
 }
 
 float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept {
@@ -150,17 +150,18 @@ std::uint32_t GraphIndex::unvisited_neighbors(std::uint32_t slot, int level, Vis
 
 template <bool locked>
 void GraphIndex::search_layer(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
-                              const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
+                              const IdFilter* filter, WalkScratch& ws, std::vector<Candidate>& out,
                               std::uint64_t& dcount) const {
+  Visited& visited = ws.visited;
   visited.reset(capacity());
   if (filter == nullptr) {
-    beam_search<locked>(wq, entry, ef, level, visited, out, dcount);
+    beam_search<locked>(wq, entry, ef, level, ws, out, dcount);
     return;
   }
   // Filtered: the results (accepted nodes only) and the frontier (every node, so that the walk
-  // can pass through rejected ones) are two heaps. Heaps reuse per-thread storage.
-  thread_local std::vector<Candidate> cand;  // min-heap: next to expand
-  std::vector<Candidate>& top = out;         // max-heap: best ef accepted so far
+  // can pass through rejected ones) are two heaps.
+  std::vector<Candidate>& cand = ws.frontier;  // min-heap: next to expand
+  std::vector<Candidate>& top = out;           // max-heap: best ef accepted so far
   cand.clear();
   top.clear();
   auto push = [&](const Candidate& c) {
@@ -200,73 +201,22 @@ void GraphIndex::search_layer(const WalkQuery& wq, const std::vector<Candidate>&
   std::sort_heap(top.begin(), top.end(), Farther());  // ascending distance
 }
 
-namespace {
-
-// The unfiltered walk's one list: the best ef nodes found, ascending, each marked once expanded.
-// It replaces HNSW's two heaps exactly: a frontier node worse than the ef-th result can never be
-// expanded (the results only improve), so the frontier is the unexpanded part of the results.
-class Beam {
- public:
-  struct Entry {
-    float dist;
-    std::uint32_t slot;
-    bool expanded;
-  };
-  void reset(std::size_t capacity) {
-    items_.clear();
-    items_.reserve(capacity + 1);
-    capacity_ = capacity;
-    cursor_ = 0;
-  }
-  // Inserts (dist, slot) in order unless the list is full and it is no better than the last.
-  bool push(float dist, std::uint32_t slot) {
-    const std::size_t n = items_.size();
-    if (n >= capacity_ && !(dist < items_.back().dist)) return false;
-    std::size_t at = n;
-    while (at > 0 && items_[at - 1].dist > dist) --at;  // after equal distances, like a heap's order
-    items_.insert(items_.begin() + std::ptrdiff_t(at), Entry{dist, slot, false});
-    if (items_.size() > capacity_) items_.pop_back();
-    if (at < cursor_) cursor_ = at;
-    return true;
-  }
-  // The best unexpanded entry, marked expanded; nullptr when every entry is.
-  const Entry* next() noexcept {
-    while (cursor_ < items_.size() && items_[cursor_].expanded) ++cursor_;
-    if (cursor_ == items_.size()) return nullptr;
-    items_[cursor_].expanded = true;
-    return &items_[cursor_];
-  }
-  // The entry next() would return, if any (for prefetching), without marking it.
-  const Entry* peek() const noexcept {
-    for (std::size_t i = cursor_; i < items_.size(); ++i)
-      if (!items_[i].expanded) return &items_[i];
-    return nullptr;
-  }
-  const std::vector<Entry>& items() const noexcept { return items_; }
-
- private:
-  std::vector<Entry> items_;
-  std::size_t capacity_ = 0;
-  std::size_t cursor_ = 0;  // no unexpanded entry before it
-};
-
-}  // namespace
-
 template <bool locked>
 void GraphIndex::beam_search(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
-                             Visited& visited, std::vector<Candidate>& out, std::uint64_t& dcount) const {
-  thread_local Beam beam;  // reused: a search allocates nothing once warm
+                             WalkScratch& ws, std::vector<Candidate>& out, std::uint64_t& dcount) const {
+  Beam& beam = ws.beam;
   beam.reset(ef);
   for (const Candidate& e : entry)
-    if (!visited.check_and_mark(e.slot)) beam.push(e.dist, e.slot);
+    if (!ws.visited.check_and_mark(e.slot)) beam.push(e.dist, e.slot);
   const std::size_t link_bytes = (1 + max_links(level)) * sizeof(std::uint32_t);
   std::uint32_t buf[2 * 256];
   float dist[2 * 256];
-  while (const Beam::Entry* c = beam.next()) {
-    const std::uint32_t slot = c->slot;  // c may move as entries are inserted
+  std::uint32_t slot;
+  while (beam.next(slot)) {
     // Link lists live apart from the rows: fetch the next candidate's while this one is expanded.
-    if (const Beam::Entry* after = beam.peek()) prefetch_bytes(links(after->slot, level), link_bytes);
-    const std::uint32_t fresh = unvisited_neighbors<locked>(slot, level, visited, buf);
+    const std::uint32_t after = beam.peek();
+    if (after != kNoSlot) prefetch_bytes(links(after, level), link_bytes);
+    const std::uint32_t fresh = unvisited_neighbors<locked>(slot, level, ws.visited, buf);
     if (fresh == 0) continue;
     score_slots(wq, buf, fresh, dist);
     dcount += fresh;
@@ -284,10 +234,10 @@ template std::uint32_t GraphIndex::greedy_descend<true>(const WalkQuery&, std::u
 template std::uint32_t GraphIndex::greedy_descend<false>(const WalkQuery&, std::uint32_t, float, int, int,
                                                          std::uint64_t&) const;
 template void GraphIndex::search_layer<true>(const WalkQuery&, const std::vector<Candidate>&, std::size_t, int,
-                                             const IdFilter*, Visited&, std::vector<Candidate>&,
+                                             const IdFilter*, WalkScratch&, std::vector<Candidate>&,
                                              std::uint64_t&) const;
 template void GraphIndex::search_layer<false>(const WalkQuery&, const std::vector<Candidate>&, std::size_t, int,
-                                              const IdFilter*, Visited&, std::vector<Candidate>&,
+                                              const IdFilter*, WalkScratch&, std::vector<Candidate>&,
                                               std::uint64_t&) const;
 
 void GraphIndex::select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,
@@ -319,7 +269,7 @@ void GraphIndex::scan_rows(const float* q, const std::vector<std::uint32_t>& row
   top.write_sorted(scores, ids, -TopK::kInf);
 }
 
-void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
+void GraphIndex::search_one(WalkScratch& ws, const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
                             const IdFilter* filter, float* scores, idx_t* ids, std::uint64_t& dcount) const {
   const std::size_t n = live_;
   std::size_t ef = std::max(ef_search_.load(), k);
@@ -352,11 +302,10 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
     }
     ef = std::min(n, std::size_t(std::ceil(double(ef) * double(n) / double(allowed))));
   }
-  thread_local PreparedBuffer prepared;
-  const WalkQuery wq = prepare_walk(q, prepared);
-  std::vector<Candidate> entry;
+  const WalkQuery wq = prepare_walk(q, ws.prepared);
+  std::vector<Candidate>& entry = ws.entry;
+  entry.clear();
   if (n_seeds > 0) {
-    entry.reserve(n_seeds);
     for (std::size_t i = 0; i < n_seeds; ++i) entry.push_back({dist_to(q, seeds[i]), seeds[i]});
     dcount += n_seeds;
   } else {
@@ -366,23 +315,22 @@ void GraphIndex::search_one(const float* q, std::size_t k, const std::uint32_t* 
     entry.push_back({ep == entry_ ? d : dist_to(q, ep), ep});
     dcount += ep != entry_;
   }
-  thread_local std::vector<Candidate> found;
-  search_layer<false>(wq, entry, ef, 0, filter, thread_visited(), found, dcount);
+  std::vector<Candidate>& found = ws.found;
+  search_layer<false>(wq, entry, ef, 0, filter, ws, found, dcount);
   TopK top(k);
   if (keep_originals_) {
-    // The originals are cold (the walk read the codes): request them all, then score.
-    const std::size_t ob = dim_ * sizeof(float);
-    for (const Candidate& c : found) {
-      const auto* row = reinterpret_cast<const std::uint8_t*>(originals_.data() + std::size_t(c.slot) * dim_);
-      for (std::size_t off = 0; off < ob; off += 64) __builtin_prefetch(row + off);
+    // The originals are cold (the walk read the codes): request them all, then score them in one
+    // gather.
+    const std::size_t ob = dim_ * sizeof(float), head = row_head_bytes(ob);
+    const auto* originals = reinterpret_cast<const std::uint8_t*>(originals_.data());
+    ws.slots.resize(found.size());
+    ws.scores.resize(found.size());
+    for (std::size_t i = 0; i < found.size(); ++i) {
+      ws.slots[i] = found[i].slot;
+      prefetch_bytes(originals + std::size_t(found[i].slot) * ob, head);
     }
-    thread_local std::vector<std::uint32_t> slots;
-    thread_local std::vector<float> exact;
-    slots.resize(found.size());
-    exact.resize(found.size());
-    for (std::size_t i = 0; i < found.size(); ++i) slots[i] = found[i].slot;
-    exact_scores(q, slots.data(), slots.size(), exact.data());
-    for (std::size_t i = 0; i < found.size(); ++i) top.push(exact[i], ids_[slots[i]]);
+    exact_scores(q, ws.slots.data(), found.size(), ws.scores.data());
+    for (std::size_t i = 0; i < found.size(); ++i) top.push(ws.scores[i], ids_[ws.slots[i]]);
     dcount += found.size();
   } else {
     for (const Candidate& c : found) top.push(-c.dist, ids_[c.slot]);
@@ -419,8 +367,9 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
   const int threads = resolve_threads(params.num_threads, num_threads_.load());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
     std::uint64_t dcount = 0;
+    WalkScratch& ws = search_scratch();
     for (std::size_t i = qb; i < qe; ++i) {
-      search_one(q + i * dim_, k, nullptr, 0, filter, scores + i * k, ids + i * k, dcount);
+      search_one(ws, q + i * dim_, k, nullptr, 0, filter, scores + i * k, ids + i * k, dcount);
       to_metric_units(opts_.metric, scores + i * k, k);
     }
     if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
@@ -446,6 +395,7 @@ Status GraphIndex::range_search(const float* queries, std::size_t nq, float radi
   const float key_radius = opts_.metric == Metric::l2 ? -radius : radius;
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
     std::uint64_t dcount = 0;
+    WalkScratch& ws = search_scratch();
     std::vector<float> scores;
     std::vector<idx_t> ids;
     for (std::size_t i = qb; i < qe; ++i) {
@@ -453,7 +403,7 @@ Status GraphIndex::range_search(const float* queries, std::size_t nq, float radi
       while (k > 0) {
         scores.resize(k);
         ids.resize(k);
-        search_one(q + i * dim_, k, nullptr, 0, filter, scores.data(), ids.data(), dcount);
+        search_one(ws, q + i * dim_, k, nullptr, 0, filter, scores.data(), ids.data(), dcount);
         if (k == live_ || ids[k - 1] == kNoId || scores[k - 1] < key_radius) break;
         k = std::min(live_, 2 * k);
       }
@@ -489,7 +439,7 @@ Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* s
   }
   const IdFilter* filter = active_filter(params);
   std::uint64_t dcount = 0;
-  search_one(q, k, slots.data(), use, filter, scores, ids, dcount);
+  search_one(search_scratch(), q, k, slots.data(), use, filter, scores, ids, dcount);
   to_metric_units(opts_.metric, scores, k);
   if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
   return {};
@@ -504,7 +454,7 @@ Status GraphIndex::score_ids(const float* query, const idx_t* ids, std::size_t n
 
 Status GraphIndex::score_ids_prepared(const float* q, const idx_t* ids, std::size_t n, float* scores) const {
   std::shared_lock lock(mutex_);
-  thread_local std::vector<std::uint32_t> slots;
+  std::vector<std::uint32_t>& slots = search_scratch().slots;
   slots.resize(n);
   for (std::size_t i = 0; i < n; ++i) {
     auto it = slot_of_.find(ids[i]);

@@ -111,7 +111,54 @@ class GraphIndex final : public Index {
     std::vector<std::uint16_t> marks_;
     std::uint16_t epoch_ = 0;
   };
-  static Visited& thread_visited();
+  // The best ef nodes of an unfiltered walk, ascending, each marked once expanded. It replaces
+  // HNSW's frontier and result heaps exactly: a frontier node worse than the ef-th result can
+  // never be expanded (the results only improve), so the frontier is the unexpanded results.
+  class Beam {
+   public:
+    struct Entry {
+      float dist;
+      std::uint32_t slot;
+      bool expanded;
+    };
+    void reset(std::size_t capacity) {
+      items_.clear();
+      items_.reserve(capacity + 1);
+      capacity_ = capacity;
+      cursor_ = 0;
+    }
+    // Inserts (dist, slot) in order unless the list is full and it is no better than the last.
+    bool push(float dist, std::uint32_t slot) {
+      const std::size_t n = items_.size();
+      if (n >= capacity_ && !(dist < items_.back().dist)) return false;
+      std::size_t at = n;
+      while (at > 0 && items_[at - 1].dist > dist) --at;  // after equal distances, as a heap would
+      items_.insert(items_.begin() + std::ptrdiff_t(at), Entry{dist, slot, false});
+      if (items_.size() > capacity_) items_.pop_back();
+      if (at < cursor_) cursor_ = at;
+      return true;
+    }
+    // The best unexpanded entry's slot, marking it expanded; false when every entry is expanded.
+    bool next(std::uint32_t& slot) noexcept {
+      while (cursor_ < items_.size() && items_[cursor_].expanded) ++cursor_;
+      if (cursor_ == items_.size()) return false;
+      items_[cursor_].expanded = true;
+      slot = items_[cursor_].slot;
+      return true;
+    }
+    // The slot next() would return (kNoSlot if none), without marking it: for prefetching.
+    std::uint32_t peek() const noexcept {
+      for (std::size_t i = cursor_; i < items_.size(); ++i)
+        if (!items_[i].expanded) return items_[i].slot;
+      return kNoSlot;
+    }
+    const std::vector<Entry>& items() const noexcept { return items_; }
+
+   private:
+    std::vector<Entry> items_;
+    std::size_t capacity_ = 0;
+    std::size_t cursor_ = 0;  // no unexpanded entry before it
+  };
   // A query as the walk scores it: float32 (l2, single distances) and the row kernels' prepared
   // form (StorageKernels::prepare), converted once per walk instead of once per expansion.
   struct WalkQuery {
@@ -120,14 +167,27 @@ class GraphIndex final : public Index {
   };
   using PreparedBuffer = std::vector<std::uint8_t, CacheAlignedAllocator<std::uint8_t>>;
   WalkQuery prepare_walk(const float* q, PreparedBuffer& buffer) const;
-  // Per-thread buffers of an insertion, reused from one insert to the next (no allocation once warm).
+  // Per-thread buffers of graph walks, reused from one walk to the next (no allocation once warm).
+  // Fetched once per search call or insertion: every thread_local access in a shared library is a
+  // call into the dynamic linker.
+  struct WalkScratch {
+    Visited visited;
+    Beam beam;                          // unfiltered walks
+    std::vector<Candidate> frontier;    // filtered walks: min-heap of nodes to expand
+    PreparedBuffer prepared;            // the query in the row kernels' form
+    std::vector<Candidate> entry, found;
+    std::vector<std::uint32_t> slots;   // candidates to score exactly
+    std::vector<float> scores;
+  };
+  static WalkScratch& search_scratch();
+  // Per-thread buffers of an insertion.
   struct BuildScratch {
-    PreparedBuffer prepared;
+    WalkScratch walk;
     std::vector<float> query, row, select;  // the new node, a neighbour (decoded), select_neighbors'
-    std::vector<Candidate> entry, found, cands;
+    std::vector<Candidate> cands;
     std::vector<std::uint32_t> chosen, kept;
   };
-  static BuildScratch& thread_scratch();
+  static BuildScratch& build_scratch();
 
   GraphIndex(std::size_t dim, const GraphOptions& options);
 
@@ -176,12 +236,12 @@ class GraphIndex final : public Index {
                                std::uint64_t& dcount) const;
   template <bool locked>
   void search_layer(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
-                    const IdFilter* filter, Visited& visited, std::vector<Candidate>& out,
+                    const IdFilter* filter, WalkScratch& ws, std::vector<Candidate>& out,
                     std::uint64_t& dcount) const;
   // The unfiltered walk of search_layer: one sorted list of the best ef, each entry expanded once.
   template <bool locked>
   void beam_search(const WalkQuery& wq, const std::vector<Candidate>& entry, std::size_t ef, int level,
-                   Visited& visited, std::vector<Candidate>& out, std::uint64_t& dcount) const;
+                   WalkScratch& ws, std::vector<Candidate>& out, std::uint64_t& dcount) const;
   // Writes slot's unvisited neighbours on `level` to out (marking them visited, requesting their
   // rows) and returns how many; reads the links under the node's lock when `locked` (a build).
   template <bool locked>
@@ -189,7 +249,7 @@ class GraphIndex final : public Index {
   void select_neighbors(std::vector<Candidate>& cands, std::size_t m, std::vector<std::uint32_t>& out,
                         std::vector<float>& buffer) const;
   // One query end to end: filter strategy, walk (from seeds when given), re-rank, top-k.
-  void search_one(const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
+  void search_one(WalkScratch& ws, const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
                   const IdFilter* filter, float* scores, idx_t* ids, std::uint64_t& dcount) const;
   void scan_rows(const float* q, const std::vector<std::uint32_t>& rows, std::size_t k, float* scores, idx_t* ids,
                  std::uint64_t& dcount) const;
