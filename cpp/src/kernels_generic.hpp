@@ -211,7 +211,8 @@ void dot_rows(const float* q, const std::uint8_t* rows, std::size_t n, std::size
 
 // Where a single-query kernel finds row j, and how it prefetches. Contiguous rows (a flat scan)
 // stream: each line read requests the line kScanPrefetchBytes later. Gathered rows (a graph walk)
-// are scattered: each row requests the whole of the next one before it is scored.
+// are scattered: the caller has requested each row's first kGatherHeadBytes, and each row
+// requests the rest of the next one before it is scored.
 struct ContiguousRows {
   static constexpr bool kStream = true;
   const std::uint8_t* rows;
@@ -225,9 +226,14 @@ struct GatheredRows {
   const std::uint32_t* slots;
   std::size_t n;
   const std::uint8_t* operator()(std::size_t j) const noexcept { return base + std::size_t(slots[j]) * rb; }
-  // Requests bytes [offset, offset + bytes) of row j + 1, if there is one.
+  // Requests bytes [offset, offset + bytes) of row j + 1, if there is one, but its head.
   void prefetch_next(std::size_t j, std::size_t offset, std::size_t bytes) const noexcept {
-    if (j + 1 < n) prefetch_range((*this)(j + 1) + offset, bytes);
+    if (j + 1 < n) prefetch_rest((*this)(j + 1), offset, offset + bytes);
+  }
+  // Requests bytes [begin, end) of a row less its first kGatherHeadBytes (the caller's).
+  static void prefetch_rest(const std::uint8_t* row, std::size_t begin, std::size_t end) noexcept {
+    begin = begin > kGatherHeadBytes ? begin : kGatherHeadBytes;
+    if (begin < end) prefetch_range(row + begin, end - begin);
   }
 };
 
@@ -249,8 +255,9 @@ void scan_gathered(const float* q, const std::uint8_t* base, const std::uint32_t
 
 // Rows gathered by slot (a graph walk's neighbours; StorageKernels::dot_gather and l2sq_gather),
 // four at a time: two accumulators per row and one four-way reduction for the four rows, where
-// a row at a time pays a whole horizontal sum per row. The next four rows are requested while
-// these are scored. L2: squared distances, else inner products.
+// a row at a time pays a whole horizontal sum per row. The rest of the next four rows (past the
+// head the caller requested) is requested while these are scored. L2: squared distances, else
+// inner products.
 template <class T, Storage S, bool L2>
 void gather4(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n, std::size_t d,
              float* out) noexcept {
@@ -265,7 +272,7 @@ void gather4(const float* q, const std::uint8_t* base, const std::uint32_t* slot
       rows[r] = base + std::size_t(slots[j + r]) * rb;
       if constexpr (L2 && R::kScaled) scale[r] = T::set1(R::scale(rows[r], d));
     }
-    for (std::size_t r = j + 4; r < n && r < j + 8; ++r) prefetch_range(base + std::size_t(slots[r]) * rb, rb);
+    for (std::size_t r = j + 4; r < n && r < j + 8; ++r) GatheredRows::prefetch_rest(base + std::size_t(slots[r]) * rb, 0, rb);
     V acc[4][2];
     for (std::size_t r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = T::zero();
     auto step = [&](std::size_t i, std::size_t u) {

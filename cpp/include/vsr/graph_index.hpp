@@ -206,9 +206,11 @@ class GraphIndex final : public Index {
     __builtin_prefetch(b + bytes - 1);  // the last line, when the block straddles one more
   }
   // How much of each neighbour's row a walk requests up front: all of a short row; the head of a
-  // long one, whose rest the gather kernel fetches while it scores the row before (requesting
+  // long one, whose rest the gather kernel fetches while it scores the rows before (requesting
   // whole long rows for every neighbour at once would flood the core's outstanding misses).
-  static std::size_t row_head_bytes(std::size_t row_bytes) noexcept { return std::min<std::size_t>(row_bytes, 512); }
+  static std::size_t row_head_bytes(std::size_t row_bytes) noexcept {
+    return std::min<std::size_t>(row_bytes, kGatherHeadBytes);
+  }
   std::uint32_t* links_mut(std::uint32_t slot, int level) noexcept {
     if (level == 0) return level0_.own().data() + std::size_t(slot) * (1 + 2 * opts_.M);
     return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);

@@ -10,6 +10,9 @@
 
 namespace vsr {
 
+// How much of each row the caller of a gather kernel requests up front (StorageKernels::dot_gather).
+inline constexpr std::size_t kGatherHeadBytes = 512;
+
 // Float32 queries scored against encoded rows of one storage kind (layouts in codec.hpp).
 struct StorageKernels {
   // <q, decode(row)> over d dimensions.
@@ -20,7 +23,9 @@ struct StorageKernels {
   void (*dot_block)(const float* queries, std::size_t nq, const std::uint8_t* rows, std::size_t n,
                     std::size_t d, float* out, std::size_t ldo) noexcept;
   // out[i] = <q, decode(base + slots[i] * row_bytes)> for i < n: rows gathered by slot (a graph
-  // walk's neighbours, a re-rank's candidates), the next rows fetched while these are scored.
+  // walk's neighbours, a re-rank's candidates). The caller requests the first kGatherHeadBytes of
+  // every row before the call (all rows at once, as soon as it knows them); the kernel requests
+  // the rest of the next rows while it scores the current ones.
   void (*dot_gather)(const float* q, const std::uint8_t* base, const std::uint32_t* slots, std::size_t n,
                      std::size_t d, float* out) noexcept;
   // out[i] = ||q - decode(base + slots[i] * row_bytes)||^2, gathered the same way.
