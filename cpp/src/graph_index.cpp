@@ -100,7 +100,33 @@ void GraphIndex::grow(std::size_t cap) {
   level0_.own().resize(cap * (1 + 2 * opts_.M), 0);
   ids_.own().resize(cap, kNoId);
   levels_.resize(cap, 0);
-  upper_.resize(cap);
+  upper_at_.resize(cap, 0);
+}
+
+void GraphIndex::compact_upper() {
+  const std::size_t ustride = 1 + opts_.M;
+  std::vector<std::uint32_t> kept;
+  kept.reserve(upper_links_.size() - upper_garbage_);
+  for (std::size_t s = 0; s < capacity(); ++s) {
+    if (levels_[s] == 0 || ids_[s] == kNoId) continue;
+    const std::size_t words = levels_[s] * ustride, at = kept.size();
+    const auto block = upper_links_.begin() + std::ptrdiff_t(upper_at_[s]);
+    kept.insert(kept.end(), block, block + std::ptrdiff_t(words));
+    upper_at_[s] = at;
+  }
+  upper_links_.swap(kept);
+  upper_garbage_ = 0;
+}
+
+void GraphIndex::allocate_upper(const std::vector<std::uint32_t>& slots) {
+  const std::size_t ustride = 1 + opts_.M;
+  std::size_t at = upper_links_.size(), need = 0;
+  for (std::uint32_t s : slots) need += levels_[s] * ustride;
+  upper_links_.resize(at + need, 0);  // zero counts: no links yet
+  for (std::uint32_t s : slots) {
+    upper_at_[s] = at;
+    at += levels_[s] * ustride;
+  }
 }
 
 Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
@@ -134,6 +160,7 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
     }
   }
   grow(fresh);
+  if (upper_garbage_ > upper_links_.size() / 2) compact_upper();  // before the new slots' levels are set
   auto& codes = codes_.own();
   auto& id_vec = ids_.own();
   for (std::size_t i = 0; i < n; ++i) {
@@ -146,9 +173,9 @@ Status GraphIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
     slot_of_.emplace(id, s);
     const int level = random_level(s);
     levels_[s] = std::uint8_t(level);
-    upper_[s].assign(std::size_t(level) * (1 + opts_.M), 0);
     level0_.own()[std::size_t(s) * (1 + 2 * opts_.M)] = 0;
   }
+  allocate_upper(slots);
   for (std::size_t i = 0; i < n; ++i) next_id_ = std::max(next_id_, (ids != nullptr ? ids[i] : next_id_ + idx_t(i)) + 1);
   live_ += n;
 
@@ -266,8 +293,7 @@ Status GraphIndex::remove(const idx_t* ids, std::size_t n) {
     slot_of_.erase(ids[i]);
     id_vec[s] = kNoId;
     level0_.own()[std::size_t(s) * (1 + 2 * opts_.M)] = 0;
-    upper_[s].clear();
-    upper_[s].shrink_to_fit();
+    upper_garbage_ += std::size_t(levels_[s]) * (1 + opts_.M);
     levels_[s] = 0;
     free_slots_.push_back(s);
   }

@@ -57,8 +57,12 @@ Status GraphIndex::save(const std::string& path) const {
             codec_.row_bytes()};
   std::vector<std::uint8_t> meta_bytes(sizeof meta);
   std::memcpy(meta_bytes.data(), &meta, sizeof meta);
-  std::vector<std::uint32_t> upper;
-  for (std::size_t s = 0; s < capacity(); ++s) upper.insert(upper.end(), upper_[s].begin(), upper_[s].end());
+  std::vector<std::uint32_t> upper;  // each slot's block in slot order (removed slots have level 0)
+  for (std::size_t s = 0; s < capacity(); ++s) {
+    if (levels_[s] == 0) continue;
+    const auto block = upper_links_.begin() + std::ptrdiff_t(upper_at_[s]);
+    upper.insert(upper.end(), block, block + std::ptrdiff_t(levels_[s] * (1 + opts_.M)));
+  }
   io::FileWriter w(io::IndexKind::graph, kGraphKindVersion);
   Status st = w.add_owned("graph.meta", std::move(meta_bytes));
   if (st.ok()) st = w.add("ids", ids_.data(), capacity() * sizeof(idx_t));
@@ -129,7 +133,7 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
   // Upper layers are copied; every count and link is checked so a damaged file cannot send a
   // walk out of bounds.
   index->levels_.assign(levels.value().data, levels.value().data + cap);
-  index->upper_.resize(cap);
+  index->upper_at_.resize(cap, 0);
   const std::size_t ustride = 1 + opts.M;
   const auto* up = reinterpret_cast<const std::uint32_t*>(upper.value().data);
   const std::size_t up_words = upper.value().size / sizeof(std::uint32_t);
@@ -137,10 +141,11 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
   for (std::size_t s = 0; s < cap; ++s) {
     const std::size_t words = std::size_t(index->levels_[s]) * ustride;
     if (index->levels_[s] > 15 || pos + words > up_words) return corrupt(path, "upper layers are truncated");
-    index->upper_[s].assign(up + pos, up + pos + words);
+    index->upper_at_[s] = pos;
     pos += words;
   }
   if (pos != up_words) return corrupt(path, "upper layers have trailing data");
+  index->upper_links_.assign(up, up + up_words);
   auto check_links = [&](const std::uint32_t* l, std::size_t max) {
     if (l[0] > max) return false;
     for (std::uint32_t i = 0; i < l[0]; ++i)
@@ -160,7 +165,7 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
     max_id = std::max(max_id, id);
     if (!check_links(l0 + s * stride, 2 * opts.M)) return corrupt(path, "bad layer-0 links at slot " + std::to_string(s));
     for (int l = 1; l <= index->levels_[s]; ++l)
-      if (!check_links(index->upper_[s].data() + std::size_t(l - 1) * ustride, opts.M))
+      if (!check_links(index->links(std::uint32_t(s), l), opts.M))
         return corrupt(path, "bad upper-layer links at slot " + std::to_string(s));
   }
   if (index->slot_of_.size() != meta.live) return corrupt(path, "live count does not match the ids");

@@ -2,7 +2,7 @@
 // over compressed vectors, with exact re-ranking from float32 originals.
 //
 // Layout: node slots are rows. Layer-0 links are one flat array of (count, 2M links) per slot;
-// upper-layer links (few nodes) are per-node arrays. Codes (the storage codec's rows) drive the
+// upper-layer links (few nodes) are blocks in one array. Codes (the storage codec's rows) drive the
 // graph walk; float32 originals, kept when the storage is compressed, re-rank the walk's results.
 // Removed nodes are unlinked and their in-neighbours re-linked through the removed node's
 // neighbours (so recall holds after many removals), and their slots are reused by later adds.
@@ -195,7 +195,7 @@ class GraphIndex final : public Index {
   std::size_t max_links(int level) const noexcept { return level == 0 ? 2 * opts_.M : opts_.M; }
   const std::uint32_t* links(std::uint32_t slot, int level) const noexcept {
     if (level == 0) return level0_.data() + std::size_t(slot) * (1 + 2 * opts_.M);
-    return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
+    return upper_links_.data() + upper_at_[slot] + std::size_t(level - 1) * (1 + opts_.M);
   }
   // Requests every cache line of [p, p + bytes): a walk reads link lists and code rows at random,
   // where the hardware prefetchers do not help, and a line requested only when it is read costs
@@ -213,7 +213,7 @@ class GraphIndex final : public Index {
   }
   std::uint32_t* links_mut(std::uint32_t slot, int level) noexcept {
     if (level == 0) return level0_.own().data() + std::size_t(slot) * (1 + 2 * opts_.M);
-    return upper_[slot].data() + std::size_t(level - 1) * (1 + opts_.M);
+    return upper_links_.data() + upper_at_[slot] + std::size_t(level - 1) * (1 + opts_.M);
   }
   std::mutex& node_lock(std::uint32_t slot) const noexcept { return node_locks_[slot % kNodeLocks]; }
 
@@ -263,6 +263,12 @@ class GraphIndex final : public Index {
   void repair(const std::vector<char>& removed);
   int random_level(std::uint32_t slot) const noexcept;
   void grow(std::size_t capacity);
+  // Drops removed nodes' upper-layer blocks from upper_links_ (live slots only: call it before
+  // new slots get their levels).
+  void compact_upper();
+  // Gives each of `slots` (levels_ set) a zeroed upper-layer block. Called before inserting, so a
+  // parallel build never resizes the array.
+  void allocate_upper(const std::vector<std::uint32_t>& slots);
   std::size_t capacity() const noexcept { return ids_.size(); }
   void make_owned();
 
@@ -284,7 +290,13 @@ class GraphIndex final : public Index {
   MappedArray<std::uint32_t> level0_;  // (1 + 2M) per slot: count, links
   MappedArray<idx_t> ids_;
   std::vector<std::uint8_t> levels_;
-  std::vector<std::vector<std::uint32_t>> upper_;  // level L: L * (1 + M) words
+  // Upper-layer links: a block of levels_[s] * (1 + M) words (count, links per layer) for every
+  // slot above layer 0, at upper_at_[s] in one array, so that a descent step reads the block
+  // directly rather than a per-node vector's header and then its buffer. Removed nodes' blocks
+  // are garbage until add() compacts the array.
+  std::vector<std::uint32_t> upper_links_;
+  std::vector<std::size_t> upper_at_;
+  std::size_t upper_garbage_ = 0;  // words in removed nodes' blocks
   std::vector<std::uint32_t> free_slots_;
   IdMap<std::uint32_t> slot_of_;
   std::size_t live_ = 0;
