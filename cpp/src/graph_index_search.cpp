@@ -306,7 +306,13 @@ void GraphIndex::search_one(WalkScratch& ws, const float* q, std::size_t k, cons
   std::vector<Candidate>& entry = ws.entry;
   entry.clear();
   if (n_seeds > 0) {
-    for (std::size_t i = 0; i < n_seeds; ++i) entry.push_back({dist_to(q, seeds[i]), seeds[i]});
+    // Seeds are scored like a walk's neighbours: rows requested together, one gather call.
+    const std::uint8_t* codes = codes_.data();
+    const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
+    for (std::size_t i = 0; i < n_seeds; ++i) prefetch_bytes(codes + std::size_t(seeds[i]) * rb, head);
+    ws.scores.resize(n_seeds);
+    score_slots(wq, seeds, n_seeds, ws.scores.data());
+    for (std::size_t i = 0; i < n_seeds; ++i) entry.push_back({ws.scores[i], seeds[i]});
     dcount += n_seeds;
   } else {
     float d = dist_to(q, entry_);
