@@ -3,6 +3,7 @@ versus a cold search of every refined query at equal recall, on the graph and th
 
     python benchmarks/index/bench_session.py                 # MiniLM FIG query embeddings
     python benchmarks/index/bench_session.py --data clustered --n 100000 --dim 128
+    python benchmarks/index/bench_session.py --warm-ef-search 32 --out benchmarks/index/results/bench_session_warm32.json
 
 300 sessions x 5 turns per query move. A move of cosine c gives each turn a fresh refined query at
 cosine c from the session's original (as when the original text is re-embedded with a turn's soft
@@ -214,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ef-search", type=int, default=64, help="ef of the graph's first search and warm starts"
     )
+    ap.add_argument(
+        "--warm-ef-search",
+        type=int,
+        default=0,
+        help="the graph's warm_ef_search: beam of warm-started refines (0: ef_search)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_session.json")
     args = ap.parse_args(argv)
@@ -229,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             "data": f"{args.data} {len(x)} x {x.shape[1]}",
             "sessions x turns": f"{args.sessions} x {args.turns}",
             "k / pool_size": f"{args.k} / graph {args.pool_size}, exact {args.flat_pool_size}",
-            "graph": f"M={args.M} ef_construction={args.ef_construction} ef_search={args.ef_search}",
+            "graph": f"M={args.M} ef_construction={args.ef_construction} ef_search={args.ef_search} "
+            f"warm_ef_search={args.warm_ef_search or args.ef_search}",
         },
     )
     with common.limit_threads(1):
         graph = vsr_index.GraphIndex(x.shape[1], metric="ip", M=args.M, ef_construction=args.ef_construction)
         graph.num_threads = 1
+        graph.warm_ef_search = args.warm_ef_search or None
         t0 = time.perf_counter()
         graph.add(x)
         print(f"graph built in {time.perf_counter() - t0:.1f} s")

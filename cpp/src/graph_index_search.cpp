@@ -272,7 +272,7 @@ void GraphIndex::scan_rows(const float* q, const std::vector<std::uint32_t>& row
 void GraphIndex::search_one(WalkScratch& ws, const float* q, std::size_t k, const std::uint32_t* seeds, std::size_t n_seeds,
                             const IdFilter* filter, float* scores, idx_t* ids, std::uint64_t& dcount) const {
   const std::size_t n = live_;
-  std::size_t ef = std::max(ef_search_.load(), k);
+  std::size_t ef = std::max(n_seeds > 0 ? warm_ef() : ef_search_.load(), k);
   if (filter != nullptr) {
     // Restrictive filters: a scan of the allowed rows is both exact and cheaper than a walk that
     // must pass ef / selectivity nodes. Cost model: walk ~ ef * 2M / s, scan ~ s * n.
@@ -435,7 +435,7 @@ Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* s
   st = check_k_fits(k, live_);
   if (!st.ok()) return st;
   // The best seeds are enough to start from: more would only add distance computations.
-  const std::size_t use = std::min(n_seeds, std::max(k, ef_search_.load()));
+  const std::size_t use = std::min(n_seeds, std::max(k, warm_ef()));
   std::vector<std::uint32_t> slots(use);
   for (std::size_t i = 0; i < use; ++i) {
     auto it = slot_of_.find(seeds[i]);

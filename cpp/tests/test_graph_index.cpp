@@ -349,6 +349,58 @@ TEST(sessions_on_the_graph_use_warm_starts) {
 // Range search: every returned vector lies inside the radius with its exact score, best first,
 // and the ball is found almost whole (against the exact index's range search), for radii whose
 // balls hold from a few to several hundred vectors (k doubles past ef).
+// warm_ef_search narrows the beam of warm-started searches only: from good seeds the narrower
+// walk computes fewer distances and still finds the answer; cold searches are unchanged.
+TEST(warm_ef_search_narrows_warm_starts_only) {
+  const std::size_t n = 3000, d = 32, k = 10, nq = 40;
+  auto x = clustered(n, d, 31);
+  auto q = clustered(nq, d, 32);
+  auto g = make_graph(d, Metric::cosine);
+  CHECK(g->add(x.data(), n, nullptr).ok());
+  auto f = make_flat(x, d, Metric::cosine);
+  std::vector<float> fs(nq * k);
+  std::vector<idx_t> truth(nq * k);
+  CHECK(f->search(q.data(), nq, k, fs.data(), truth.data(), {}).ok());
+  auto run_warm = [&](std::size_t& hits) {
+    SearchStats stats;
+    SearchParams p;
+    p.stats = &stats;
+    hits = 0;
+    for (std::size_t i = 0; i < nq; ++i) {
+      std::vector<float> s(k);
+      std::vector<idx_t> ids(k);
+      // Seeds: the true answer's neighbourhood, shuffled (as a refined query's cached pool would be).
+      std::vector<idx_t> seeds(truth.begin() + i * k, truth.begin() + (i + 1) * k);
+      std::reverse(seeds.begin(), seeds.end());
+      CHECK(g->search_warm(q.data() + i * d, k, seeds.data(), seeds.size(), s.data(), ids.data(), p).ok());
+      std::set<idx_t> t(truth.begin() + i * k, truth.begin() + (i + 1) * k);
+      for (idx_t id : ids) hits += t.count(id);
+    }
+    return stats.distances.load();
+  };
+  auto cold_distances = [&] {
+    SearchStats stats;
+    SearchParams p;
+    p.stats = &stats;
+    std::vector<float> s(nq * k);
+    std::vector<idx_t> ids(nq * k);
+    CHECK(g->search(q.data(), nq, k, s.data(), ids.data(), p).ok());
+    return stats.distances.load();
+  };
+  CHECK(g->warm_ef_search() == 0);
+  std::size_t wide_hits = 0, narrow_hits = 0;
+  const std::uint64_t wide = run_warm(wide_hits), cold_wide = cold_distances();
+  g->set_warm_ef_search(k);
+  const std::uint64_t narrow = run_warm(narrow_hits), cold_narrow = cold_distances();
+  CHECK(narrow < wide);
+  CHECK(cold_narrow == cold_wide);
+  CHECK(double(narrow_hits) >= 0.95 * double(nq * k));
+  CHECK(wide_hits >= narrow_hits);
+  g->set_warm_ef_search(0);
+  std::size_t again = 0;
+  CHECK(run_warm(again) == wide && again == wide_hits);
+}
+
 TEST(range_search_finds_the_ball_with_exact_scores) {
   const std::size_t n = 4000, d = 24, nq = 30;
   auto x = clustered(n, d, 21);

@@ -95,6 +95,31 @@ def test_save_load_mmap_round_trip(graph, data, tmp_path):
         vsr_index.GraphIndex.load(path)
 
 
+def test_warm_ef_search_setting(graph, data):
+    base, queries = data
+    assert graph.warm_ef_search is None
+    q = queries[0]
+    # A move (cosine about 0.95) the pool cannot prove but close enough for a warm start.
+    refined = q + 0.05 * np.random.default_rng(3).standard_normal(q.shape).astype(np.float32)
+    wide = graph.session(q, 10, pool_size=64).refine(refined)
+    graph.warm_ef_search = 10
+    try:
+        assert graph.warm_ef_search == 10
+        narrow = graph.session(q, 10, pool_size=64).refine(refined)
+        assert wide[2]["path"] == narrow[2]["path"] == "warm"
+        assert narrow[2]["distances"] < wide[2]["distances"]
+        assert _recall(narrow[1][None], base, refined[None], 10) >= 0.9
+        for bad in (0, -3):
+            with pytest.raises(ValueError, match="warm_ef_search"):
+                graph.warm_ef_search = bad
+        with pytest.raises(TypeError, match="warm_ef_search"):
+            graph.warm_ef_search = "wide"
+        assert graph.warm_ef_search == 10
+    finally:
+        graph.warm_ef_search = None
+    assert graph.warm_ef_search is None
+
+
 def test_session_on_graph_reports_paths(graph, data):
     base, _ = data
     rng = np.random.default_rng(3)

@@ -72,6 +72,11 @@ class GraphIndex final : public Index {
   // Candidate list size of searches (>= k is used); larger is slower and more accurate.
   Status set_ef_search(std::size_t ef);
   std::size_t ef_search() const noexcept { return ef_search_.load(); }
+  // Candidate list size of warm-started searches (search_warm: session and group refines); 0 =
+  // ef_search. A walk that starts next to the answer reaches a given recall with a narrower beam
+  // than one that starts at the entry point. Not saved with the index.
+  void set_warm_ef_search(std::size_t ef) noexcept { warm_ef_search_.store(ef); }
+  std::size_t warm_ef_search() const noexcept { return warm_ef_search_.load(); }
   void set_num_threads(int n) noexcept { num_threads_.store(n < 0 ? 0 : n); }
   int num_threads() const noexcept { return num_threads_.load(); }
   // Links per node summed over layers (for memory reports and tests).
@@ -192,6 +197,10 @@ class GraphIndex final : public Index {
   GraphIndex(std::size_t dim, const GraphOptions& options);
 
   // Graph structure.
+  std::size_t warm_ef() const noexcept {
+    const std::size_t warm = warm_ef_search_.load();
+    return warm > 0 ? warm : ef_search_.load();
+  }
   std::size_t max_links(int level) const noexcept { return level == 0 ? 2 * opts_.M : opts_.M; }
   const std::uint32_t* links(std::uint32_t slot, int level) const noexcept {
     if (level == 0) return level0_.data() + std::size_t(slot) * (1 + 2 * opts_.M);
@@ -282,6 +291,7 @@ class GraphIndex final : public Index {
   const StorageKernels* row_kernels_;  // the codec's row scorers, called directly in the walk
   bool keep_originals_;
   std::atomic<std::size_t> ef_search_;
+  std::atomic<std::size_t> warm_ef_search_{0};
   std::atomic<int> num_threads_{0};
 
   // Per slot (capacity rows); a free slot has id kNoId.

@@ -57,6 +57,20 @@ GraphIndex(dim, metric="ip", storage="f32", M=16, ef_construction=200, ef_search
       .def_property("ef_search", &vsr::GraphIndex::ef_search, [](vsr::GraphIndex& self, long ef) {
              check(self.set_ef_search(positive(ef, "ef_search")));
            })
+      .def_property(
+          "warm_ef_search",
+          [](const vsr::GraphIndex& self) -> py::object {
+            const std::size_t ef = self.warm_ef_search();
+            return ef == 0 ? py::none() : py::cast(ef);
+          },
+          [](vsr::GraphIndex& self, const py::handle& ef) {
+            if (ef.is_none()) return self.set_warm_ef_search(0);
+            if (!py::isinstance<py::int_>(ef)) throw py::type_error("warm_ef_search must be an int or None");
+            self.set_warm_ef_search(positive(ef.cast<long>(), "warm_ef_search"));
+          },
+          "Candidate list size of warm-started searches (session and refine_group refines that start from "
+          "the cached pool); None = ef_search. A walk that starts next to the answer needs a narrower beam "
+          "for the same recall. Not saved with the index.")
       .def("search_counted", [](const vsr::GraphIndex& self, const py::handle& queries, long k, const py::handle& num_threads) {
              const std::size_t kk = positive(k, "k");
              auto q = as_matrix(queries, self.dim(), "queries");
