@@ -43,14 +43,24 @@ float GraphIndex::exact_score(const float* q, std::uint32_t slot) const noexcept
 
 void GraphIndex::exact_scores(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept {
   // Exact rows: the float32 originals of compressed storage, else the (float32) codes themselves.
+  // They are cold (a walk reads the codes; a session's pool is from an earlier search): their
+  // heads are requested together before the gather.
   const StorageKernels& f32 = kernels_->storage[std::size_t(Storage::f32)];
   const auto* base = keep_originals_ ? reinterpret_cast<const std::uint8_t*>(originals_.data()) : codes_.data();
+  const std::size_t rb = dim_ * sizeof(float), head = row_head_bytes(rb);
+  for (std::size_t i = 0; i < n; ++i) prefetch_bytes(base + std::size_t(slots[i]) * rb, head);
   if (opts_.metric != Metric::l2) {
     f32.dot_gather(q, base, slots, n, dim_, out);
     return;
   }
   f32.l2sq_gather(q, base, slots, n, dim_, out);
   for (std::size_t i = 0; i < n; ++i) out[i] = -out[i];
+}
+
+void GraphIndex::request_codes(const std::uint32_t* slots, std::size_t n) const noexcept {
+  const std::uint8_t* codes = codes_.data();
+  const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
+  for (std::size_t i = 0; i < n; ++i) prefetch_bytes(codes + std::size_t(slots[i]) * rb, head);
 }
 
 void GraphIndex::decode_slot(std::uint32_t slot, float* out) const noexcept {
@@ -85,8 +95,6 @@ std::uint32_t GraphIndex::greedy_descend(const WalkQuery& wq, std::uint32_t ep, 
                                          int to_level, std::uint64_t& dcount) const {
   std::uint32_t nbs[256];  // upper layers hold at most M <= 256 links
   float dist[256];
-  const std::uint8_t* codes = codes_.data();
-  const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
   for (int level = from_level; level > to_level; --level) {
     bool moved = true;
     while (moved) {
@@ -101,7 +109,7 @@ std::uint32_t GraphIndex::greedy_descend(const WalkQuery& wq, std::uint32_t ep, 
         count = l[0];
         std::copy(l + 1, l + 1 + count, nbs);
       }
-      for (std::uint32_t i = 0; i < count; ++i) prefetch_bytes(codes + std::size_t(nbs[i]) * rb, head);
+      request_codes(nbs, count);
       score_slots(wq, nbs, count, dist);
       dcount += count;
       for (std::uint32_t i = 0; i < count; ++i)
@@ -307,9 +315,7 @@ void GraphIndex::search_one(WalkScratch& ws, const float* q, std::size_t k, cons
   entry.clear();
   if (n_seeds > 0) {
     // Seeds are scored like a walk's neighbours: rows requested together, one gather call.
-    const std::uint8_t* codes = codes_.data();
-    const std::size_t rb = codec_.row_bytes(), head = row_head_bytes(rb);
-    for (std::size_t i = 0; i < n_seeds; ++i) prefetch_bytes(codes + std::size_t(seeds[i]) * rb, head);
+    request_codes(seeds, n_seeds);
     ws.scores.resize(n_seeds);
     score_slots(wq, seeds, n_seeds, ws.scores.data());
     for (std::size_t i = 0; i < n_seeds; ++i) entry.push_back({ws.scores[i], seeds[i]});
@@ -325,16 +331,9 @@ void GraphIndex::search_one(WalkScratch& ws, const float* q, std::size_t k, cons
   search_layer<false>(wq, entry, ef, 0, filter, ws, found, dcount);
   TopK top(k);
   if (keep_originals_) {
-    // The originals are cold (the walk read the codes): request them all, then score them in one
-    // gather.
-    const std::size_t ob = dim_ * sizeof(float), head = row_head_bytes(ob);
-    const auto* originals = reinterpret_cast<const std::uint8_t*>(originals_.data());
     ws.slots.resize(found.size());
     ws.scores.resize(found.size());
-    for (std::size_t i = 0; i < found.size(); ++i) {
-      ws.slots[i] = found[i].slot;
-      prefetch_bytes(originals + std::size_t(found[i].slot) * ob, head);
-    }
+    for (std::size_t i = 0; i < found.size(); ++i) ws.slots[i] = found[i].slot;
     exact_scores(q, ws.slots.data(), found.size(), ws.scores.data());
     for (std::size_t i = 0; i < found.size(); ++i) top.push(ws.scores[i], ids_[ws.slots[i]]);
     dcount += found.size();
@@ -468,10 +467,6 @@ Status GraphIndex::score_ids_prepared(const float* q, const idx_t* ids, std::siz
       return make_error(ErrorCode::not_found, "id " + std::to_string(ids[i]) + " is not in the index");
     slots[i] = it->second;
   }
-  // The rows are cold (cached candidates from an earlier search): request their heads together.
-  const std::uint8_t* rows = keep_originals_ ? reinterpret_cast<const std::uint8_t*>(originals_.data()) : codes_.data();
-  const std::size_t rb = keep_originals_ ? dim_ * sizeof(float) : codec_.row_bytes(), head = row_head_bytes(rb);
-  for (std::size_t i = 0; i < n; ++i) prefetch_bytes(rows + std::size_t(slots[i]) * rb, head);
   exact_scores(q, slots.data(), n, scores);
   to_metric_units(opts_.metric, scores, n);
   return {};

@@ -512,8 +512,9 @@ Status refine_group(const Index& index, const float* original, const float* refi
       return Status();
     };
     bool deferred = false;
-    s = answer_query(index, pool, qs[i], measure_move(qs[i], pool.anchor), &scorer, k, pool_size, options.filter, options.warm_min_cosine,
-                     options.num_threads, scores + i * k, ids + i * k, turn[i], nullptr, &deferred);
+    s = answer_query(index, pool, qs[i], measure_move(qs[i], pool.anchor), &scorer, k, pool_size, options.filter,
+                     options.warm_min_cosine, options.num_threads, scores + i * k, ids + i * k, turn[i], nullptr,
+                     &deferred);
     if (!s.ok()) return s;
     if (deferred) cold.push_back(i);
   }

@@ -237,6 +237,8 @@ class GraphIndex final : public Index {
   float exact_score(const float* q, std::uint32_t slot) const noexcept;  // metric units
   // out[i] = exact_score(q, slots[i]) for i < n, the rows gathered in one kernel call.
   void exact_scores(const float* q, const std::uint32_t* slots, std::size_t n, float* out) const noexcept;
+  // Requests the heads of the slots' code rows (row_head_bytes) together, before a gather of them.
+  void request_codes(const std::uint32_t* slots, std::size_t n) const noexcept;
   void decode_slot(std::uint32_t slot, float* out) const noexcept;
   // The slot's vector as float32: the stored row itself for f32 storage, else decoded into buffer.
   const float* row_f32(std::uint32_t slot, float* buffer) const noexcept;
