@@ -5,8 +5,6 @@ resumes: nothing is recomputed and the results are unchanged. A fresh run with t
 another folder reproduces the results."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -26,20 +24,9 @@ STAGES = [
 ]
 
 
-def _demo(out):
-    return subprocess.run(
-        [sys.executable, "-m", "vsr_index.cli", "demo", "--size", "tiny", "--out", str(out), "--seed", "3"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-
-
 @pytest.mark.slow
-def test_tiny_demo_produces_every_artifact_and_resumes(tmp_path):
-    out = tmp_path / "demo"
-    first = _demo(out)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+def test_tiny_demo_produces_every_artifact_and_resumes(tiny_demo, run_tiny_demo, tmp_path):
+    out = tiny_demo.check()
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["seed"] == 3 and summary["settings"]["size"] == "tiny"
@@ -64,16 +51,17 @@ def test_tiny_demo_produces_every_artifact_and_resumes(tmp_path):
         assert variant.title in table
     for plot in ("variants.png", "sqr_per_turn.png"):
         assert (out / "plots" / plot).read_bytes()[:8] == PNG_MAGIC
+    assert (out / "report.html").read_text().count('<article class="card"') == 4 * len(VARIANTS)
     for stage in STAGES + [f"eval_{v.key}" for v in VARIANTS]:
         record = json.loads((out / "stages" / f"{stage}.json").read_text())
         assert record["stage"] == stage and record["seconds"] >= 0
 
-    second = _demo(out)
+    second = run_tiny_demo(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert second.stdout.count("done earlier, skipped") == len(STAGES) + len(VARIANTS)
     assert json.loads((out / "summary.json").read_text())["results"] == summary["results"]
 
-    fresh = _demo(tmp_path / "again")
+    fresh = run_tiny_demo(tmp_path / "again")
     assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["results"] == summary["results"]
     for variant in VARIANTS:

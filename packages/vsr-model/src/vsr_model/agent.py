@@ -14,7 +14,7 @@ previous query (excluding seen videos) and records zero refinement tokens.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -172,8 +172,12 @@ def run_agent(
     corpus: Corpus,
     moments: Sequence[Any],
     config: AgentConfig,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[QueryTrace]:
-    """Run the loop over `moments` (records with query_id, query and, for scoring, video_id/start/end)."""
+    """Run the loop over `moments` (records with query_id, query and, for scoring, video_id/start/end).
+
+    `progress(queries, turns)`, for a progress bar, is called after every verify turn with the number
+    of queries finished and of verify turns run since its previous call."""
     if config.refinement is RefinementMode.SOFT:
         check_engine_dims(policy.sqr, engine)
     traces: list[QueryTrace] = []
@@ -182,7 +186,9 @@ def run_agent(
     try:
         for start in range(0, len(moments), config.batch_size):
             traces.extend(
-                _run_batch(policy, engine, corpus, moments[start : start + config.batch_size], config)
+                _run_batch(
+                    policy, engine, corpus, moments[start : start + config.batch_size], config, progress
+                )
             )
     finally:
         policy.train(was_training)
@@ -190,7 +196,7 @@ def run_agent(
 
 
 @torch.no_grad()
-def _run_batch(policy, engine, corpus, moments, config: AgentConfig) -> list[QueryTrace]:
+def _run_batch(policy, engine, corpus, moments, config: AgentConfig, progress=None) -> list[QueryTrace]:
     states = []
     for moment in moments:
         query_id, query, gt_video, gt_span = _moment_fields(moment)
@@ -233,6 +239,8 @@ def _run_batch(policy, engine, corpus, moments, config: AgentConfig) -> list[Que
                 state.trace.final_ranking = list(record.ranking)
             else:
                 rejected.append((i, state))
+        if progress is not None:
+            progress(len(active) - len(rejected), len(active))
         if not rejected or (turn == config.max_turns and not config.final_refine):
             break
         _refine(policy, engine, items, generation.token_ids, rejected, config)
@@ -242,6 +250,8 @@ def _run_batch(policy, engine, corpus, moments, config: AgentConfig) -> list[Que
     for state in states:
         if not state.trace.final_ranking and state.trace.turns:
             state.trace.final_ranking = list(state.trace.turns[-1].ranking)
+    if progress is not None:
+        progress(sum(not s.done for s in states), 0)  # the queries that rejected every video
     return [s.trace for s in states]
 
 

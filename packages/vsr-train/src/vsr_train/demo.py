@@ -521,6 +521,12 @@ def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float]
     }
     write_json_atomic(settings.out / "summary.json", report)
     (settings.out / "results.md").write_text(table + "\n")
+    from vsr_train.report_html import report_eval_runs
+
+    page = report_eval_runs(
+        settings.out, [p.evals / v.key for v in VARIANTS], sorted(p.plots.glob("*.png")), summary=report
+    )
+    print(f"[demo] what the agent did, query by query: {page}", flush=True)
     print("\n" + table, flush=True)
     print(
         f"\n[demo] results: {settings.out / 'results.md'}, {settings.out / 'summary.json'}, plots in {p.plots}"

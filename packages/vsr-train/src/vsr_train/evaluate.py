@@ -126,7 +126,8 @@ def write_results(
     config: dict[str, Any],
     tokenizer=None,
 ) -> Path:
-    """traces.jsonl, summary.json (summary + per-turn table), results.md and per_turn.png of one run."""
+    """traces.jsonl, summary.json (summary + per-turn table), results.md, per_turn.png and report.html
+    (vsr_train.report_html) of one run."""
     from vsr_model.fileio import atomic_write_text
     from vsr_model.metrics import per_turn_table, summarize
     from vsr_model.protocol import QueryTrace
@@ -145,6 +146,9 @@ def write_results(
     (output / "results.md").write_text(table)
     plot_per_turn(per_turn, output / "per_turn.png", name)
     log.info("results:\n%s", table)
+    from vsr_train.report_html import report_eval_runs
+
+    report_eval_runs(output, [output], [output / "per_turn.png"])
     return output / "summary.json"
 
 
@@ -173,6 +177,24 @@ def derive_shorter_run(
         "derived_from": str(source),
     }
     return write_results(output, name, cut, max_turns, config)
+
+
+def _progress_bar(queries: int, name: str, enabled: bool):
+    """A tqdm bar over queries (with an ETA) that also counts verify turns; feeds run_agent's progress."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=queries, desc=f"eval {name}", unit="query", disable=not enabled, dynamic_ncols=True)
+    turns = 0
+
+    def progress(finished: int, verify_turns: int) -> None:
+        nonlocal turns
+        turns += verify_turns
+        bar.set_postfix(turns=turns, refresh=False)
+        bar.update(finished)
+        if not finished:
+            bar.refresh()
+
+    return bar, progress
 
 
 def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | None:
@@ -208,7 +230,9 @@ def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | N
             f"{len(missing)} ground-truth videos are not in the corpus {cfg.corpus}: {missing[:5]}"
         )
     log.info("rank %d evaluates %d of %d queries", dist.rank, len(shard), len(moments))
-    traces = run_agent(policy, engine, corpus, shard, _agent_config(cfg)) if shard else []
+    bar, progress = _progress_bar(len(shard), cfg.name, enabled=dist.is_main)
+    traces = run_agent(policy, engine, corpus, shard, _agent_config(cfg), progress) if shard else []
+    bar.close()
     shard_file = shard_dir / f"rank-{dist.rank:05d}.jsonl"
     tmp = shard_file.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in traces))

@@ -1,0 +1,648 @@
+"""report.html: one static page that shows what the agent did, query by query.
+
+The page opens with the results table (with confidence intervals when given) and the plots, then
+shows one card per query for a sample of queries: per verify turn a strip of thumbnails of the video
+the agent was shown (labelled with the frames' true timestamps), its rationale, whether its verdict was
+right, the rank of the ground-truth video before and after the refinement that followed, and for a
+`matched` verdict a timeline with the predicted and the ground-truth spans. When the ground-truth video
+was never shown, its strip closes the card. Buttons filter the cards by outcome and a menu by variant
+(plain JavaScript, nothing fetched from a network).
+
+Everything here reads only `QueryTrace` / `TurnTrace` fields and a corpus whose
+`clip(video_id, sampling)` returns frames with their true timestamps (vsr_model.corpus.Corpus).
+Thumbnails are one JPEG strip per video in `report_files/` beside the page; the page plus that folder
+stay under `ReportSettings.max_bytes` (cards beyond the cap are left out, and the page says how many).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import io
+import json
+import logging
+import math
+import re
+import shutil
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from vsr_model.fileio import atomic_directory, atomic_write_text
+from vsr_model.metrics import answer_iou, temporal_iou
+from vsr_model.protocol import QueryTrace, TurnTrace
+from vsr_model.video import FrameSampling, VideoClip
+
+log = logging.getLogger(__name__)
+
+PAGE_NAME = "report.html"
+ASSETS_DIR = "report_files"
+_TEMPLATE = Path(__file__).with_name("report_page.html")
+
+# Outcome tags of a query (the page's filter buttons), in display order: tag -> button label.
+OUTCOMES: dict[str, str] = {
+    "verdict_right": "every verdict right",
+    "verdict_wrong": "a verdict wrong",
+    "recovered": "recovered by refinement",
+    "grounded": "grounded (IoU ≥ 0.5)",
+    "false_accept": "accepted a wrong video",
+    "false_reject": "rejected the right video",
+    "never_shown": "right video never shown",
+    "loose_span": "right video, IoU < 0.5",
+    "unreadable": "unreadable verdict",
+}
+_GOOD = {"verdict_right", "recovered", "grounded"}
+# The sample takes queries round-robin from these groups (a query joins the first group it has a tag
+# of), so successes and each kind of failure all show up in a small sample.
+_SAMPLE_GROUPS = ("grounded", "false_accept", "false_reject", "never_shown", "loose_span", "unreadable")
+
+
+class ClipSource(Protocol):
+    def clip(self, video_id: str, sampling: FrameSampling | None = None) -> VideoClip: ...
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """`max_cards`: query cards per variant (a sample spread over outcomes); `all_of`: an outcome tag
+    (see OUTCOMES) whose every query gets a card in addition; `thumbnails_per_strip` frames per video,
+    `thumbnail_height` pixels high; `max_bytes`: cap on the page plus its thumbnails (cards past it
+    are left out); `columns`: (summary key, label) pairs of the results table (None: the paper's)."""
+
+    max_cards: int = 30
+    all_of: str | None = None
+    thumbnails_per_strip: int = 8
+    thumbnail_height: int = 56
+    max_bytes: int = 8_000_000
+    jpeg_quality: int = 70
+    columns: tuple[tuple[str, str], ...] | None = None
+    title: str = "VideoSearch-R1: what the agent did"
+
+    def __post_init__(self) -> None:
+        if self.max_cards < 0:
+            raise ValueError(f"max_cards must be >= 0, got {self.max_cards}")
+        if self.all_of is not None and self.all_of not in OUTCOMES:
+            raise ValueError(f"unknown outcome {self.all_of!r}; expected one of {sorted(OUTCOMES)}")
+        if self.thumbnails_per_strip < 1 or self.thumbnail_height < 8:
+            raise ValueError("need thumbnails_per_strip >= 1 and thumbnail_height >= 8")
+        if self.max_bytes < 10_000:
+            raise ValueError(f"max_bytes must be >= 10000, got {self.max_bytes}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ValueError(f"jpeg_quality must be in 1..95, got {self.jpeg_quality}")
+
+
+Interval = tuple[float, float]
+
+
+@dataclass
+class ReportVariant:
+    """One evaluated agent variant: its summary metrics, its traces, optional 95% intervals of the
+    metrics (`intervals`: metric -> (low, high)) and of their differences from other variants
+    (`paired_intervals`: baseline key -> metric -> (low, high))."""
+
+    key: str
+    title: str
+    metrics: dict[str, float]
+    traces: list[QueryTrace]
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    paired_intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.key):
+            raise ValueError(f"variant key {self.key!r}: use letters, digits, '_', '.', '-'")
+
+
+# --- what happened in a query ----------------------------------------------------------------------
+
+
+def gt_rank(ranking: Sequence[str], gt_video: str | None, excluded: Sequence[str] = ()) -> str:
+    """Rank of the ground-truth video as shown on a card: "1".."k", "excluded (shown before)" when
+    the engine was told to skip it, "> k" when it is not in the top k, "?" without ground truth."""
+    if gt_video is None:
+        return "?"
+    if gt_video in ranking:
+        return str(list(ranking).index(gt_video) + 1)
+    if gt_video in excluded:
+        return "excluded (shown before)"
+    return f"> {len(ranking)}"
+
+
+def turn_verdict(turn: TurnTrace, gt_video: str | None) -> str:
+    """right / wrong (against the ground truth), unreadable (no verdict parsed), unknown (no truth)."""
+    if turn.parsed.answer is None:
+        return "unreadable"
+    label = turn.label_matched
+    if label is None:
+        if gt_video is None:
+            return "unknown"
+        label = turn.shown_video == gt_video
+    return "right" if turn.parsed.matched == label else "wrong"
+
+
+def query_outcomes(trace: QueryTrace) -> list[str]:
+    """The OUTCOMES tags of one query (empty without ground truth)."""
+    gt = trace.gt_video
+    if gt is None or not trace.turns:
+        return []
+    verdicts = [turn_verdict(t, gt) for t in trace.turns]
+    shown = [t.shown_video for t in trace.turns]
+    tags = {"verdict_right" if all(v == "right" for v in verdicts) else "verdict_wrong"}
+    if shown[0] != gt and gt in shown[1:]:
+        tags.add("recovered")
+    iou = answer_iou(trace) if trace.gt_span is not None else 0.0
+    if iou >= 0.5:
+        tags.add("grounded")
+    answer = trace.answer_video
+    if answer is not None and answer != gt:
+        tags.add("false_accept")
+    if any(t.shown_video == gt and t.parsed.not_matched for t in trace.turns):
+        tags.add("false_reject")
+    if gt not in shown:
+        tags.add("never_shown")
+    if answer == gt and iou < 0.5:
+        tags.add("loose_span")
+    if "unreadable" in verdicts:
+        tags.add("unreadable")
+    return [tag for tag in OUTCOMES if tag in tags]
+
+
+def select_queries(traces: Sequence[QueryTrace], settings: ReportSettings) -> list[int]:
+    """Indices of the queries that get a card, most important first: every query tagged
+    `settings.all_of`, then up to `max_cards` in all taken round-robin over the outcome groups."""
+    tags = [set(query_outcomes(t)) for t in traces]
+    chosen = [i for i, t in enumerate(tags) if settings.all_of in t] if settings.all_of else []
+    taken = set(chosen)
+    groups: dict[str, deque[int]] = {}
+    for i, t in enumerate(tags):
+        if i not in taken:
+            groups.setdefault(next((g for g in _SAMPLE_GROUPS if g in t), "other"), deque()).append(i)
+    queues = [groups[g] for g in (*_SAMPLE_GROUPS, "other") if g in groups]
+    while len(chosen) < settings.max_cards and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < settings.max_cards:
+                chosen.append(queue.popleft())
+    return chosen
+
+
+# --- thumbnails ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Strip:
+    file: str
+    timestamps: tuple[float, ...]
+    thumb_width: int
+    duration: float
+    size: int
+
+
+class _Strips:
+    """One JPEG strip per video, rendered on first use and kept in memory; `write` puts the strips a
+    card used into the staging assets folder once the card is kept."""
+
+    def __init__(self, corpus: ClipSource, settings: ReportSettings, folder: Path):
+        self.corpus, self.settings, self.folder = corpus, settings, folder
+        self.rendered: dict[str, tuple[_Strip, bytes]] = {}
+        self.written: set[str] = set()
+        self.requested: set[str] = set()
+        height = settings.thumbnail_height
+        # Decode small (about twice the thumbnail) and exactly N frames spread over the video.
+        self.sampling = FrameSampling(
+            fps=1000.0,
+            max_frames=settings.thumbnails_per_strip,
+            min_frames=settings.thumbnails_per_strip,
+            max_pixels=max(64, 8 * height * height),
+        )
+
+    def get(self, video_id: str) -> _Strip:
+        if video_id not in self.rendered:
+            self.rendered[video_id] = self._render(video_id)
+        self.requested.add(video_id)
+        return self.rendered[video_id][0]
+
+    def pending_bytes(self) -> int:
+        """Bytes the strips requested since the last `write` or `drop` would add."""
+        return sum(self.rendered[v][0].size for v in self.requested - self.written)
+
+    def write(self) -> None:
+        for video_id in sorted(self.requested - self.written):
+            strip, data = self.rendered[video_id]
+            (self.folder / strip.file).write_bytes(data)
+            self.written.add(video_id)
+        self.requested.clear()
+
+    def drop(self) -> None:
+        self.requested.clear()
+
+    def _render(self, video_id: str) -> tuple[_Strip, bytes]:
+        from PIL import Image
+
+        try:
+            clip = self.corpus.clip(video_id, self.sampling)
+        except KeyError as exc:
+            raise ValueError(f"video {video_id!r} of a trace is not in the report's corpus") from exc
+        height = self.settings.thumbnail_height
+        frames = np.asarray(clip.frames)
+        width = max(8, round(frames.shape[2] * height / frames.shape[1]))
+        thumbs = [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
+        buffer = io.BytesIO()
+        Image.fromarray(np.concatenate(thumbs, axis=1)).save(
+            buffer, "JPEG", quality=self.settings.jpeg_quality
+        )
+        slug = re.sub(r"[^A-Za-z0-9_-]", "_", video_id)[:40]
+        digest = hashlib.sha1(video_id.encode()).hexdigest()[:8]
+        data = buffer.getvalue()
+        strip = _Strip(
+            f"{slug}-{digest}.jpg",
+            tuple(float(t) for t in clip.timestamps),
+            width,
+            float(clip.duration),
+            len(data),
+        )
+        return strip, data
+
+
+# --- HTML ------------------------------------------------------------------------------------------
+
+_e = html.escape
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _span_text(span: Sequence[float] | None) -> str:
+    return "none" if span is None else f"{_seconds(span[0])}–{_seconds(span[1])} s"
+
+
+def _strip_html(strip: _Strip, assets: str, gt_span: Interval | None) -> str:
+    stamps = "".join(
+        f'<span style="width:{strip.thumb_width}px"'
+        + (' class="in-gt"' if gt_span is not None and gt_span[0] <= t <= gt_span[1] else "")
+        + f">{_seconds(t)}s</span>"
+        for t in strip.timestamps
+    )
+    alt = f"frames at {', '.join(_seconds(t) for t in strip.timestamps)} s"
+    return (
+        f'<div class="strip"><img src="{_e(assets)}/{_e(strip.file)}" alt="{_e(alt)}">'
+        f'<div class="stamps">{stamps}</div></div>'
+    )
+
+
+def _timeline(strip: _Strip, predicted: Interval | None, gt_span: Interval | None) -> str:
+    """Spans on a bar as wide as the strip above it (thumbnail i sits at the centre of time bin i)."""
+    duration = strip.duration
+
+    def bar(span: Interval, css: str) -> str:
+        left = min(max(span[0] / duration, 0.0), 1.0)
+        width = max(min(max(span[1] / duration, 0.0), 1.0) - left, 0.004)
+        return f'<div class="span {css}" style="left:{100 * left:.2f}%;width:{100 * width:.2f}%"></div>'
+
+    bars = (bar(gt_span, "gt") if gt_span else "") + (bar(predicted, "pred") if predicted else "")
+    legend = [f"video 0–{_seconds(duration)} s"]
+    if gt_span is not None:
+        legend.append(f'<span class="gt-key">ground truth</span> {_span_text(gt_span)}')
+    if predicted is not None:
+        legend.append(f'<span class="pred-key">predicted</span> {_span_text(predicted)}')
+    if gt_span is not None and predicted is not None:
+        legend.append(f"IoU {temporal_iou(predicted, gt_span):.2f}")
+    width = strip.thumb_width * len(strip.timestamps)
+    return (
+        f'<div class="timeline" style="width:{width}px">{bars}</div>'
+        f'<div class="timeline-legend">{" · ".join(legend)}</div>'
+    )
+
+
+def _refinement(turn: TurnTrace) -> str:
+    if turn.rewritten_query:
+        return f"rewritten query: “{_e(turn.rewritten_query)}”"
+    if turn.refinement_tokens:
+        return f"soft refinement ({turn.refinement_tokens} latent tokens)"
+    return "searched again with the query unchanged"
+
+
+def _turn_html(trace: QueryTrace, index: int, strips: _Strips, assets: str) -> str:
+    turn, gt = trace.turns[index], trace.gt_video
+    before_shown = [t.shown_video for t in trace.turns[:index]]
+    verdict = turn_verdict(turn, gt)
+    css = (
+        "verdict-right"
+        if verdict == "right"
+        else "verdict-unknown"
+        if verdict == "unknown"
+        else "verdict-wrong"
+    )
+    verdict = "wrong: no verdict parsed" if verdict == "unreadable" else verdict
+    head = [
+        f"<b>Turn {turn.turn}</b>",
+        f"shown <code>{_e(turn.shown_video)}</code>",
+        f"ground truth ranked {_e(gt_rank(turn.ranking, gt, before_shown))}",
+        f'answer <b>{_e(turn.parsed.answer or "none")}</b> <span class="{css}">({verdict})</span>',
+    ]
+    last = index == len(trace.turns) - 1
+    after = trace.turns[index + 1].ranking if not last else trace.final_ranking
+    refined = not turn.parsed.matched and not (last and list(after) == list(turn.ranking))
+    tail = ""
+    if refined:
+        rank = gt_rank(after, gt, [*before_shown, turn.shown_video])
+        tail = f'<div class="meta">then {_refinement(turn)}; ground truth ranked {_e(rank)} after it</div>'
+    on_gt = turn.shown_video == gt
+    strip = strips.get(turn.shown_video)
+    parts = [
+        f'<div class="turn-head">{" · ".join(head)}</div>',
+        _strip_html(strip, assets, trace.gt_span if on_gt else None),
+    ]
+    if turn.parsed.think:
+        parts.append(f'<p class="think">{_e(turn.parsed.think[:1200])}</p>')
+    if turn.parsed.matched:
+        parts.append(_timeline(strip, turn.parsed.span, trace.gt_span if on_gt else None))
+        if not on_gt:
+            parts.append('<div class="meta">a wrong video: no ground-truth span on it</div>')
+    problems = "; ".join(turn.parsed.problems)
+    parts.append(
+        "<details><summary>raw response"
+        + (f" (problems: {_e(problems)})" if problems else "")
+        + f"</summary><pre>{_e(turn.response[:3000])}</pre></details>"
+    )
+    return '<section class="turn">' + "".join(parts) + tail + "</section>"
+
+
+def _card_html(variant: ReportVariant, trace: QueryTrace, strips: _Strips, assets: str) -> str:
+    tags = query_outcomes(trace)
+    badges = "".join(
+        f'<span class="tag {"good" if t in _GOOD else "bad"}">{_e(OUTCOMES[t])}</span>' for t in tags
+    )
+    gt = trace.gt_video
+    iou = answer_iou(trace) if gt is not None and trace.gt_span is not None else 0.0
+    answer = (
+        f"answer <code>{_e(trace.answer_video)}</code> {_span_text(trace.answer_span)}, IoU {iou:.2f}"
+        if trace.answer_video is not None
+        else "no answer (every turn rejected)"
+    )
+    parts = [
+        f'<div class="meta">{_e(variant.title)} · query <code>{_e(trace.query_id)}</code> · {answer}</div>',
+        f"<h3>{_e(trace.query)}</h3>",
+        f"<div>{badges}</div>",
+        f'<div class="meta">ground truth: <code>{_e(gt or "unknown")}</code> {_span_text(trace.gt_span)}</div>',
+    ]
+    parts += [_turn_html(trace, i, strips, assets) for i in range(len(trace.turns))]
+    if gt is not None and gt not in {t.shown_video for t in trace.turns}:
+        strip = strips.get(gt)
+        rank = gt_rank(trace.final_ranking, gt, [t.shown_video for t in trace.turns])
+        parts.append(
+            '<section class="gt-video"><div class="turn-head"><b>The ground-truth video</b> '
+            f"<code>{_e(gt)}</code>, never shown (final ranking: {_e(rank)})</div>"
+            + _strip_html(strip, assets, trace.gt_span)
+            + (_timeline(strip, None, trace.gt_span) if trace.gt_span else "")
+            + "</section>"
+        )
+    return (
+        f'<article class="card" id="{_e(variant.key)}-{_e(_anchor(trace.query_id))}" '
+        f'data-variant="{_e(variant.key)}" data-tags="{_e(" ".join(tags))}">' + "".join(parts) + "</article>"
+    )
+
+
+def _anchor(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def _cell(value: Any, interval: Sequence[float] | None, signed: bool = False) -> str:
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    text = "n/a" if value is None or not math.isfinite(float(value)) else fmt.format(float(value))
+    if interval is not None:
+        text += f'<span class="ci">[{fmt.format(interval[0])}, {fmt.format(interval[1])}]</span>'
+    return f"<td>{text}</td>"
+
+
+def _results_html(variants: Sequence[ReportVariant], columns: Sequence[tuple[str, str]]) -> str:
+    head = "<tr><th>Variant</th>" + "".join(f"<th>{_e(label)}</th>" for _, label in columns) + "</tr>"
+    rows = [
+        f"<tr><td>{_e(v.title)}</td>"
+        + "".join(_cell(v.metrics.get(k), v.intervals.get(k)) for k, _ in columns)
+        + "</tr>"
+        for v in variants
+    ]
+    out = "<h2>Results</h2><table>" + head + "".join(rows) + "</table>"
+    if any(v.intervals for v in variants):
+        out += '<p class="note">Below each value: its 95% confidence interval.</p>'
+    by_key = {v.key: v for v in variants}
+    rows = []
+    for v in variants:
+        for base_key, intervals in v.paired_intervals.items():
+            base = by_key.get(base_key)
+            diffs = [
+                v.metrics[k] - base.metrics[k] if base and k in base.metrics and k in v.metrics else None
+                for k, _ in columns
+            ]
+            cells = "".join(
+                _cell(d, intervals.get(k), True) for d, (k, _) in zip(diffs, columns, strict=True)
+            )
+            title = base.title if base else base_key
+            rows.append(f"<tr><td>{_e(v.title)} − {_e(title)}</td>{cells}</tr>")
+    if rows:
+        out += "<h3>Differences, with 95% paired intervals</h3><table>" + head + "".join(rows) + "</table>"
+    return out
+
+
+def _outcome_table(variants: Sequence[ReportVariant]) -> str:
+    head = "<tr><th>Variant</th><th>queries</th>" + "".join(f"<th>{_e(v)}</th>" for v in OUTCOMES.values())
+    rows = []
+    for v in variants:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for trace in v.traces:
+            for tag in query_outcomes(trace):
+                counts[tag] += 1
+        cells = "".join(f"<td>{counts[t]}</td>" for t in OUTCOMES)
+        rows.append(f"<tr><td>{_e(v.title)}</td><td>{len(v.traces)}</td>{cells}</tr>")
+    return "<h2>Outcomes over all queries</h2><table>" + head + "</tr>" + "".join(rows) + "</table>"
+
+
+def _filters_html(variants: Sequence[ReportVariant]) -> str:
+    options = '<option value="all">all variants</option>' + "".join(
+        f'<option value="{_e(v.key)}">{_e(v.title)}</option>' for v in variants
+    )
+    buttons = '<button type="button" data-outcome="all">all</button>' + "".join(
+        f'<button type="button" data-outcome="{t}">{_e(label)}</button>' for t, label in OUTCOMES.items()
+    )
+    return (
+        f'<div class="filters"><label>Variant <select id="variant-filter">{options}</select></label> '
+        f'{buttons} <span id="shown-count" class="note"></span></div>'
+    )
+
+
+def _check_videos(variants: Sequence[ReportVariant], corpus: ClipSource) -> None:
+    """Every shown and every ground-truth video must be in the corpus: fail before writing anything."""
+    if not hasattr(corpus, "__contains__"):
+        return
+    for variant in variants:
+        for trace in variant.traces:
+            for video in [*(t.shown_video for t in trace.turns), trace.gt_video]:
+                if video is not None and video not in corpus:  # type: ignore[operator]
+                    raise ValueError(
+                        f"variant {variant.key!r}, query {trace.query_id!r}: video {video!r} is not in "
+                        "the report's corpus"
+                    )
+
+
+def _plot_sources(plots: Sequence[Path], out_dir: Path) -> list[tuple[Path, str | None]]:
+    """(plot, path relative to the page) for plots inside out_dir; (plot, None) for those to copy."""
+    out: list[tuple[Path, str | None]] = []
+    for plot in plots:
+        plot = Path(plot)
+        if not plot.is_file():
+            raise FileNotFoundError(f"plot not found: {plot}")
+        try:
+            out.append((plot, plot.resolve().relative_to(out_dir.resolve()).as_posix()))
+        except ValueError:
+            out.append((plot, None))
+    return out
+
+
+def write_html_report(
+    out_dir: Path,
+    variants: Sequence[ReportVariant],
+    plots: Sequence[Path],
+    corpus: ClipSource,
+    settings: ReportSettings | None = None,
+) -> Path:
+    """Write out_dir/report.html and its thumbnails (out_dir/report_files/); return the page's path.
+
+    Plots inside out_dir are linked where they are, others are copied beside the thumbnails. Cards are
+    added in order of importance (each variant's first card, then each one's second, ...) until the
+    page and its files would pass `settings.max_bytes`."""
+    settings = settings or ReportSettings()
+    out_dir = Path(out_dir)
+    if not variants:
+        raise ValueError("a report needs at least one variant")
+    keys = [v.key for v in variants]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate variant keys: {keys}")
+    _check_videos(variants, corpus)
+    columns = settings.columns
+    if columns is None:
+        from vsr_train.evaluate import PAPER_COLUMNS
+
+        columns = PAPER_COLUMNS
+    template = _TEMPLATE.read_text(encoding="utf-8")
+    with atomic_directory(out_dir / ASSETS_DIR) as staging:
+        staging.chmod(0o755)  # a temporary folder starts private; the page's readers need it
+        images = []
+        for plot, rel in _plot_sources(plots, out_dir):
+            if rel is None:
+                rel = f"{ASSETS_DIR}/plot-{len(images)}-{plot.name}"
+                shutil.copyfile(plot, staging / Path(rel).name)
+            images.append(f'<img src="{_e(rel)}" alt="{_e(plot.stem)}">')
+        head = (
+            f"<h1>{_e(settings.title)}</h1>"
+            + _results_html(variants, columns)
+            + (f'<div class="plots">{"".join(images)}</div>' if images else "")
+            + _outcome_table(variants)
+        )
+        used = (
+            len(template.encode())
+            + len(head.encode())
+            + 4096
+            + sum((staging / Path(p).name).stat().st_size for p in staging.iterdir())
+        )
+        strips = _Strips(corpus, settings, staging)
+        picks = [select_queries(v.traces, settings) for v in variants]
+        kept: dict[tuple[int, int], str] = {}
+        order = sorted((rank, vi) for vi, pick in enumerate(picks) for rank in range(len(pick)))
+        for rank, vi in order:
+            variant = variants[vi]
+            card = _card_html(variant, variant.traces[picks[vi][rank]], strips, ASSETS_DIR)
+            cost = len(card.encode()) + strips.pending_bytes()
+            if used + cost > settings.max_bytes:
+                strips.drop()
+                break
+            strips.write()
+            used += cost
+            kept[(vi, picks[vi][rank])] = card
+        wanted = sum(len(p) for p in picks)
+        if len(kept) < wanted:
+            log.warning(
+                "report: %d of %d cards left out to stay under %d bytes",
+                wanted - len(kept),
+                wanted,
+                settings.max_bytes,
+            )
+        cards = [kept[key] for key in sorted(kept)]  # variant by variant, in query order
+        total = sum(len(v.traces) for v in variants)
+        note = (
+            f'<p class="note">{len(cards)} cards for {total} queries over {len(variants)} variants '
+            f"(a sample of up to {settings.max_cards} per variant spread over the outcomes"
+            + (f", plus every query tagged “{_e(OUTCOMES[settings.all_of])}”" if settings.all_of else "")
+            + (f"; {wanted - len(kept)} left out for the size cap" if len(kept) < wanted else "")
+            + "). Thumbnails are labelled with their true timestamps; green ones lie in the ground-truth span."
+            + " Regenerate with other settings: <code>vsr report --help</code>.</p>"
+        )
+        body = head + "<h2>Queries</h2>" + note + _filters_html(variants) + "".join(cards)
+        page = template.replace("{{TITLE}}", _e(settings.title)).replace("{{BODY}}", body)
+    path = atomic_write_text(out_dir / PAGE_NAME, page)
+    log.info("report: %s (%d cards, %d thumbnail strips)", path, len(cards), len(strips.written))
+    return path
+
+
+# --- evaluation folders ----------------------------------------------------------------------------
+
+
+def _intervals(mapping: Any, where: str) -> dict[str, Interval]:
+    if not mapping:
+        return {}
+    out = {}
+    for metric, pair in dict(mapping).items():
+        if not (isinstance(pair, Sequence) and len(pair) == 2):
+            raise ValueError(f"{where}: interval of {metric!r} is not [low, high]: {pair!r}")
+        out[str(metric)] = (float(pair[0]), float(pair[1]))
+    return out
+
+
+def load_eval_variant(eval_dir: Path, key: str | None = None, summary: dict | None = None) -> ReportVariant:
+    """A ReportVariant from a `vsr eval` folder (summary.json + traces.jsonl). `key` defaults to the
+    folder's name. Intervals come from `summary` (a demo's summary.json: `ci.<key>.<metric>` and
+    `paired_ci.<key>__vs__<baseline>.<metric>`, each [low, high]) or from the run's own `ci`."""
+    eval_dir = Path(eval_dir)
+    summary_file, traces_file = eval_dir / "summary.json", eval_dir / "traces.jsonl"
+    for f in (summary_file, traces_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{eval_dir} is not a finished evaluation: {f.name} is missing")
+    run = json.loads(summary_file.read_text())
+    key = key or eval_dir.name
+    lines = traces_file.read_text().splitlines()
+    traces = [QueryTrace.from_dict(json.loads(line)) for line in lines if line.strip()]
+    summary = summary or {}
+    intervals = _intervals(summary.get("ci", {}).get(key) or run.get("ci"), str(summary_file))
+    paired = {}
+    for name, values in (summary.get("paired_ci") or {}).items():
+        variant, _, base = name.partition("__vs__")
+        if variant == key and base:
+            paired[base] = _intervals(values, f"paired_ci.{name}")
+    return ReportVariant(key, run.get("name", key), dict(run["summary"]), traces, intervals, paired)
+
+
+def corpus_of(eval_dir: Path):
+    """The corpus a `vsr eval` run searched (its config's `corpus` and `corpus_split`)."""
+    from vsr_model.corpus import Corpus
+
+    config = json.loads((Path(eval_dir) / "summary.json").read_text()).get("config", {})
+    if not config.get("corpus"):
+        raise ValueError(f"{eval_dir}/summary.json names no corpus; cannot draw thumbnails")
+    return Corpus.from_jsonl(config["corpus"], split=config.get("corpus_split"))
+
+
+def report_eval_runs(
+    out_dir: Path,
+    eval_dirs: Sequence[Path],
+    plots: Sequence[Path] = (),
+    settings: ReportSettings | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """write_html_report for `vsr eval` folders (one variant each, keyed by folder name), drawing
+    thumbnails from the corpus the first one searched; `summary`: see load_eval_variant."""
+    if not eval_dirs:
+        raise ValueError("no evaluation folders to report on")
+    variants = [load_eval_variant(d, summary=summary) for d in eval_dirs]
+    return write_html_report(Path(out_dir), variants, plots, corpus_of(eval_dirs[0]), settings)
