@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pytest
 
+from vsr_index.cli import main
 from vsr_model.corpus import Corpus
 from vsr_model.protocol import QueryTrace, TurnTrace, format_response, parse_response
 from vsr_model.video import VideoClip, write_video
@@ -16,7 +18,9 @@ from vsr_train.report_html import (
     ReportSettings,
     ReportVariant,
     gt_rank,
+    load_eval_variant,
     query_outcomes,
+    report_eval_runs,
     select_queries,
     turn_verdict,
     write_html_report,
@@ -229,3 +233,51 @@ def test_thumbnails_carry_the_decoded_frames_true_times(tmp_path):
     # Bins of 1.5 s over the 6 s video; their centres fall on frames starting at 0.7, 2.2, 3.7, 5.2 s.
     stamps = re.findall(r'<span style="width:\d+px"( class="in-gt")?>([\d.]+)s</span>', page)
     assert stamps == [("", "0.7"), (' class="in-gt"', "2.2"), (' class="in-gt"', "3.7"), ("", "5.2")]
+
+
+def _eval_folder(folder, name, traces, corpus_file):
+    folder.mkdir(parents=True)
+    (folder / "traces.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in traces))
+    summary = {"vcmr_r1_iou0.5": 25.0}
+    config = {"corpus": str(corpus_file), "corpus_split": "test"}
+    (folder / "summary.json").write_text(json.dumps({"name": name, "summary": summary, "config": config}))
+    return folder
+
+
+def test_eval_folders_and_the_vsr_report_command(tmp_path):
+    """`vsr eval` folders -> variants keyed by folder, intervals from a demo summary, thumbnails from
+    the run's own corpus; `vsr report --all-of` shows every query of that kind."""
+    rows = []
+    for vid in ALL_IDS:
+        write_video(tmp_path / "videos" / f"{vid}.mp4", np.zeros((20, 48, 64, 3), np.uint8), fps=10)
+        rows.append({"video_id": vid, "path": f"videos/{vid}.mp4", "split": "test"})
+    corpus_file = tmp_path / "videos.jsonl"
+    corpus_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    many = [false_accept() for _ in range(3)]
+    for i, t in enumerate(many):
+        t.query_id = f"fa{i}"
+    sqr = _eval_folder(
+        tmp_path / "demo" / "eval" / "sqr_2", "SQR, 2 turns", [recovered(), *many], corpus_file
+    )
+    single = _eval_folder(
+        tmp_path / "demo" / "eval" / "single_shot", "Single shot", [false_reject()], corpus_file
+    )
+    demo = {
+        "results": {"single_shot": {}, "sqr_2": {}},
+        "paired_ci": {"sqr_2__vs__single_shot": {"vcmr_r1_iou0.5": [-1.5, 12.0]}, "bad": "shape"},
+    }
+    variant = load_eval_variant(sqr, summary=demo)
+    assert (variant.key, variant.title, len(variant.traces)) == ("sqr_2", "SQR, 2 turns", 4)
+    assert variant.paired_intervals == {"single_shot": {"vcmr_r1_iou0.5": (-1.5, 12.0)}}
+    page = report_eval_runs(tmp_path / "demo", [single, sqr], [], summary=demo).read_text()
+    assert "SQR, 2 turns − Single shot" in page and "[-1.5, +12.0]" in page
+    assert len(_cards(page)) == 5
+
+    (tmp_path / "demo" / "summary.json").write_text(json.dumps(demo))
+    argv = ["report", str(tmp_path / "demo"), "--max-cards", "1", "--all-of", "false_accept"]
+    assert main(argv) == 0
+    cards = _cards((tmp_path / "demo" / "report.html").read_text())
+    # single shot: its one sampled card; SQR: every false accept (3), nothing else past max_cards.
+    assert [c[0] for c in cards] == ["single_shot-fr", "sqr_2-fa0", "sqr_2-fa1", "sqr_2-fa2"]
+    with pytest.raises(FileNotFoundError, match=r"not a finished evaluation: summary\.json is missing"):
+        load_eval_variant(tmp_path / "videos")

@@ -411,7 +411,8 @@ def _anchor(text: str) -> str:
 
 def _cell(value: Any, interval: Sequence[float] | None, signed: bool = False) -> str:
     fmt = "{:+.1f}" if signed else "{:.1f}"
-    text = "n/a" if value is None or not math.isfinite(float(value)) else fmt.format(float(value))
+    number = isinstance(value, int | float) and math.isfinite(value)
+    text = fmt.format(float(value)) if number else "n/a"
     if interval is not None:
         text += f'<span class="ci">[{fmt.format(interval[0])}, {fmt.format(interval[1])}]</span>'
     return f"<td>{text}</td>"
@@ -487,18 +488,39 @@ def _check_videos(variants: Sequence[ReportVariant], corpus: ClipSource) -> None
                     )
 
 
-def _plot_sources(plots: Sequence[Path], out_dir: Path) -> list[tuple[Path, str | None]]:
-    """(plot, path relative to the page) for plots inside out_dir; (plot, None) for those to copy."""
-    out: list[tuple[Path, str | None]] = []
-    for plot in plots:
-        plot = Path(plot)
+def _plots_html(plots: Sequence[Path], out_dir: Path, staging: Path) -> str:
+    """Plots inside out_dir are linked where they are; others are copied into the assets folder."""
+    images = []
+    for i, plot in enumerate(map(Path, plots)):
         if not plot.is_file():
             raise FileNotFoundError(f"plot not found: {plot}")
         try:
-            out.append((plot, plot.resolve().relative_to(out_dir.resolve()).as_posix()))
+            src = plot.resolve().relative_to(out_dir.resolve()).as_posix()
         except ValueError:
-            out.append((plot, None))
-    return out
+            src = f"{ASSETS_DIR}/plot-{i}-{plot.name}"
+            shutil.copyfile(plot, staging / Path(src).name)
+        images.append(f'<img src="{_e(src)}" alt="{_e(plot.stem)}">')
+    return f'<div class="plots">{"".join(images)}</div>' if images else ""
+
+
+def _cards_within(
+    variants: Sequence[ReportVariant], strips: _Strips, budget: int, settings
+) -> tuple[list[str], int]:
+    """The cards that fit in `budget` bytes (with their new thumbnails), taken in order of importance
+    (every variant's first card, then every second one, ...), listed variant by variant in query
+    order; and how many were left out."""
+    picks = [select_queries(v.traces, settings) for v in variants]
+    kept: dict[tuple[int, int], str] = {}
+    for rank, vi in sorted((rank, vi) for vi, pick in enumerate(picks) for rank in range(len(pick))):
+        card = _card_html(variants[vi], variants[vi].traces[picks[vi][rank]], strips, ASSETS_DIR)
+        cost = len(card.encode()) + strips.pending_bytes()
+        if cost > budget:
+            strips.drop()
+            break
+        strips.write()
+        budget -= cost
+        kept[(vi, picks[vi][rank])] = card
+    return [kept[key] for key in sorted(kept)], sum(map(len, picks)) - len(kept)
 
 
 def write_html_report(
@@ -511,8 +533,7 @@ def write_html_report(
     """Write out_dir/report.html and its thumbnails (out_dir/report_files/); return the page's path.
 
     Plots inside out_dir are linked where they are, others are copied beside the thumbnails. Cards are
-    added in order of importance (each variant's first card, then each one's second, ...) until the
-    page and its files would pass `settings.max_bytes`."""
+    added in order of importance until the page and its files would pass `settings.max_bytes`."""
     settings = settings or ReportSettings()
     out_dir = Path(out_dir)
     if not variants:
@@ -529,57 +550,28 @@ def write_html_report(
     template = _TEMPLATE.read_text(encoding="utf-8")
     with atomic_directory(out_dir / ASSETS_DIR) as staging:
         staging.chmod(0o755)  # a temporary folder starts private; the page's readers need it
-        images = []
-        for plot, rel in _plot_sources(plots, out_dir):
-            if rel is None:
-                rel = f"{ASSETS_DIR}/plot-{len(images)}-{plot.name}"
-                shutil.copyfile(plot, staging / Path(rel).name)
-            images.append(f'<img src="{_e(rel)}" alt="{_e(plot.stem)}">')
         head = (
             f"<h1>{_e(settings.title)}</h1>"
             + _results_html(variants, columns)
-            + (f'<div class="plots">{"".join(images)}</div>' if images else "")
+            + _plots_html(plots, out_dir, staging)
             + _outcome_table(variants)
         )
-        used = (
-            len(template.encode())
-            + len(head.encode())
-            + 4096
-            + sum((staging / Path(p).name).stat().st_size for p in staging.iterdir())
-        )
+        filters = _filters_html(variants)
+        fixed = len((template + head + filters).encode()) + 1024  # 1 KB: the note above the cards
+        fixed += sum(f.stat().st_size for f in staging.iterdir())
         strips = _Strips(corpus, settings, staging)
-        picks = [select_queries(v.traces, settings) for v in variants]
-        kept: dict[tuple[int, int], str] = {}
-        order = sorted((rank, vi) for vi, pick in enumerate(picks) for rank in range(len(pick)))
-        for rank, vi in order:
-            variant = variants[vi]
-            card = _card_html(variant, variant.traces[picks[vi][rank]], strips, ASSETS_DIR)
-            cost = len(card.encode()) + strips.pending_bytes()
-            if used + cost > settings.max_bytes:
-                strips.drop()
-                break
-            strips.write()
-            used += cost
-            kept[(vi, picks[vi][rank])] = card
-        wanted = sum(len(p) for p in picks)
-        if len(kept) < wanted:
-            log.warning(
-                "report: %d of %d cards left out to stay under %d bytes",
-                wanted - len(kept),
-                wanted,
-                settings.max_bytes,
-            )
-        cards = [kept[key] for key in sorted(kept)]  # variant by variant, in query order
-        total = sum(len(v.traces) for v in variants)
+        cards, left_out = _cards_within(variants, strips, settings.max_bytes - fixed, settings)
+        if left_out:
+            log.warning("report: %d cards left out to stay under %d bytes", left_out, settings.max_bytes)
         note = (
-            f'<p class="note">{len(cards)} cards for {total} queries over {len(variants)} variants '
-            f"(a sample of up to {settings.max_cards} per variant spread over the outcomes"
+            f'<p class="note">{len(cards)} cards for {sum(len(v.traces) for v in variants)} queries over '
+            f"{len(variants)} variants (a sample of up to {settings.max_cards} per variant spread over the outcomes"
             + (f", plus every query tagged “{_e(OUTCOMES[settings.all_of])}”" if settings.all_of else "")
-            + (f"; {wanted - len(kept)} left out for the size cap" if len(kept) < wanted else "")
+            + (f"; {left_out} left out for the size cap" if left_out else "")
             + "). Thumbnails are labelled with their true timestamps; green ones lie in the ground-truth span."
             + " Regenerate with other settings: <code>vsr report --help</code>.</p>"
         )
-        body = head + "<h2>Queries</h2>" + note + _filters_html(variants) + "".join(cards)
+        body = head + "<h2>Queries</h2>" + note + filters + "".join(cards)
         page = template.replace("{{TITLE}}", _e(settings.title)).replace("{{BODY}}", body)
     path = atomic_write_text(out_dir / PAGE_NAME, page)
     log.info("report: %s (%d cards, %d thumbnail strips)", path, len(cards), len(strips.written))
@@ -590,13 +582,19 @@ def write_html_report(
 
 
 def _intervals(mapping: Any, where: str) -> dict[str, Interval]:
-    if not mapping:
-        return {}
-    out = {}
-    for metric, pair in dict(mapping).items():
-        if not (isinstance(pair, Sequence) and len(pair) == 2):
-            raise ValueError(f"{where}: interval of {metric!r} is not [low, high]: {pair!r}")
-        out[str(metric)] = (float(pair[0]), float(pair[1]))
+    """metric -> (low, high) from a {metric: [low, high]} mapping; anything else is left out, loudly."""
+    out: dict[str, Interval] = {}
+    for metric, pair in (mapping if isinstance(mapping, dict) else {}).items():
+        if (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(v, int | float) for v in pair)
+        ):
+            out[str(metric)] = (float(pair[0]), float(pair[1]))
+        else:
+            log.warning("report: %s: interval of %r is not [low, high] (%r); not shown", where, metric, pair)
+    if mapping and not isinstance(mapping, dict):
+        log.warning("report: %s: intervals are not a {metric: [low, high]} mapping; not shown", where)
     return out
 
 
@@ -610,13 +608,15 @@ def load_eval_variant(eval_dir: Path, key: str | None = None, summary: dict | No
         if not f.is_file():
             raise FileNotFoundError(f"{eval_dir} is not a finished evaluation: {f.name} is missing")
     run = json.loads(summary_file.read_text())
-    key = key or eval_dir.name
+    key = key or re.sub(r"[^A-Za-z0-9_.-]", "_", eval_dir.name)
     lines = traces_file.read_text().splitlines()
     traces = [QueryTrace.from_dict(json.loads(line)) for line in lines if line.strip()]
     summary = summary or {}
-    intervals = _intervals(summary.get("ci", {}).get(key) or run.get("ci"), str(summary_file))
+    ci = summary.get("ci")
+    intervals = _intervals(ci.get(key) if isinstance(ci, dict) else run.get("ci"), str(summary_file))
     paired = {}
-    for name, values in (summary.get("paired_ci") or {}).items():
+    paired_ci = summary.get("paired_ci")
+    for name, values in (paired_ci if isinstance(paired_ci, dict) else {}).items():
         variant, _, base = name.partition("__vs__")
         if variant == key and base:
             paired[base] = _intervals(values, f"paired_ci.{name}")
