@@ -48,6 +48,7 @@ def test_eval_writes_every_artifact(tmp_path):
     assert summary["summary"]["generated_tokens_per_query"] > 0
     assert (out / "results.md").read_text().startswith("| Method |")
     assert (out / "per_turn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.html").read_text().count('<article class="card"') == 3
 
     # Shorter runs cut from this one's traces: the single-shot agent and SQR with one turn.
     single = json.loads(

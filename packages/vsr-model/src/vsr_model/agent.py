@@ -172,12 +172,13 @@ def run_agent(
     corpus: Corpus,
     moments: Sequence[Any],
     config: AgentConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> list[QueryTrace]:
     """Run the loop over `moments` (records with query_id, query and, for scoring, video_id/start/end).
 
-    `progress(queries, turns)`, for a progress bar, is called after every verify turn with the number
-    of queries finished and of verify turns run since its previous call."""
+    `progress(turn, verified, finished)`, for a progress bar, is called after each verify turn of each
+    batch: `verified` queries were verified at turn `turn`, and `finished` of them end there (those
+    that matched; at the last turn, all of them)."""
     if config.refinement is RefinementMode.SOFT:
         check_engine_dims(policy.sqr, engine)
     traces: list[QueryTrace] = []
@@ -240,7 +241,9 @@ def _run_batch(policy, engine, corpus, moments, config: AgentConfig, progress=No
             else:
                 rejected.append((i, state))
         if progress is not None:
-            progress(len(active) - len(rejected), len(active))
+            progress(
+                turn, len(active), len(active) if turn == config.max_turns else len(active) - len(rejected)
+            )
         if not rejected or (turn == config.max_turns and not config.final_refine):
             break
         _refine(policy, engine, items, generation.token_ids, rejected, config)
@@ -250,8 +253,6 @@ def _run_batch(policy, engine, corpus, moments, config: AgentConfig, progress=No
     for state in states:
         if not state.trace.final_ranking and state.trace.turns:
             state.trace.final_ranking = list(state.trace.turns[-1].ranking)
-    if progress is not None:
-        progress(sum(not s.done for s in states), 0)  # the queries that rejected every video
     return [s.trace for s in states]
 
 

@@ -179,20 +179,27 @@ def derive_shorter_run(
     return write_results(output, name, cut, max_turns, config)
 
 
-def _progress_bar(queries: int, name: str, enabled: bool):
-    """A tqdm bar over queries (with an ETA) that also counts verify turns; feeds run_agent's progress."""
+def _progress_bar(queries: int, max_turns: int, name: str, enabled: bool):
+    """A tqdm bar with an ETA for run_agent's `progress`: it advances by one of a query's `max_turns`
+    slots per verify turn, and by all its remaining slots when the query ends early."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=queries, desc=f"eval {name}", unit="query", disable=not enabled, dynamic_ncols=True)
-    turns = 0
+    bar = tqdm(
+        total=queries * max_turns,
+        desc=f"eval {name}: queries 0/{queries}",
+        disable=not enabled,
+        dynamic_ncols=True,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    )
+    done = {"queries": 0, "turns": 0}
 
-    def progress(finished: int, verify_turns: int) -> None:
-        nonlocal turns
-        turns += verify_turns
-        bar.set_postfix(turns=turns, refresh=False)
-        bar.update(finished)
-        if not finished:
-            bar.refresh()
+    def progress(turn: int, verified: int, finished: int) -> None:
+        done["queries"] += finished
+        done["turns"] += verified
+        bar.set_description_str(
+            f"eval {name}: queries {done['queries']}/{queries}, verify turns {done['turns']}", refresh=False
+        )
+        bar.update(verified + finished * (max_turns - turn))
 
     return bar, progress
 
@@ -230,7 +237,7 @@ def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | N
             f"{len(missing)} ground-truth videos are not in the corpus {cfg.corpus}: {missing[:5]}"
         )
     log.info("rank %d evaluates %d of %d queries", dist.rank, len(shard), len(moments))
-    bar, progress = _progress_bar(len(shard), cfg.name, enabled=dist.is_main)
+    bar, progress = _progress_bar(len(shard), cfg.max_turns, cfg.name, enabled=dist.is_main)
     traces = run_agent(policy, engine, corpus, shard, _agent_config(cfg), progress) if shard else []
     bar.close()
     shard_file = shard_dir / f"rank-{dist.rank:05d}.jsonl"
