@@ -55,7 +55,13 @@ def register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--all-of", choices=sorted(OUTCOMES), default=None, help="also show every query with this outcome"
     )
-    parser.add_argument("--thumbnails", type=int, default=defaults.thumbnails_per_strip)
-    parser.add_argument("--thumbnail-height", type=int, default=defaults.thumbnail_height)
-    parser.add_argument("--max-mb", type=float, default=defaults.max_bytes / 1e6, help="size cap (MB)")
+    parser.add_argument(
+        "--thumbnails", type=int, default=defaults.thumbnails_per_strip, help="thumbnails per video strip"
+    )
+    parser.add_argument(
+        "--thumbnail-height", type=int, default=defaults.thumbnail_height, help="thumbnail height (pixels)"
+    )
+    parser.add_argument(
+        "--max-mb", type=float, default=defaults.max_bytes / 1e6, help="cap on the page and its files (MB)"
+    )
     parser.set_defaults(func=_report_command)
