@@ -177,7 +177,9 @@ def test_page_shows_each_turn_with_true_timestamps_ranks_spans_and_verdicts(tmp_
     assert "ground truth ranked 2 after it" in never and "(wrong: no verdict parsed)" in never
     assert "The ground-truth video</b> <code>v1</code>, never shown (final ranking: 2)" in never
     fr = page.split('id="sqr_2-fr"')[1].split("</article>")[0]
-    assert "excluded (shown before)" in fr  # shown at turn 1, so the engine skips it afterwards
+    assert (
+        "ground truth excluded (shown before) after it" in fr
+    )  # shown at turn 1, so the engine skips it afterwards
     strips = sorted(p.name for p in (tmp_path / "out" / ASSETS_DIR).glob("*.jpg"))
     assert len(strips) == len(corpus.decoded) == 3  # v1, v2, v3: one strip each, each decoded once
     assert all(f'src="{ASSETS_DIR}/{name}"' in page for name in strips)

@@ -10,15 +10,14 @@ was never shown, its strip closes the card. Buttons filter the cards by outcome 
 
 Everything here reads only `QueryTrace` / `TurnTrace` fields and a corpus whose
 `clip(video_id, sampling)` returns frames with their true timestamps (vsr_model.corpus.Corpus).
-Thumbnails are one JPEG strip per video in `report_files/` beside the page; the page plus that folder
-stay under `ReportSettings.max_bytes` (cards beyond the cap are left out, and the page says how many).
+Thumbnails are one JPEG strip per video (vsr_train.report_strips) in `report_files/` beside the page;
+the page plus that folder stay under `ReportSettings.max_bytes` (cards beyond the cap are left out,
+and the page says how many). `vsr report` (vsr_train.cli_report) rebuilds the page with other settings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
-import io
 import json
 import logging
 import math
@@ -28,14 +27,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from vsr_model.fileio import atomic_directory, atomic_write_text
 from vsr_model.metrics import answer_iou, temporal_iou
 from vsr_model.protocol import QueryTrace, TurnTrace
-from vsr_model.video import FrameSampling, VideoClip
+from vsr_train.report_strips import ClipSource, Strip, StripBook
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +56,6 @@ _GOOD = {"verdict_right", "recovered", "grounded"}
 # The sample takes queries round-robin from these groups (a query joins the first group it has a tag
 # of), so successes and each kind of failure all show up in a small sample.
 _SAMPLE_GROUPS = ("grounded", "false_accept", "false_reject", "never_shown", "loose_span", "unreadable")
-
-
-class ClipSource(Protocol):
-    def clip(self, video_id: str, sampling: FrameSampling | None = None) -> VideoClip: ...
 
 
 @dataclass(frozen=True)
@@ -187,84 +180,6 @@ def select_queries(traces: Sequence[QueryTrace], settings: ReportSettings) -> li
     return chosen
 
 
-# --- thumbnails ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Strip:
-    file: str
-    timestamps: tuple[float, ...]
-    thumb_width: int
-    duration: float
-    size: int
-
-
-class _Strips:
-    """One JPEG strip per video, rendered on first use and kept in memory; `write` puts the strips a
-    card used into the staging assets folder once the card is kept."""
-
-    def __init__(self, corpus: ClipSource, settings: ReportSettings, folder: Path):
-        self.corpus, self.settings, self.folder = corpus, settings, folder
-        self.rendered: dict[str, tuple[_Strip, bytes]] = {}
-        self.written: set[str] = set()
-        self.requested: set[str] = set()
-        height = settings.thumbnail_height
-        # Decode small (about twice the thumbnail) and exactly N frames spread over the video.
-        self.sampling = FrameSampling(
-            fps=1000.0,
-            max_frames=settings.thumbnails_per_strip,
-            min_frames=settings.thumbnails_per_strip,
-            max_pixels=max(64, 8 * height * height),
-        )
-
-    def get(self, video_id: str) -> _Strip:
-        if video_id not in self.rendered:
-            self.rendered[video_id] = self._render(video_id)
-        self.requested.add(video_id)
-        return self.rendered[video_id][0]
-
-    def pending_bytes(self) -> int:
-        """Bytes the strips requested since the last `write` or `drop` would add."""
-        return sum(self.rendered[v][0].size for v in self.requested - self.written)
-
-    def write(self) -> None:
-        for video_id in sorted(self.requested - self.written):
-            strip, data = self.rendered[video_id]
-            (self.folder / strip.file).write_bytes(data)
-            self.written.add(video_id)
-        self.requested.clear()
-
-    def drop(self) -> None:
-        self.requested.clear()
-
-    def _render(self, video_id: str) -> tuple[_Strip, bytes]:
-        from PIL import Image
-
-        try:
-            clip = self.corpus.clip(video_id, self.sampling)
-        except KeyError as exc:
-            raise ValueError(f"video {video_id!r} of a trace is not in the report's corpus") from exc
-        height = self.settings.thumbnail_height
-        frames = np.asarray(clip.frames)
-        width = max(8, round(frames.shape[2] * height / frames.shape[1]))
-        thumbs = [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
-        buffer = io.BytesIO()
-        Image.fromarray(np.concatenate(thumbs, axis=1)).save(
-            buffer, "JPEG", quality=self.settings.jpeg_quality
-        )
-        slug = re.sub(r"[^A-Za-z0-9_-]", "_", video_id)[:40]
-        digest = hashlib.sha1(video_id.encode()).hexdigest()[:8]
-        data = buffer.getvalue()
-        strip = _Strip(
-            f"{slug}-{digest}.jpg",
-            tuple(float(t) for t in clip.timestamps),
-            width,
-            float(clip.duration),
-            len(data),
-        )
-        return strip, data
-
-
 # --- HTML ------------------------------------------------------------------------------------------
 
 _e = html.escape
@@ -278,7 +193,7 @@ def _span_text(span: Sequence[float] | None) -> str:
     return "none" if span is None else f"{_seconds(span[0])}–{_seconds(span[1])} s"
 
 
-def _strip_html(strip: _Strip, assets: str, gt_span: Interval | None) -> str:
+def _strip_html(strip: Strip, assets: str, gt_span: Interval | None) -> str:
     stamps = "".join(
         f'<span style="width:{strip.thumb_width}px"'
         + (' class="in-gt"' if gt_span is not None and gt_span[0] <= t <= gt_span[1] else "")
@@ -292,7 +207,7 @@ def _strip_html(strip: _Strip, assets: str, gt_span: Interval | None) -> str:
     )
 
 
-def _timeline(strip: _Strip, predicted: Interval | None, gt_span: Interval | None) -> str:
+def _timeline(strip: Strip, predicted: Interval | None, gt_span: Interval | None) -> str:
     """Spans on a bar as wide as the strip above it (thumbnail i sits at the centre of time bin i)."""
     duration = strip.duration
 
@@ -316,6 +231,10 @@ def _timeline(strip: _Strip, predicted: Interval | None, gt_span: Interval | Non
     )
 
 
+def _ranked(rank: str) -> str:
+    return "excluded (shown before)" if rank.startswith("excluded") else f"ranked {_e(rank)}"
+
+
 def _refinement(turn: TurnTrace) -> str:
     if turn.rewritten_query:
         return f"rewritten query: “{_e(turn.rewritten_query)}”"
@@ -324,7 +243,7 @@ def _refinement(turn: TurnTrace) -> str:
     return "searched again with the query unchanged"
 
 
-def _turn_html(trace: QueryTrace, index: int, strips: _Strips, assets: str) -> str:
+def _turn_html(trace: QueryTrace, index: int, strips: StripBook, assets: str) -> str:
     turn, gt = trace.turns[index], trace.gt_video
     before_shown = [t.shown_video for t in trace.turns[:index]]
     verdict = turn_verdict(turn, gt)
@@ -339,7 +258,7 @@ def _turn_html(trace: QueryTrace, index: int, strips: _Strips, assets: str) -> s
     head = [
         f"<b>Turn {turn.turn}</b>",
         f"shown <code>{_e(turn.shown_video)}</code>",
-        f"ground truth ranked {_e(gt_rank(turn.ranking, gt, before_shown))}",
+        f"ground truth {_ranked(gt_rank(turn.ranking, gt, before_shown))}",
         f'answer <b>{_e(turn.parsed.answer or "none")}</b> <span class="{css}">({verdict})</span>',
     ]
     last = index == len(trace.turns) - 1
@@ -348,7 +267,7 @@ def _turn_html(trace: QueryTrace, index: int, strips: _Strips, assets: str) -> s
     tail = ""
     if refined:
         rank = gt_rank(after, gt, [*before_shown, turn.shown_video])
-        tail = f'<div class="meta">then {_refinement(turn)}; ground truth ranked {_e(rank)} after it</div>'
+        tail = f'<div class="meta">then {_refinement(turn)}; ground truth {_ranked(rank)} after it</div>'
     on_gt = turn.shown_video == gt
     strip = strips.get(turn.shown_video)
     parts = [
@@ -370,7 +289,7 @@ def _turn_html(trace: QueryTrace, index: int, strips: _Strips, assets: str) -> s
     return '<section class="turn">' + "".join(parts) + tail + "</section>"
 
 
-def _card_html(variant: ReportVariant, trace: QueryTrace, strips: _Strips, assets: str) -> str:
+def _card_html(variant: ReportVariant, trace: QueryTrace, strips: StripBook, assets: str) -> str:
     tags = query_outcomes(trace)
     badges = "".join(
         f'<span class="tag {"good" if t in _GOOD else "bad"}">{_e(OUTCOMES[t])}</span>' for t in tags
@@ -504,7 +423,7 @@ def _plots_html(plots: Sequence[Path], out_dir: Path, staging: Path) -> str:
 
 
 def _cards_within(
-    variants: Sequence[ReportVariant], strips: _Strips, budget: int, settings
+    variants: Sequence[ReportVariant], strips: StripBook, budget: int, settings
 ) -> tuple[list[str], int]:
     """The cards that fit in `budget` bytes (with their new thumbnails), taken in order of importance
     (every variant's first card, then every second one, ...), listed variant by variant in query
@@ -559,7 +478,9 @@ def write_html_report(
         filters = _filters_html(variants)
         fixed = len((template + head + filters).encode()) + 1024  # 1 KB: the note above the cards
         fixed += sum(f.stat().st_size for f in staging.iterdir())
-        strips = _Strips(corpus, settings, staging)
+        strips = StripBook(
+            corpus, staging, settings.thumbnails_per_strip, settings.thumbnail_height, settings.jpeg_quality
+        )
         cards, left_out = _cards_within(variants, strips, settings.max_bytes - fixed, settings)
         if left_out:
             log.warning("report: %d cards left out to stay under %d bytes", left_out, settings.max_bytes)
