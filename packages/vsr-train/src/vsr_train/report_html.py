@@ -27,12 +27,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vsr_model.fileio import atomic_directory, atomic_write_text
 from vsr_model.metrics import answer_iou, temporal_iou
 from vsr_model.protocol import QueryTrace, TurnTrace
 from vsr_train.report_strips import ClipSource, Strip, StripBook
+
+if TYPE_CHECKING:
+    from vsr_model.corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +547,7 @@ def load_eval_variant(eval_dir: Path, key: str | None = None, summary: dict | No
     return ReportVariant(key, run.get("name", key), dict(run["summary"]), traces, intervals, paired)
 
 
-def corpus_of(eval_dir: Path):
+def corpus_of(eval_dir: Path) -> Corpus:
     """The corpus a `vsr eval` run searched (its config's `corpus` and `corpus_split`)."""
     from vsr_model.corpus import Corpus
 
