@@ -240,3 +240,91 @@ def test_gradient_checkpointing_falls_back_to_exact_reforward(engine, caplog):
     assert torch.allclose(latents, expected, atol=1e-4)
     latents.sum().backward()
     assert policy.sqr.rollin.proj.weight.grad is not None
+
+
+def fresh_heads_policy(engine, append_mode="residual"):
+    """A tiny policy whose SQR heads are as built (zero-initialised readout) in the given append mode."""
+    policy = tiny_composite_policy(engine, hidden=64, num_latents=4, seed=5)
+    config = SQRConfig(
+        embed_dim=engine.embed_dim,
+        query_input_dim=engine.query_input_dim,
+        num_latents=4,
+        append_mode=append_mode,
+    )
+    policy.sqr = SQRHeads(64, config)
+    return policy
+
+
+def test_residual_refinement_starts_as_the_original_query_and_plain_append_does_not(engine):
+    texts = ["a person opens the door", "a red circle"]
+    original = engine.encode_query(texts)
+    for mode, identical in (("residual", True), ("plain", False)):
+        policy = fresh_heads_policy(engine, mode)
+        with torch.no_grad():
+            latents = latent_rollout(policy, batch_for(policy)).latents
+            refined, tokens = refined_query(policy.sqr, engine, texts, latents)
+        assert torch.count_nonzero(tokens) == 0  # zero-initialised readout: zero soft tokens
+        cosine = torch.nn.functional.cosine_similarity(refined, original, dim=-1)
+        if identical:
+            assert cosine.min() >= 0.9999
+        else:  # zero vectors appended to a mean-pooled encoder still move the query
+            assert cosine.max() < 0.999
+
+
+def test_residual_refinement_is_the_identity_on_real_queries_of_the_default_engine():
+    from vsr_model.backbones import load_text_encoder
+    from vsr_model.engine.query import BertQueryEncoder
+
+    tokenizer, model = load_text_encoder()
+    encoder = BertQueryEncoder(tokenizer, model)
+
+    class MiniLMQueries:
+        embed_dim = query_input_dim = encoder.hidden_size
+
+        def encode_query(self, texts, soft_tokens=None):
+            return encoder(texts, soft_tokens)
+
+    queries = MiniLMQueries()
+    texts = [
+        "A small red circle moves to the right on a grass background",
+        "against a navy backdrop one huge cyan star twirls",
+        "the person puts the cup on the table",
+    ]
+    config = SQRConfig(embed_dim=queries.embed_dim, query_input_dim=queries.query_input_dim, num_latents=8)
+    heads = SQRHeads(64, config)
+    with torch.no_grad():
+        latents = heads.read(torch.randn(3, 64)).unsqueeze(1).expand(3, 8, -1).contiguous()
+        refined, _ = refined_query(heads, queries, texts, latents)
+        plain = queries.encode_query(texts, soft_tokens=soft_tokens(heads, latents))
+    original = queries.encode_query(texts)
+    assert torch.nn.functional.cosine_similarity(refined, original, dim=-1).min() >= 0.9999
+    # the plain append of the same (zero) tokens damages the query, as measured in the default engine
+    assert torch.nn.functional.cosine_similarity(plain, original, dim=-1).max() < 0.9
+
+
+def test_info_nce_of_the_residual_refinement_starts_at_the_original_query_and_goes_down(engine):
+    policy = fresh_heads_policy(engine)
+    texts = ["a person opens the door", "a red circle"]
+    positive = engine.video_embeddings(["v0", "v1"])
+    negatives = engine.video_embeddings([f"v{i}" for i in range(2, 12)]).reshape(2, 5, -1)
+    baseline = info_nce(engine.encode_query(texts), positive, negatives).item()
+    batch = batch_for(policy)
+    optimizer = torch.optim.Adam(policy.sqr.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        latents = latent_rollout(policy, batch, state=prefill(policy, batch)).latents
+        query, _ = refined_query(policy.sqr, engine, texts, latents)
+        loss = info_nce(query, positive, negatives)
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[0] == pytest.approx(baseline, abs=1e-5)
+    assert min(losses[-5:]) < baseline - 0.1
+
+
+def test_append_mode_is_checked_and_saved_policies_without_it_load_as_plain():
+    with pytest.raises(ValueError, match="append_mode"):
+        SQRConfig(embed_dim=4, query_input_dim=4, append_mode="gated")
+    assert SQRConfig.from_saved({"embed_dim": 4, "query_input_dim": 4}).append_mode == "plain"
+    assert SQRConfig(embed_dim=4, query_input_dim=4).append_mode == "residual"

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+APPEND_MODES = ("residual", "plain")
+
+
 @dataclass
 class SQRConfig:
     """SQR settings. `embed_dim` (D) and `query_input_dim` (H_e) come from the search engine.
@@ -38,6 +41,16 @@ class SQRConfig:
     InfoNCE: `temperature`, `num_negatives` (the wrongly retrieved top-1, hard negatives, random fill),
     `infonce_weight` (lambda in SFT), `ambiguity_threshold` (drop negatives this close to the positive).
     Whether soft tokens accumulate across turns is an agent setting (vsr_model.agent.AgentConfig).
+
+    `append_mode` says how the soft tokens change the query embedding:
+      residual  q' = normalise(q + E(text; s) - E(text; 0)): q is the original query's embedding, E(text; s)
+                the engine's embedding with the soft tokens s appended and E(text; 0) with as many zero
+                vectors appended. The readout's last layer starts at zero, so s = 0 and q' = q exactly
+                before any training, in every engine family, while gradients reach every SQR weight from
+                the first step. (Appending even zero vectors to a mean-pooled BERT-style encoder moves
+                the query: cosine 0.42 in the default engine, so a plain append starts from a damaged
+                query and spends its training repairing it.)
+      plain     q' = E(text; s), the paper's plain append.
     """
 
     embed_dim: int
@@ -47,8 +60,11 @@ class SQRConfig:
     num_negatives: int = 24
     infonce_weight: float = 0.3
     ambiguity_threshold: float | None = None
+    append_mode: str = "residual"
 
     def __post_init__(self) -> None:
+        if self.append_mode not in APPEND_MODES:
+            raise ValueError(f"SQR append_mode must be one of {APPEND_MODES}, got {self.append_mode!r}")
         for name in ("embed_dim", "query_input_dim", "num_latents"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -67,6 +83,12 @@ class SQRConfig:
         if unknown:
             raise ValueError(f"unknown SQR settings {sorted(unknown)}; known: {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict) -> SQRConfig:
+        """The config of a saved policy. Policies saved before `append_mode` existed were trained with
+        the plain append, so that is what a missing key means there."""
+        return cls.from_dict({"append_mode": "plain", **values})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -275,11 +297,14 @@ def refined_query(
     texts: Sequence[str],
     latents: torch.Tensor,
     previous_soft_tokens: torch.Tensor | None = None,
+    original: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed the refined queries: (B, D) L2-normalised embeddings and the soft tokens used (B, M, H_e).
 
     With `previous_soft_tokens` (accumulate mode) this turn's tokens are appended after the earlier
-    turns' ones, i.e. q_{t+1} = [q_t ; soft tokens].
+    turns' ones, i.e. q_{t+1} = [q_t ; soft tokens]. In residual mode (SQRConfig.append_mode) the
+    change the tokens make is added to the original query's embedding: `original` (B, D) when the
+    caller has it (the agent does), else encoded here.
     """
     check_engine_dims(heads, engine)
     if len(texts) != latents.shape[0]:
@@ -299,7 +324,22 @@ def refined_query(
         raise ValueError(
             f"engine returned query embeddings {tuple(embedding.shape)}, expected ({len(texts)}, D)"
         )
+    if heads.config.append_mode == "residual":
+        with torch.no_grad():
+            if original is None:
+                original = engine.encode_query(list(texts))
+            zero = engine.encode_query(list(texts), soft_tokens=torch.zeros_like(tokens).detach())
+        if original.shape != embedding.shape:
+            raise ValueError(
+                f"original query embeddings {tuple(original.shape)} do not match the refined ones {tuple(embedding.shape)}"
+            )
+        embedding = residual_refinement(original.to(embedding), embedding, zero.to(embedding))
     return embedding, tokens
+
+
+def residual_refinement(original: torch.Tensor, appended: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """normalise(q + E(text; s) - E(text; 0)): exactly the original query while the soft tokens are 0."""
+    return nn.functional.normalize(original + (appended - zero), dim=-1)
 
 
 def contrastive_logits(

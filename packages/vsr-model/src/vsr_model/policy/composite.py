@@ -345,7 +345,7 @@ class CompositeVideoPolicy(VideoPolicy):
         if saved.get("family") != cls.family:
             raise ValueError(f"{directory} holds a {saved.get('family')!r} policy, not a composite one")
         config = CompositePolicyConfig.from_dict(saved["composite"])
-        sqr_config = SQRConfig.from_dict(saved["sqr"])
+        sqr_config = SQRConfig.from_saved(saved["sqr"])
         tokenizer = AutoTokenizer.from_pretrained(directory)
         lm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=getattr(torch, config.dtype))
         if frame_encoder is None:

@@ -309,7 +309,7 @@ class QwenVLPolicy(VideoPolicy):
         if saved.get("family") != cls.family:
             raise ValueError(f"{directory} holds a {saved.get('family')!r} policy, not a Qwen-VL one")
         config = QwenVLPolicyConfig.from_dict(saved["qwen_vl"])
-        sqr_config = SQRConfig.from_dict(saved["sqr"])
+        sqr_config = SQRConfig.from_saved(saved["sqr"])
         model_dir = directory / "model"
         model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
         model = qwen_model_class(model_type).from_pretrained(model_dir, dtype=getattr(torch, config.dtype))
