@@ -42,6 +42,8 @@ Error corrupt(const std::string& path, const std::string& what) {
 
 Status GraphIndex::save(const std::string& path) const {
   std::shared_lock lock(mutex_);
+  Status checked = check_file();
+  if (!checked.ok()) return checked;
   Meta meta{dim_,
             std::uint32_t(opts_.metric),
             std::uint32_t(opts_.storage),
@@ -169,7 +171,7 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
         return corrupt(path, "bad upper-layer links at slot " + std::to_string(s));
   }
   if (index->slot_of_.size() != meta.live) return corrupt(path, "live count does not match the ids");
-  if (meta.next_id <= max_id) return corrupt(path, "next id is not above every id");
+  if (meta.next_id <= max_id || meta.next_id < 0) return corrupt(path, "next id is not above every id");
   if (meta.live > 0 && (meta.entry >= cap || id_data[meta.entry] == kNoId || index->levels_[meta.entry] != meta.max_level))
     return corrupt(path, "bad entry point");
   index->live_ = meta.live;
@@ -184,8 +186,10 @@ Status GraphIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) cons
   if (n == 0) return {};
   if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
   std::shared_lock lock(mutex_);
+  Status st = check_file();
+  if (!st.ok()) return st;
   std::vector<std::uint32_t> slots;
-  Status st = lookup_rows(ids, n, slot_of_, slots);
+  st = lookup_rows(ids, n, slot_of_, slots);
   if (!st.ok()) return st;
   for (std::size_t j = 0; j < n; ++j) {
     const float* x = keep_originals_ ? originals_.data() + std::size_t(slots[j]) * dim_ : row_f32(slots[j], out + j * dim_);

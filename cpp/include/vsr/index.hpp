@@ -40,6 +40,11 @@ struct SearchParams {
   const IdFilter* filter = nullptr;  // not owned; nullptr = no filtering
   int num_threads = 0;               // 0 = the index's default
   SearchStats* stats = nullptr;      // not owned; nullptr = not counted
+  // k may exceed the number of vectors: the missing results are kNoId, as with a filter that
+  // accepts fewer than k. Otherwise k > size() is an error. Sessions search with it, so that
+  // vectors removed by another thread between their reading size() and searching cannot make
+  // their search fail.
+  bool pad = false;
 };
 
 // Results of a range search in CSR form (faiss convention): query i's results are
