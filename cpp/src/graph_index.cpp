@@ -26,9 +26,12 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::make(std::size_t dim, const Grap
   if (dim == 0) return make_error(ErrorCode::invalid_argument, "dim must be positive, got 0");
   if (options.M < 2 || options.M > 256)
     return make_error(ErrorCode::invalid_argument, "M must be in [2, 256], got " + std::to_string(options.M));
-  if (options.ef_construction == 0)
-    return make_error(ErrorCode::invalid_argument, "ef_construction must be positive");
-  if (options.ef_search == 0) return make_error(ErrorCode::invalid_argument, "ef_search must be positive");
+  if (options.ef_construction == 0 || options.ef_construction > kMaxEf)
+    return make_error(ErrorCode::invalid_argument,
+                      "ef_construction must be in [1, 2^20], got " + std::to_string(options.ef_construction));
+  if (options.ef_search == 0 || options.ef_search > kMaxEf)
+    return make_error(ErrorCode::invalid_argument,
+                      "ef_search must be in [1, 2^20], got " + std::to_string(options.ef_search));
   if (int(options.metric) > int(Metric::l2)) return make_error(ErrorCode::invalid_argument, "unknown metric");
   if (std::size_t(options.storage) >= kNumStorages) return make_error(ErrorCode::invalid_argument, "unknown storage");
   return std::unique_ptr<GraphIndex>(new GraphIndex(dim, options));
@@ -45,8 +48,16 @@ bool GraphIndex::is_mapped() const noexcept {
 }
 
 Status GraphIndex::set_ef_search(std::size_t ef) {
-  if (ef == 0) return make_error(ErrorCode::invalid_argument, "ef_search must be positive");
+  if (ef == 0 || ef > kMaxEf)
+    return make_error(ErrorCode::invalid_argument, "ef_search must be in [1, 2^20], got " + std::to_string(ef));
   ef_search_.store(ef);
+  return {};
+}
+
+Status GraphIndex::set_warm_ef_search(std::size_t ef) {
+  if (ef > kMaxEf)
+    return make_error(ErrorCode::invalid_argument, "warm_ef_search must be at most 2^20, got " + std::to_string(ef));
+  warm_ef_search_.store(ef);
   return {};
 }
 

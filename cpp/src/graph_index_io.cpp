@@ -148,10 +148,12 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
   }
   if (pos != up_words) return corrupt(path, "upper layers have trailing data");
   index->upper_links_.assign(up, up + up_words);
-  auto check_links = [&](const std::uint32_t* l, std::size_t max) {
+  // A link on layer `level` must lead to a live node that has that layer (a walk reads the
+  // target's links of the same layer).
+  auto check_links = [&](const std::uint32_t* l, std::size_t max, int level) {
     if (l[0] > max) return false;
     for (std::uint32_t i = 0; i < l[0]; ++i)
-      if (l[1 + i] >= cap || id_data[l[1 + i]] == kNoId) return false;
+      if (l[1 + i] >= cap || id_data[l[1 + i]] == kNoId || index->levels_[l[1 + i]] < level) return false;
     return true;
   };
   index->slot_of_.reserve(meta.live);
@@ -165,9 +167,9 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
     if (id < 0) return corrupt(path, "negative id " + std::to_string(id));
     if (!index->slot_of_.emplace(id, std::uint32_t(s)).second) return corrupt(path, "duplicate id " + std::to_string(id));
     max_id = std::max(max_id, id);
-    if (!check_links(l0 + s * stride, 2 * opts.M)) return corrupt(path, "bad layer-0 links at slot " + std::to_string(s));
+    if (!check_links(l0 + s * stride, 2 * opts.M, 0)) return corrupt(path, "bad layer-0 links at slot " + std::to_string(s));
     for (int l = 1; l <= index->levels_[s]; ++l)
-      if (!check_links(index->links(std::uint32_t(s), l), opts.M))
+      if (!check_links(index->links(std::uint32_t(s), l), opts.M, l))
         return corrupt(path, "bad upper-layer links at slot " + std::to_string(s));
   }
   if (index->slot_of_.size() != meta.live) return corrupt(path, "live count does not match the ids");

@@ -392,13 +392,13 @@ TEST(warm_ef_search_narrows_warm_starts_only) {
   CHECK(g->warm_ef_search() == 0);
   std::size_t wide_hits = 0, narrow_hits = 0;
   const std::uint64_t wide = run_warm(wide_hits), cold_wide = cold_distances();
-  g->set_warm_ef_search(k);
+  CHECK(g->set_warm_ef_search(k).ok());
   const std::uint64_t narrow = run_warm(narrow_hits), cold_narrow = cold_distances();
   CHECK(narrow < wide);
   CHECK(cold_narrow == cold_wide);
   CHECK(double(narrow_hits) >= 0.95 * double(nq * k));
   CHECK(wide_hits >= narrow_hits);
-  g->set_warm_ef_search(0);
+  CHECK(g->set_warm_ef_search(0).ok());
   std::size_t again = 0;
   CHECK(run_warm(again) == wide && again == wide_hits);
 }
@@ -458,6 +458,11 @@ TEST(bad_arguments_are_rejected) {
   std::vector<idx_t> ids(2);
   CHECK(!g->search(ok.data(), 1, 2, s.data(), ids.data(), {}).ok());  // k > size
   CHECK(!g->set_ef_search(0).ok());
+  // Beams beyond 2^20 are rejected: their buffers alone could exhaust memory.
+  CHECK(!g->set_ef_search(std::size_t(1) << 32).ok() && !g->set_warm_ef_search(std::size_t(1) << 32).ok());
+  GraphOptions huge;
+  huge.ef_construction = std::size_t(1) << 32;
+  CHECK(!GraphIndex::make(4, huge).ok());
   idx_t missing = 77;
   CHECK(!g->remove(&missing, 1).ok());
   // Seeds are hints: one no longer in the index (another thread removed it) is skipped, and a

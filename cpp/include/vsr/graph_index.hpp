@@ -79,7 +79,7 @@ class GraphIndex final : public Index {
   // Candidate list size of warm-started searches (search_warm: session and group refines); 0 =
   // ef_search. A walk that starts next to the answer reaches a given recall with a narrower beam
   // than one that starts at the entry point. Not saved with the index.
-  void set_warm_ef_search(std::size_t ef) noexcept { warm_ef_search_.store(ef); }
+  Status set_warm_ef_search(std::size_t ef);
   std::size_t warm_ef_search() const noexcept { return warm_ef_search_.load(); }
   void set_num_threads(int n) noexcept { num_threads_.store(n < 0 ? 0 : n); }
   int num_threads() const noexcept { return num_threads_.load(); }
@@ -309,6 +309,9 @@ class GraphIndex final : public Index {
   Status check_file() const;
 
   static constexpr std::size_t kNodeLocks = 4096;
+  // Largest candidate list (ef_construction, ef_search): far beyond any useful setting, small
+  // enough that a walk's buffers always fit in memory.
+  static constexpr std::size_t kMaxEf = std::size_t(1) << 20;
   static constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
 
   std::size_t dim_;

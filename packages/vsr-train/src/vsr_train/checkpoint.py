@@ -101,17 +101,35 @@ def verify_checkpoint(folder: Path, checksums: bool = True) -> None:
             f"checkpoint {folder} has no {MANIFEST}: it is partial (the save did not finish)"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_bytes())
         files = manifest["files"]
         version = manifest["format_version"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # JSON and Unicode errors are ValueErrors
         raise CheckpointError(f"checkpoint {folder}: unreadable {MANIFEST}: {exc}") from exc
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise CheckpointError(
-            f"checkpoint {folder}: manifest format {version}, this code reads {FORMAT_VERSION}"
+            f"checkpoint {folder}: manifest format {version!r}, this code reads {FORMAT_VERSION}"
         )
+    if not isinstance(files, dict):
+        raise CheckpointError(f"checkpoint {folder}: unreadable {MANIFEST}: 'files' is not a mapping")
+    root = folder.resolve()
     for rel, meta in files.items():
+        # Only files inside the folder: no absolute paths, no '..', no links leading out of it.
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or rel == MANIFEST:
+            raise CheckpointError(
+                f"checkpoint {folder}: the manifest lists {rel!r}, not a file of the checkpoint"
+            )
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("size"), int)
+            and not isinstance(meta.get("size"), bool)
+            and isinstance(meta.get("sha256"), str)
+        ):
+            raise CheckpointError(f"checkpoint {folder}: the manifest entry of {rel} is not {{size, sha256}}")
         path = folder / rel
+        if not path.resolve().is_relative_to(root):
+            raise CheckpointError(f"checkpoint {folder}: {rel} leads outside the checkpoint folder")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {folder}: file {rel} listed in the manifest is missing")
         size = path.stat().st_size
@@ -403,7 +421,12 @@ class CheckpointManager:
 
     def load(self, engine, folder: Path) -> dict[str, Any]:
         """Restore engine (model, optimizer, schedule) and this rank's RNG; return the trainer state."""
-        state = json.loads((folder / TRAINER_STATE).read_text())
+        try:
+            state = json.loads((folder / TRAINER_STATE).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {folder}: unreadable {TRAINER_STATE}: {exc}") from exc
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise CheckpointError(f"checkpoint {folder}: {TRAINER_STATE} holds no integer step")
         if state.get("world_size") != self.dist.world_size:
             raise CheckpointError(
                 f"checkpoint {folder} was written by {state.get('world_size')} ranks, this run has "
