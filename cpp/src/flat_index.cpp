@@ -139,6 +139,10 @@ Status FlatIndex::set_isa(Isa isa) {
   return {};
 }
 
+Status FlatIndex::check_file() const {
+  return file_ != nullptr && file_->mapped() ? file_->check_unchanged() : Status();
+}
+
 void FlatIndex::make_owned() {
   codes_.own();
   originals_.own();
@@ -166,34 +170,38 @@ Status FlatIndex::add(const float* vectors, std::size_t n, const idx_t* ids) {
   }
 
   std::unique_lock lock(mutex_);
+  st = check_file();
+  if (!st.ok()) return st;
   // Validate every id before touching storage so a failed add changes nothing.
   if (ids != nullptr) {
     Status id_check = check_new_ids(ids, n, row_of_);
     if (!id_check.ok()) return id_check;
   }
+  const Result<idx_t> next_id = next_id_after(next_id_, ids, n);
+  if (!next_id.ok()) return next_id.error();
+  // Everything that can fail (copying rows out of a mapped file, making room in every array and
+  // in the id map) happens before the first change: an exception leaves the index as it was.
   make_owned();
-  const std::size_t old_rows = ids_.size();
   auto& code_vec = codes_.own();
-  code_vec.insert(code_vec.end(), encoded.begin(), encoded.end());
-  if (opts_.rerank > 0) {
-    auto& o = originals_.own();
-    o.insert(o.end(), rows, rows + n * dim_);
-  }
-  if (opts_.metric == Metric::l2) {
-    auto& nv = sqnorms_.own();
-    nv.insert(nv.end(), norms.begin(), norms.end());
-  }
+  auto& originals = originals_.own();
+  auto& norm_vec = sqnorms_.own();
   auto& id_vec = ids_.own();
+  reserve_more(code_vec, encoded.size());
+  if (opts_.rerank > 0) reserve_more(originals, n * dim_);
+  if (opts_.metric == Metric::l2) reserve_more(norm_vec, n);
+  reserve_more(id_vec, n);
+  const std::size_t old_rows = id_vec.size();
   row_of_.reserve(old_rows + n);
+  // Commit: nothing below allocates or fails.
+  code_vec.insert(code_vec.end(), encoded.begin(), encoded.end());
+  if (opts_.rerank > 0) originals.insert(originals.end(), rows, rows + n * dim_);
+  if (opts_.metric == Metric::l2) norm_vec.insert(norm_vec.end(), norms.begin(), norms.end());
   for (std::size_t i = 0; i < n; ++i) {
     const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
     id_vec.push_back(id);
     row_of_.emplace(id, old_rows + i);
   }
-  for (std::size_t i = 0; i < n; ++i) {
-    const idx_t id = ids != nullptr ? ids[i] : next_id_ + idx_t(i);
-    next_id_ = std::max(next_id_, id + 1);
-  }
+  next_id_ = next_id.value();
   max_sq_norm_ = std::max(max_sq_norm_, batch_max);
   generation_.fetch_add(1);
   return {};
@@ -203,9 +211,11 @@ Status FlatIndex::remove(const idx_t* ids, std::size_t n) {
   if (n == 0) return {};
   if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   std::unique_lock lock(mutex_);
-  Status st = check_existing_ids(ids, n, row_of_);
+  Status st = check_file();
   if (!st.ok()) return st;
-  make_owned();
+  st = check_existing_ids(ids, n, row_of_);
+  if (!st.ok()) return st;
+  make_owned();  // the only step that can fail; the loop below moves rows within the arrays
   auto& codes = codes_.own();
   auto& originals = originals_.own();
   auto& norms = sqnorms_.own();
@@ -220,7 +230,7 @@ Status FlatIndex::remove(const idx_t* ids, std::size_t n) {
       if (!originals.empty()) std::memcpy(&originals[row * dim_], &originals[last * dim_], dim_ * sizeof(float));
       if (!norms.empty()) norms[row] = norms[last];
       id_vec[row] = id_vec[last];
-      row_of_[id_vec[row]] = row;
+      *row_of_.find_value(id_vec[row]) = row;
     }
     row_of_.erase(ids[i]);
     id_vec.pop_back();
@@ -303,8 +313,10 @@ Status FlatIndex::search(const float* queries, std::size_t nq, std::size_t k, fl
   const float* q = prepared.value();
 
   std::shared_lock lock(mutex_);
+  st = check_file();
+  if (!st.ok()) return st;
   const std::size_t n = ids_.size();
-  st = check_k_fits(k, n);
+  if (!params.pad) st = check_k_fits(k, n);
   if (!st.ok()) return st;
   const std::size_t cand = opts_.rerank > 0 ? std::min(n, k * opts_.rerank) : k;
   const int threads = resolve_threads(params.num_threads, num_threads_.load());
@@ -396,6 +408,8 @@ Status FlatIndex::range_search(const float* queries, std::size_t nq, float radiu
   }
   std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
   std::shared_lock lock(mutex_);
+  st = check_file();
+  if (!st.ok()) return st;
   const std::size_t n = ids_.size();
   const int threads = resolve_threads(params.num_threads, num_threads_.load());
   const IdFilter* filter = params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
@@ -442,8 +456,10 @@ Status FlatIndex::score_prepared(const float* q, std::size_t nq, const idx_t* id
   if (nq == 0 || n == 0) return {};
   if (ids == nullptr) return make_error(ErrorCode::invalid_argument, "ids is null");
   std::shared_lock lock(mutex_);
+  Status st = check_file();
+  if (!st.ok()) return st;
   std::vector<std::size_t> rows;
-  Status st = lookup_rows(ids, n, row_of_, rows);
+  st = lookup_rows(ids, n, row_of_, rows);
   if (!st.ok()) return st;
   if (opts_.metric == Metric::l2) {
     // Direct distances (no norm expansion), tile by tile so each row serves every query from cache.
@@ -471,8 +487,10 @@ Status FlatIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) const
   if (n == 0) return {};
   if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
   std::shared_lock lock(mutex_);
+  Status st = check_file();
+  if (!st.ok()) return st;
   std::vector<std::size_t> rows;
-  Status st = lookup_rows(ids, n, row_of_, rows);
+  st = lookup_rows(ids, n, row_of_, rows);
   if (!st.ok()) return st;
   // Only the requested rows are read, so a mapped index stays mapped.
   const std::size_t rb = codec_.row_bytes();

@@ -41,6 +41,8 @@ bool checked_mul(std::uint64_t n, std::uint64_t size, std::size_t* out) {
 
 Status FlatIndex::save(const std::string& path) const {
   std::shared_lock lock(mutex_);
+  Status checked = check_file();
+  if (!checked.ok()) return checked;
   Meta meta{dim_,
             std::uint32_t(opts_.metric),
             std::uint32_t(opts_.storage),
@@ -120,7 +122,8 @@ Result<std::unique_ptr<FlatIndex>> FlatIndex::load(const std::string& path, bool
     if (!index->row_of_.emplace(id, r).second) return corrupt(path, "duplicate id " + std::to_string(id));
     max_id = std::max(max_id, id);
   }
-  if (meta.next_id <= max_id) return corrupt(path, "next id " + std::to_string(meta.next_id) + " is not above every id");
+  if (meta.next_id <= max_id || meta.next_id < 0)
+    return corrupt(path, "next id " + std::to_string(meta.next_id) + " is not above every id");
   if (!(meta.max_sq_norm >= 0.0) || !std::isfinite(meta.max_sq_norm)) return corrupt(path, "invalid maximum norm");
   index->next_id_ = meta.next_id;
   index->max_sq_norm_ = meta.max_sq_norm;

@@ -42,6 +42,8 @@ Error corrupt(const std::string& path, const std::string& what) {
 
 Status GraphIndex::save(const std::string& path) const {
   std::shared_lock lock(mutex_);
+  Status checked = check_file();
+  if (!checked.ok()) return checked;
   Meta meta{dim_,
             std::uint32_t(opts_.metric),
             std::uint32_t(opts_.storage),
@@ -146,10 +148,12 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
   }
   if (pos != up_words) return corrupt(path, "upper layers have trailing data");
   index->upper_links_.assign(up, up + up_words);
-  auto check_links = [&](const std::uint32_t* l, std::size_t max) {
+  // A link on layer `level` must lead to a live node that has that layer (a walk reads the
+  // target's links of the same layer).
+  auto check_links = [&](const std::uint32_t* l, std::size_t max, int level) {
     if (l[0] > max) return false;
     for (std::uint32_t i = 0; i < l[0]; ++i)
-      if (l[1 + i] >= cap || id_data[l[1 + i]] == kNoId) return false;
+      if (l[1 + i] >= cap || id_data[l[1 + i]] == kNoId || index->levels_[l[1 + i]] < level) return false;
     return true;
   };
   index->slot_of_.reserve(meta.live);
@@ -163,13 +167,13 @@ Result<std::unique_ptr<GraphIndex>> GraphIndex::load(const std::string& path, bo
     if (id < 0) return corrupt(path, "negative id " + std::to_string(id));
     if (!index->slot_of_.emplace(id, std::uint32_t(s)).second) return corrupt(path, "duplicate id " + std::to_string(id));
     max_id = std::max(max_id, id);
-    if (!check_links(l0 + s * stride, 2 * opts.M)) return corrupt(path, "bad layer-0 links at slot " + std::to_string(s));
+    if (!check_links(l0 + s * stride, 2 * opts.M, 0)) return corrupt(path, "bad layer-0 links at slot " + std::to_string(s));
     for (int l = 1; l <= index->levels_[s]; ++l)
-      if (!check_links(index->links(std::uint32_t(s), l), opts.M))
+      if (!check_links(index->links(std::uint32_t(s), l), opts.M, l))
         return corrupt(path, "bad upper-layer links at slot " + std::to_string(s));
   }
   if (index->slot_of_.size() != meta.live) return corrupt(path, "live count does not match the ids");
-  if (meta.next_id <= max_id) return corrupt(path, "next id is not above every id");
+  if (meta.next_id <= max_id || meta.next_id < 0) return corrupt(path, "next id is not above every id");
   if (meta.live > 0 && (meta.entry >= cap || id_data[meta.entry] == kNoId || index->levels_[meta.entry] != meta.max_level))
     return corrupt(path, "bad entry point");
   index->live_ = meta.live;
@@ -184,8 +188,10 @@ Status GraphIndex::reconstruct(const idx_t* ids, std::size_t n, float* out) cons
   if (n == 0) return {};
   if (out == nullptr) return make_error(ErrorCode::invalid_argument, "output is null");
   std::shared_lock lock(mutex_);
+  Status st = check_file();
+  if (!st.ok()) return st;
   std::vector<std::uint32_t> slots;
-  Status st = lookup_rows(ids, n, slot_of_, slots);
+  st = lookup_rows(ids, n, slot_of_, slots);
   if (!st.ok()) return st;
   for (std::size_t j = 0; j < n; ++j) {
     const float* x = keep_originals_ ? originals_.data() + std::size_t(slots[j]) * dim_ : row_f32(slots[j], out + j * dim_);

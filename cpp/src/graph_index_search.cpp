@@ -349,6 +349,14 @@ const IdFilter* active_filter(const SearchParams& params) noexcept {
   return params.filter != nullptr && params.filter->mode != IdFilter::Mode::none ? params.filter : nullptr;
 }
 
+// n missing results: id kNoId, the worst score of the metric.
+void fill_missing(Metric m, float* scores, idx_t* ids, std::size_t n) noexcept {
+  for (std::size_t j = 0; j < n; ++j) {
+    scores[j] = m == Metric::l2 ? TopK::kInf : -TopK::kInf;
+    ids[j] = kNoId;
+  }
+}
+
 // Results in metric units: l2 reports distances (best = smallest), +inf for empty slots.
 void to_metric_units(Metric m, float* scores, std::size_t n) noexcept {
   if (m == Metric::l2)
@@ -366,8 +374,14 @@ Status GraphIndex::search(const float* queries, std::size_t nq, std::size_t k, f
   if (!prepared.ok()) return prepared.error();
   const float* q = prepared.value();
   std::shared_lock lock(mutex_);
-  st = check_k_fits(k, live_);
+  st = check_file();
   if (!st.ok()) return st;
+  if (!params.pad) st = check_k_fits(k, live_);
+  if (!st.ok()) return st;
+  if (live_ == 0) {  // only with pad: nothing to walk
+    fill_missing(opts_.metric, scores, ids, nq * k);
+    return {};
+  }
   const IdFilter* filter = active_filter(params);
   const int threads = resolve_threads(params.num_threads, num_threads_.load());
   parallel_for_chunks(nq, threads, [&](std::size_t qb, std::size_t qe) {
@@ -391,6 +405,8 @@ Status GraphIndex::range_search(const float* queries, std::size_t nq, float radi
   if (!prepared.ok()) return prepared.error();
   const float* q = prepared.value();
   std::shared_lock lock(mutex_);
+  st = check_file();
+  if (!st.ok()) return st;
   const IdFilter* filter = active_filter(params);
   const int threads = resolve_threads(params.num_threads, num_threads_.load());
   std::vector<std::vector<std::pair<float, idx_t>>> hits(nq);
@@ -431,20 +447,27 @@ Status GraphIndex::search_warm(const float* query, std::size_t k, const idx_t* s
   if (!prepared.ok()) return prepared.error();
   const float* q = prepared.value();
   std::shared_lock lock(mutex_);
-  st = check_k_fits(k, live_);
+  st = check_file();
   if (!st.ok()) return st;
-  // The best seeds are enough to start from: more would only add distance computations.
+  if (!params.pad) st = check_k_fits(k, live_);
+  if (!st.ok()) return st;
+  if (live_ == 0) {
+    fill_missing(opts_.metric, scores, ids, k);
+    return {};
+  }
+  // The best seeds are enough to start from: more would only add distance computations. Seeds
+  // are hints: those no longer in the index (removed since they were found) are skipped, and a
+  // walk with none left starts from the entry point.
   const std::size_t use = std::min(n_seeds, std::max(k, warm_ef()));
-  std::vector<std::uint32_t> slots(use);
-  for (std::size_t i = 0; i < use; ++i) {
+  std::vector<std::uint32_t> slots;
+  slots.reserve(use);
+  for (std::size_t i = 0; i < n_seeds && slots.size() < use; ++i) {
     auto it = slot_of_.find(seeds[i]);
-    if (it == slot_of_.end())
-      return make_error(ErrorCode::not_found, "seed id " + std::to_string(seeds[i]) + " is not in the index");
-    slots[i] = it->second;
+    if (it != slot_of_.end()) slots.push_back(it->second);
   }
   const IdFilter* filter = active_filter(params);
   std::uint64_t dcount = 0;
-  search_one(search_scratch(), q, k, slots.data(), use, filter, scores, ids, dcount);
+  search_one(search_scratch(), q, k, slots.data(), slots.size(), filter, scores, ids, dcount);
   to_metric_units(opts_.metric, scores, k);
   if (params.stats != nullptr) params.stats->distances.fetch_add(dcount, std::memory_order_relaxed);
   return {};
@@ -459,6 +482,8 @@ Status GraphIndex::score_ids(const float* query, const idx_t* ids, std::size_t n
 
 Status GraphIndex::score_ids_prepared(const float* q, const idx_t* ids, std::size_t n, float* scores) const {
   std::shared_lock lock(mutex_);
+  Status st = check_file();
+  if (!st.ok()) return st;
   std::vector<std::uint32_t>& slots = search_scratch().slots;
   slots.resize(n);
   for (std::size_t i = 0; i < n; ++i) {

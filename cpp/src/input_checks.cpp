@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 namespace vsr {
 
@@ -31,13 +32,44 @@ bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row
   return true;
 }
 
+namespace {
+std::string metric_name_for(Metric m) { return std::string(metric_name(m)); }
+}  // namespace
+
+Result<idx_t> next_id_after(idx_t next_id, const idx_t* ids, std::size_t n) {
+  if (n == 0) return next_id;
+  if (ids == nullptr) {
+    // Automatic ids next_id .. next_id + n - 1 must all be at most kMaxId.
+    if (next_id > kMaxId || std::uint64_t(kMaxId - next_id) < std::uint64_t(n) - 1)
+      return make_error(ErrorCode::out_of_range, "no room for " + std::to_string(n) +
+                                                     " automatic ids after id " + std::to_string(next_id - 1) +
+                                                     " (ids stop at 2^63 - 2); pass ids explicitly");
+    return next_id + idx_t(n);
+  }
+  for (std::size_t i = 0; i < n; ++i) next_id = std::max(next_id, ids[i] + 1);
+  return next_id;
+}
+
 Result<const float*> prepare_rows(const float* rows, std::size_t n, std::size_t dim, Metric metric,
                                   const char* noun, std::vector<float>& storage) {
   if (rows == nullptr && n > 0) return make_error(ErrorCode::invalid_argument, std::string(noun) + " array is null");
-  for (std::size_t r = 0; r < n; ++r)
-    if (!all_finite(rows + r * dim, dim))
+  const bool bounded = metric != Metric::cosine;
+  for (std::size_t r = 0; r < n; ++r) {
+    // The squared norm in double is finite exactly when every component is (a float's square
+    // cannot overflow a double), so one pass checks both.
+    const double s = sqnorm(rows + r * dim, dim);
+    if (!std::isfinite(s))
       return make_error(ErrorCode::invalid_argument,
                         std::string(noun) + " " + std::to_string(r) + " contains NaN or infinity");
+    if (bounded && s > kMaxNorm * kMaxNorm) {
+      char norm[32];
+      std::snprintf(norm, sizeof norm, "%.3g", std::sqrt(s));
+      return make_error(ErrorCode::invalid_argument,
+                        std::string(noun) + " " + std::to_string(r) + " has norm " + norm +
+                            ", above 1e18, the largest whose scores float32 can hold (" + metric_name_for(metric) +
+                            " metric)");
+    }
+  }
   if (metric != Metric::cosine) return rows;
   storage.assign(rows, rows + n * dim);
   std::size_t bad = 0;

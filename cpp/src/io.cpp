@@ -1,11 +1,15 @@
 #include "vsr/io.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <unordered_set>
@@ -105,6 +109,112 @@ std::string parent_dir(const std::string& path) {
   return path.substr(0, slash);
 }
 
+std::string base_name(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Temp files of a write to `path` are "<path>.tmp-" + kTempSuffix characters [A-Za-z0-9].
+constexpr char kTempMark[] = ".tmp-";
+constexpr std::size_t kTempSuffix = 6;
+
+bool is_temp_name(const char* name, const std::string& base) {
+  const std::size_t b = base.size(), m = sizeof kTempMark - 1;
+  if (std::strncmp(name, base.c_str(), b) != 0 || std::strncmp(name + b, kTempMark, m) != 0) return false;
+  const char* suffix = name + b + m;
+  if (std::strlen(suffix) != kTempSuffix) return false;
+  for (const char* c = suffix; *c != 0; ++c)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9'))) return false;
+  return true;
+}
+
+// Six random characters for a temp name: unique enough with O_EXCL retries, no allocation.
+void random_suffix(char* out) {
+  static std::atomic<std::uint64_t> counter{0};
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  std::uint64_t x = std::uint64_t(ts.tv_nsec) ^ (std::uint64_t(ts.tv_sec) << 30) ^
+                    (std::uint64_t(::getpid()) << 16) ^ (counter.fetch_add(1) * 0x9E3779B97F4A7C15ull);
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  for (std::size_t i = 0; i < kTempSuffix; ++i, x /= 62) out[i] = alphabet[x % 62];
+}
+
+// Removes the temp files of earlier writes to `path` that no process is writing any more (a
+// writer holds an exclusive lock on its temp file until it has renamed it), i.e. those left by
+// writes that were killed. Best effort: anything unexpected is left alone.
+void remove_stale_temps(const std::string& path) {
+  const std::string dir = parent_dir(path), base = base_name(path);
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return;
+  const int dfd = ::dirfd(d);
+  while (dirent* e = ::readdir(d)) {
+    if (!is_temp_name(e->d_name, base)) continue;
+    const int fd = ::openat(dfd, e->d_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) continue;
+    struct stat held {}, named {};
+    // Unlocked: its writer is gone. The name must still be this file (not renamed and reused).
+    if (::fstat(fd, &held) == 0 && S_ISREG(held.st_mode) && ::flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+        ::fstatat(dfd, e->d_name, &named, AT_SYMLINK_NOFOLLOW) == 0 && named.st_ino == held.st_ino &&
+        named.st_dev == held.st_dev)
+      ::unlinkat(dfd, e->d_name, 0);
+    ::close(fd);
+  }
+  ::closedir(d);
+}
+
+// The temp file of one write: created next to the target, locked while written, removed by the
+// destructor unless it was renamed onto the target.
+class TempFile {
+ public:
+  ~TempFile() {
+    if (fd_ >= 0) {
+      if (!committed_) ::unlink(name_);
+      ::close(fd_);
+    }
+  }
+  // Creates "<path>.tmp-XXXXXX" with mode 0666 less the umask; false (errno set) on failure.
+  bool create(const std::string& path) {
+    if (path.size() + sizeof kTempMark + kTempSuffix >= sizeof name_) {
+      errno = ENAMETOOLONG;
+      return false;
+    }
+    std::memcpy(name_, path.data(), path.size());
+    std::memcpy(name_ + path.size(), kTempMark, sizeof kTempMark - 1);
+    char* suffix = name_ + path.size() + sizeof kTempMark - 1;
+    suffix[kTempSuffix] = '\0';
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      random_suffix(suffix);
+      const int fd = ::open(name_, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd < 0) {
+        if (errno == EEXIST) continue;
+        return false;
+      }
+      // The lock tells other writers' clean-up that this file is in use. Between open and flock
+      // a clean-up may have taken it for a stale one and removed it: then start again.
+      struct stat st {};
+      if (::flock(fd, LOCK_EX) != 0 || ::fstat(fd, &st) != 0 || st.st_nlink == 0) {
+        ::close(fd);
+        continue;
+      }
+      fd_ = fd;
+      return true;
+    }
+    errno = EEXIST;
+    return false;
+  }
+  int fd() const noexcept { return fd_; }
+  const char* name() const noexcept { return name_; }
+  void committed() noexcept { committed_ = true; }
+
+ private:
+  char name_[4096] = {};
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
 // Header fields (byte offsets).
 constexpr std::size_t kOffVersion = 8, kOffKind = 12, kOffKindVersion = 16, kOffCount = 20, kOffTable = 24,
                       kOffFileSize = 32, kOffTableCrc = 40, kOffHeaderCrc = 60;
@@ -171,18 +281,15 @@ Status FileWriter::write(const std::string& path) const {
   put<std::uint32_t>(header + kOffTableCrc, crc32c(table.data(), table.size()));
   put<std::uint32_t>(header + kOffHeaderCrc, crc32c(header, kOffHeaderCrc));
 
-  std::string tmpl = path + ".tmp-XXXXXX";
-  std::vector<char> name(tmpl.begin(), tmpl.end());
-  name.push_back('\0');
-  int fd = ::mkstemp(name.data());
-  if (fd < 0) return io_error("cannot create a temporary file next to", path);
-  const std::string tmp(name.data());
-  auto fail = [&](const char* what) {
-    Error e = io_error(what, tmp);
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return e;
-  };
+  // Permissions: a replaced file keeps its own; a new one gets what the umask gives (the kernel
+  // applies it to the 0666 the temp file is created with).
+  struct stat existing {};
+  const bool replacing = ::stat(path.c_str(), &existing) == 0 && S_ISREG(existing.st_mode);
+  remove_stale_temps(path);
+  TempFile tmp;
+  if (!tmp.create(path)) return io_error("cannot create a temporary file next to", path);
+  const int fd = tmp.fd();
+  auto fail = [&](const char* what) { return io_error(what, tmp.name()); };
   static const std::uint8_t zeros[kAlign] = {};
   if (!write_all(fd, header, kHeaderBytes)) return fail("cannot write");
   std::size_t pos = kHeaderBytes;
@@ -194,18 +301,11 @@ Status FileWriter::write(const std::string& path) const {
     pos += pad;
   }
   if (!write_all(fd, table.data(), table.size())) return fail("cannot write");
-  if (::fchmod(fd, 0644) != 0) return fail("cannot set permissions of");
+  if (replacing && ::fchmod(fd, existing.st_mode & 07777) != 0) return fail("cannot set permissions of");
   if (::fsync(fd) != 0) return fail("cannot flush");
-  if (::close(fd) != 0) {
-    Error e = io_error("cannot close", tmp);
-    ::unlink(tmp.c_str());
-    return e;
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    Error e = io_error("cannot rename the temporary file onto", path);
-    ::unlink(tmp.c_str());
-    return e;
-  }
+  // Renamed while still open and locked, so no clean-up can take it for a stale temp file.
+  if (::rename(tmp.name(), path.c_str()) != 0) return io_error("cannot rename the temporary file onto", path);
+  tmp.committed();
   // The rename itself must reach the disk: flush the folder entry.
   int dfd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY);
   if (dfd >= 0) {
@@ -217,6 +317,23 @@ Status FileWriter::write(const std::string& path) const {
 
 FileReader::~FileReader() {
   if (map_ != nullptr) ::munmap(map_, map_bytes_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status FileReader::check_unchanged() const {
+  if (map_ == nullptr) return {};
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) return io_error("cannot stat", path_);
+  if (std::size_t(st.st_size) == map_bytes_ && st.st_mtim.tv_sec == mtime_sec_ && st.st_mtim.tv_nsec == mtime_nsec_)
+    return {};
+  const std::string what = std::size_t(st.st_size) != map_bytes_
+                               ? "its size went from " + std::to_string(map_bytes_) + " to " +
+                                     std::to_string(st.st_size) + " bytes"
+                               : "it was modified";
+  return make_error(ErrorCode::io_error,
+                    "index file '" + path_ + "' changed on disk while mapped (" + what +
+                        "): the mapping no longer holds the index that was loaded; load it again. Replace "
+                        "index files by saving (a rename), never by writing into them in place");
 }
 
 Result<std::shared_ptr<FileReader>> FileReader::open(const std::string& path, bool use_mmap, bool verify) {
@@ -250,6 +367,10 @@ Result<std::shared_ptr<FileReader>> FileReader::open(const std::string& path, bo
     r->map_ = m;
     r->map_bytes_ = size;
     r->bytes_ = static_cast<const std::uint8_t*>(m);
+    // Kept open: check_unchanged() compares the file's size and modification time with these.
+    r->fd_ = fd;
+    r->mtime_sec_ = st.st_mtim.tv_sec;
+    r->mtime_nsec_ = st.st_mtim.tv_nsec;
   } else {
     r->buffer_.resize(size);
     std::size_t got = 0;
@@ -265,7 +386,7 @@ Result<std::shared_ptr<FileReader>> FileReader::open(const std::string& path, bo
     }
     r->bytes_ = r->buffer_.data();
   }
-  ::close(fd);  // a mapping stays valid after its descriptor is closed
+  if (r->fd_ != fd) ::close(fd);
   r->size_ = size;
   Status parsed = r->parse(verify);
   if (!parsed.ok()) return parsed.error();

@@ -25,7 +25,8 @@ namespace {
 constexpr std::size_t kMaxWorkers = 256;
 
 struct Job {
-  const std::function<void(std::size_t)>* fn;
+  explicit Job(const TaskFn& task) : fn(task) {}
+  TaskFn fn;
   std::size_t n;
   std::size_t helpers_wanted;
   std::atomic<std::size_t> next{0};
@@ -36,17 +37,34 @@ struct Job {
   std::exception_ptr error;  // guarded by m
 };
 
+// Runs every task on the calling thread; rethrows the first exception after all have run.
+void run_inline(std::size_t n_tasks, const TaskFn& fn) {
+  std::exception_ptr error;
+  for (std::size_t i = 0; i < n_tasks; ++i) {
+    try {
+      fn(i);
+    } catch (...) {
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
 class ThreadPool {
  public:
-  void run(std::size_t n_tasks, int threads, const std::function<void(std::size_t)>& fn) {
-    auto job = std::make_shared<Job>();
-    job->fn = &fn;
-    job->n = n_tasks;
-    job->helpers_wanted = std::min<std::size_t>({std::size_t(threads) - 1, n_tasks - 1, kMaxWorkers});
-    {
+  void run(std::size_t n_tasks, int threads, const TaskFn& fn) {
+    std::shared_ptr<Job> job;
+    try {
+      job = std::make_shared<Job>(fn);
+      job->n = n_tasks;
+      job->helpers_wanted = std::min<std::size_t>({std::size_t(threads) - 1, n_tasks - 1, kMaxWorkers});
       std::lock_guard<std::mutex> lock(mu_);
-      grow(job->helpers_wanted);
+      grow(job->helpers_wanted);  // may start fewer workers than wanted: the job still runs
       queue_.push_back(job);
+    } catch (...) {
+      // No room for the job's bookkeeping: the caller does all the work.
+      run_inline(n_tasks, fn);
+      return;
     }
     if (job->helpers_wanted == 1)
       wake_.notify_one();
@@ -70,11 +88,16 @@ class ThreadPool {
   }
 
  private:
-  // Caller holds mu_.
-  void grow(std::size_t wanted) {
-    while (workers_.size() < wanted) {
-      workers_.emplace_back([this] { worker_loop(); });
-      workers_.back().detach();  // the pool lives for the whole process
+  // Caller holds mu_. Stops early, without an error, when a thread cannot be started.
+  void grow(std::size_t wanted) noexcept {
+    try {
+      workers_.reserve(wanted);
+      while (workers_.size() < wanted) {
+        std::thread worker([this] { worker_loop(); });
+        worker.detach();  // the pool lives for the whole process
+        workers_.push_back(std::move(worker));
+      }
+    } catch (...) {
     }
   }
 
@@ -96,7 +119,7 @@ class ThreadPool {
       const std::size_t i = job.next.fetch_add(1, std::memory_order_relaxed);
       if (i >= job.n) return;
       try {
-        (*job.fn)(i);
+        job.fn(i);
       } catch (...) {
         std::lock_guard<std::mutex> lock(job.m);
         if (!job.error) job.error = std::current_exception();
@@ -136,13 +159,20 @@ ThreadPool& pool() {
 
 }  // namespace
 
-void parallel_for(std::size_t n_tasks, int threads, const std::function<void(std::size_t)>& fn) {
+void parallel_for(std::size_t n_tasks, int threads, TaskFn fn) {
   if (n_tasks == 0) return;
   if (threads <= 1 || n_tasks == 1) {
-    for (std::size_t i = 0; i < n_tasks; ++i) fn(i);
+    run_inline(n_tasks, fn);
     return;
   }
-  pool().run(n_tasks, threads, fn);
+  ThreadPool* p = nullptr;
+  try {
+    p = &pool();
+  } catch (...) {
+    run_inline(n_tasks, fn);
+    return;
+  }
+  p->run(n_tasks, threads, fn);
 }
 
 }  // namespace vsr

@@ -93,17 +93,20 @@ SearchParams counted_params(const IdFilter* filter, int threads, SearchStats& st
 // Searches from scratch for a fresh pool anchored at q.
 Status search_pool(const Index& index, const std::vector<float>& q, std::size_t pool_size, const IdFilter* filter,
                    int threads, CandidatePool& pool, std::uint64_t& distances) {
-  // Searches reject k > size, and a pool of every vector needs no bound.
+  // Read before anything else: a concurrent change then shows up as a stale pool, never a missed
+  // one (and `everything` below only matters while the generation is still this one).
+  const std::uint64_t generation = index.generation();
+  // A pool of every vector needs no bound. The search pads rather than fail when another thread
+  // removed vectors since size() was read.
   const std::size_t n = index.size();
   const bool everything = pool_size >= n;
-  pool_size = std::min(pool_size, n);
+  pool_size = std::max<std::size_t>(1, std::min(pool_size, n));
   std::vector<float> scores(pool_size);
   std::vector<idx_t> ids(pool_size);
   SearchStats stats;
-  const SearchParams params = counted_params(filter, threads, stats);
-  // Read before searching: a concurrent change then shows up as a stale pool, never a missed one.
-  std::uint64_t generation = index.generation();
-  Status s = pool_size == 0 ? Status() : index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
+  SearchParams params = counted_params(filter, threads, stats);
+  params.pad = true;
+  Status s = index.search(q.data(), 1, pool_size, scores.data(), ids.data(), params);
   distances += stats.distances.load();
   if (!s.ok()) return s;
   std::size_t found = 0;
@@ -281,8 +284,16 @@ Status answer_query(const Index& index, const CandidatePool& pool, const std::ve
   if (scorer != nullptr) {
     bool proven = false;
     Status s = scan_pool(index, pool, move, *scorer, k, filter, pool_scores, top, info, proven, scored);
-    if (!s.ok()) return s;
-    if (proven) {
+    if (index.generation() != pool.generation) {
+      // Another thread's write since the pool was searched (a new generation; a pool id that is
+      // gone makes the scoring fail) leaves scores and bound describing no one state of the
+      // index: the query is answered as for a pool that was stale from the start.
+      scorer = nullptr;
+      scored = 0;
+      info.margin = kNaN;
+    } else if (!s.ok()) {
+      return s;
+    } else if (proven) {
       top.write_sorted(out_scores, out_ids, -TopK::kInf);
       if (!higher_is_better(metric))
         for (std::size_t j = 0; j < k; ++j) out_scores[j] = -out_scores[j];
@@ -352,6 +363,9 @@ Result<std::unique_ptr<Session>> Session::start(const Index& index, const float*
   if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
   if (!(options.warm_min_cosine >= -1 && options.warm_min_cosine <= 1))
     return make_error(ErrorCode::invalid_argument, "warm_min_cosine must be in [-1, 1]");
+  if (options.num_threads < 0)
+    return make_error(ErrorCode::invalid_argument,
+                      "num_threads must be >= 0 (0: all cores), got " + std::to_string(options.num_threads));
   std::unique_ptr<Session> s(new Session(index, std::move(options)));
   s->effective_filter_ = s->options_.filter;
   Status st = s->run_turn(query, k, true);
@@ -366,6 +380,7 @@ std::vector<idx_t> Session::seen() const {
 
 Status Session::refine(const float* query, std::size_t k, float* scores, idx_t* ids, TurnInfo* info) {
   if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
   std::lock_guard lock(mutex_);
   Status s = run_turn(query, k, false);
   if (!s.ok()) return s;
@@ -399,8 +414,12 @@ void Session::mark_seen(idx_t id, bool exclude) {
 }
 
 Status Session::run_turn(const float* query, std::size_t k, bool first) {
+  // As for search: k larger than the index is an error (with a filter, missing results are
+  // padded). Vectors removed by another thread during the turn pad too, rather than fail.
+  Status s = check_k_fits(k, index_.size());
+  if (!s.ok()) return s;
   std::vector<float> q;
-  Status s = prepare_query(index_, query, q);
+  s = prepare_query(index_, query, q);
   if (!s.ok()) return s;
   const std::size_t pool_size = resolve_pool_size(options_.pool_size, k);
   const IdFilter* filter = effective_filter_.mode == IdFilter::Mode::none ? nullptr : &effective_filter_;
@@ -449,22 +468,23 @@ namespace {
 Status search_together(const Index& index, const float* queries, const std::vector<std::size_t>& which,
                        std::size_t k, const GroupOptions& options, float* scores, idx_t* ids,
                        std::vector<TurnInfo>& turn) {
-  const std::size_t d = index.dim(), m = which.size(), kk = std::min(k, index.size());
-  std::vector<float> batch(m * d), found_scores(m * kk);
-  std::vector<idx_t> found_ids(m * kk);
+  const std::size_t d = index.dim(), m = which.size();
+  std::vector<float> batch(m * d), found_scores(m * k);
+  std::vector<idx_t> found_ids(m * k);
   for (std::size_t j = 0; j < m; ++j) std::copy_n(queries + which[j] * d, d, batch.begin() + j * d);
   SearchStats stats;
-  const SearchParams params = counted_params(options.filter, options.num_threads, stats);
-  Status s = kk == 0 ? Status() : index.search(batch.data(), m, kk, found_scores.data(), found_ids.data(), params);
+  SearchParams params = counted_params(options.filter, options.num_threads, stats);
+  params.pad = true;  // vectors removed meanwhile by another thread leave missing results, not an error
+  Status s = index.search(batch.data(), m, k, found_scores.data(), found_ids.data(), params);
   if (!s.ok()) return s;
   const std::uint64_t each = stats.distances.load() / m;
   for (std::size_t j = 0; j < m; ++j) {
     const std::size_t i = which[j];
-    for (std::size_t r = 0; r < k; ++r) {
-      scores[i * k + r] = r < kk ? found_scores[j * kk + r] : missing_score(index.metric());
-      ids[i * k + r] = r < kk ? found_ids[j * kk + r] : kNoId;
-    }
+    std::copy_n(found_scores.begin() + j * k, k, scores + i * k);
+    std::copy_n(found_ids.begin() + j * k, k, ids + i * k);
     turn[i].distances += each;
+    turn[i].path = TurnPath::cold;
+    turn[i].exact = index.exact_search();
   }
   return {};
 }
@@ -475,31 +495,59 @@ Status refine_group(const Index& index, const float* original, const float* refi
                     std::size_t k, const GroupOptions& options, float* scores, idx_t* ids, TurnInfo* infos,
                     std::uint64_t* shared_distances) {
   if (k == 0) return make_error(ErrorCode::invalid_argument, "k must be positive");
+  if (options.num_threads < 0)
+    return make_error(ErrorCode::invalid_argument,
+                      "num_threads must be >= 0 (0: all cores), got " + std::to_string(options.num_threads));
   if (nq == 0) return {};
   if (refined == nullptr) return make_error(ErrorCode::invalid_argument, "refined queries are null");
+  if (scores == nullptr || ids == nullptr) return make_error(ErrorCode::invalid_argument, "output buffers are null");
+  Status s = check_k_fits(k, index.size());
+  if (!s.ok()) return s;
   const std::size_t d = index.dim();
   const std::size_t pool_size = resolve_pool_size(options.pool_size, k);
   std::vector<float> q0;
-  Status s = prepare_query(index, original, q0);
+  s = prepare_query(index, original, q0);
   if (!s.ok()) return s;
   std::vector<std::vector<float>> qs(nq);
   for (std::size_t i = 0; i < nq; ++i) {
     s = prepare_query(index, refined + i * d, qs[i]);
     if (!s.ok()) return make_error(s.error().code, "refined query " + std::to_string(i) + ": " + s.error().message);
   }
-  CandidatePool pool;
-  std::uint64_t pool_distances = 0;
-  s = search_pool(index, q0, pool_size, options.filter, options.num_threads, pool, pool_distances);
-  if (!s.ok()) return s;
-  if (shared_distances) *shared_distances = pool_distances;
-  const std::size_t p = pool.ids.size();
   std::vector<float> all(nq * d);
   for (std::size_t i = 0; i < nq; ++i) std::copy(qs[i].begin(), qs[i].end(), all.begin() + i * d);
-  std::vector<float> pool_scores(nq * p);
-  if (p) {
-    s = index.score_ids_batch(all.data(), nq, pool.ids.data(), p, pool_scores.data());
+  // The pool's scores for the G queries must describe the state the pool was searched in: a write
+  // by another thread in between (a new generation; a pool id that is gone makes the scoring
+  // fail) means searching the pool again. Writers that keep winning that race get every query
+  // searched from scratch, in one call.
+  constexpr int kAttempts = 3;
+  CandidatePool pool;
+  std::vector<float> pool_scores;
+  std::uint64_t pool_distances = 0;
+  bool consistent = false;
+  for (int attempt = 0; attempt < kAttempts && !consistent; ++attempt) {
+    s = search_pool(index, q0, pool_size, options.filter, options.num_threads, pool, pool_distances);
     if (!s.ok()) return s;
+    pool_scores.assign(nq * pool.ids.size(), 0.0f);
+    if (!pool.ids.empty())
+      s = index.score_ids_batch(all.data(), nq, pool.ids.data(), pool.ids.size(), pool_scores.data());
+    consistent = index.generation() == pool.generation;
+    if (!s.ok() && consistent) return s;
   }
+  if (shared_distances) *shared_distances = pool_distances;
+  if (!consistent) {
+    std::vector<TurnInfo> turn(nq);
+    std::vector<std::size_t> every(nq);
+    for (std::size_t i = 0; i < nq; ++i) {
+      every[i] = i;
+      turn[i].moved = measure_move(qs[i], q0).distance;
+      turn[i].margin = kNaN;
+    }
+    s = search_together(index, all.data(), every, k, options, scores, ids, turn);
+    if (!s.ok()) return s;
+    if (infos) std::copy(turn.begin(), turn.end(), infos);
+    return {};
+  }
+  const std::size_t p = pool.ids.size();
   std::vector<TurnInfo> turn(nq);
   std::vector<std::size_t> cold;  // queries the pool could not answer and no warm start served
   for (std::size_t i = 0; i < nq; ++i) {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+#include <string>
 #include <memory>
 #include <random>
 #include <set>
@@ -384,6 +386,84 @@ TEST(generation_max_norm_stats_and_batch_scores) {
   CHECK(l2->add(x, 2, nullptr).ok());
   CHECK(l2->search(q, 1, 1, out, out_id, p).ok());
   CHECK(l2_stats.distances.load() == 2 + 1);  // scanned rows + direct l2 re-scoring of k
+}
+
+TEST(automatic_ids_are_consecutive_and_the_largest_id_is_bounded) {
+  auto index = make_index(4, Metric::inner_product);
+  auto x = random_vec(4 * 4, 21);
+  CHECK(index->add(x.data(), 4, nullptr).ok());
+  CHECK(index->add(x.data(), 4, nullptr).ok());
+  std::vector<float> s(8);
+  std::vector<idx_t> ids(8);
+  CHECK(index->search(x.data(), 1, 8, s.data(), ids.data(), {}).ok());
+  std::sort(ids.begin(), ids.end());
+  CHECK(ids == std::vector<idx_t>({0, 1, 2, 3, 4, 5, 6, 7}));
+  // After explicit ids, automatic ones continue after the largest.
+  idx_t big = 100;
+  CHECK(index->add(x.data(), 1, &big).ok());
+  CHECK(index->add(x.data(), 2, nullptr).ok());
+  float rows[8];
+  const idx_t next[2] = {101, 102};
+  CHECK(index->reconstruct(next, 2, rows).ok());
+  // 2^63 - 1 would leave no room for the next automatic id: rejected, nothing added.
+  const idx_t top = std::numeric_limits<idx_t>::max();
+  auto st = index->add(x.data(), 1, &top);
+  CHECK(!st.ok() && st.error().code == ErrorCode::invalid_argument);
+  CHECK(index->size() == 11);
+  const idx_t last = top - 1;
+  CHECK(index->add(x.data(), 1, &last).ok());
+  st = index->add(x.data(), 1, nullptr);  // no automatic id is left
+  CHECK(!st.ok() && index->size() == 12);
+  const std::string path = "/tmp/vsr_test_ids_" + std::to_string(::getpid()) + ".vsr";
+  CHECK(index->save(path).ok());
+  auto loaded = FlatIndex::load(path, false, true);
+  CHECK(loaded.ok() && loaded.value()->size() == 12);
+  std::remove(path.c_str());
+}
+
+TEST(vectors_and_queries_too_large_for_float32_scores_are_rejected) {
+  for (Metric m : {Metric::inner_product, Metric::l2}) {
+    auto index = make_index(4, m, Storage::f32);
+    const float huge[4] = {1e20f, 1e20f, 1e20f, 1e20f};
+    auto st = index->add(huge, 1, nullptr);
+    CHECK(!st.ok() && st.error().code == ErrorCode::invalid_argument && st.error().message.find("norm") != std::string::npos);
+    CHECK(index->size() == 0);
+    const float large[4] = {1e17f, -1e17f, 1e17f, 0};
+    CHECK(index->add(large, 1, nullptr).ok());
+    float s[1];
+    idx_t id[1];
+    CHECK(!index->search(huge, 1, 1, s, id, {}).ok());
+    CHECK(index->search(large, 1, 1, s, id, {}).ok() && std::isfinite(s[0]));
+    const std::string path = "/tmp/vsr_test_norm_" + std::to_string(::getpid()) + ".vsr";
+    CHECK(index->save(path).ok());
+    CHECK(FlatIndex::load(path, false, true).ok());
+    std::remove(path.c_str());
+  }
+  // Cosine normalises, so any finite non-zero vector is fine.
+  auto cos = make_index(4, Metric::cosine);
+  const float huge[4] = {1e20f, 1e20f, 1e20f, 1e20f};
+  CHECK(cos->add(huge, 1, nullptr).ok());
+}
+
+TEST(a_mapped_index_whose_file_changes_reports_it_instead_of_crashing) {
+  auto index = make_index(8, Metric::inner_product);
+  auto x = random_vec(300 * 8, 23);
+  CHECK(index->add(x.data(), 300, nullptr).ok());
+  const std::string path = "/tmp/vsr_test_mapped_" + std::to_string(::getpid()) + ".vsr";
+  CHECK(index->save(path).ok());
+  auto mapped = FlatIndex::load(path, true, true).value();
+  CHECK(mapped->is_mapped());
+  float s[3];
+  idx_t id[3];
+  CHECK(mapped->search(x.data(), 1, 3, s, id, {}).ok());
+  CHECK(::truncate(path.c_str(), 128) == 0);  // reading the mapping now would raise SIGBUS
+  auto st = mapped->search(x.data(), 1, 3, s, id, {});
+  CHECK(!st.ok() && st.error().message.find("changed") != std::string::npos);
+  CHECK(!mapped->score_ids(x.data(), id, 1, s).ok());
+  CHECK(!mapped->reconstruct(id, 1, s).ok());
+  CHECK(!mapped->add(x.data(), 1, nullptr).ok());
+  CHECK(!mapped->save(path + ".copy").ok());
+  std::remove(path.c_str());
 }
 
 VSR_TEST_MAIN

@@ -1,13 +1,15 @@
 // GraphIndex: recall against the exact index for every metric and storage, incremental add,
 // removal with repair, filtered search, persistence, and sessions with warm starts.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <random>
 #include <set>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "test_harness.hpp"
@@ -390,13 +392,13 @@ TEST(warm_ef_search_narrows_warm_starts_only) {
   CHECK(g->warm_ef_search() == 0);
   std::size_t wide_hits = 0, narrow_hits = 0;
   const std::uint64_t wide = run_warm(wide_hits), cold_wide = cold_distances();
-  g->set_warm_ef_search(k);
+  CHECK(g->set_warm_ef_search(k).ok());
   const std::uint64_t narrow = run_warm(narrow_hits), cold_narrow = cold_distances();
   CHECK(narrow < wide);
   CHECK(cold_narrow == cold_wide);
   CHECK(double(narrow_hits) >= 0.95 * double(nq * k));
   CHECK(wide_hits >= narrow_hits);
-  g->set_warm_ef_search(0);
+  CHECK(g->set_warm_ef_search(0).ok());
   std::size_t again = 0;
   CHECK(run_warm(again) == wide && again == wide_hits);
 }
@@ -456,9 +458,46 @@ TEST(bad_arguments_are_rejected) {
   std::vector<idx_t> ids(2);
   CHECK(!g->search(ok.data(), 1, 2, s.data(), ids.data(), {}).ok());  // k > size
   CHECK(!g->set_ef_search(0).ok());
+  // Beams beyond 2^20 are rejected: their buffers alone could exhaust memory.
+  CHECK(!g->set_ef_search(std::size_t(1) << 32).ok() && !g->set_warm_ef_search(std::size_t(1) << 32).ok());
+  GraphOptions huge;
+  huge.ef_construction = std::size_t(1) << 32;
+  CHECK(!GraphIndex::make(4, huge).ok());
   idx_t missing = 77;
   CHECK(!g->remove(&missing, 1).ok());
-  CHECK(!g->search_warm(ok.data(), 1, &missing, 1, s.data(), ids.data(), {}).ok());
+  // Seeds are hints: one no longer in the index (another thread removed it) is skipped, and a
+  // walk left without seeds starts from the entry point.
+  CHECK(g->search_warm(ok.data(), 1, &missing, 1, s.data(), ids.data(), {}).ok() && ids[0] == 0);
+  CHECK(!g->search_warm(ok.data(), 2, &missing, 1, s.data(), ids.data(), {}).ok());  // k > size
+}
+
+TEST(automatic_ids_are_consecutive_and_bounded_and_huge_vectors_are_rejected) {
+  auto index = make_graph(8, Metric::inner_product, Storage::int8, 4);
+  auto x = clustered(8, 8, 51);
+  CHECK(index->add(x.data(), 4, nullptr).ok());
+  CHECK(index->add(x.data() + 4 * 8, 4, nullptr).ok());
+  std::vector<float> s(8);
+  std::vector<idx_t> ids(8);
+  CHECK(index->search(x.data(), 1, 8, s.data(), ids.data(), {}).ok());
+  std::sort(ids.begin(), ids.end());
+  CHECK(ids == std::vector<idx_t>({0, 1, 2, 3, 4, 5, 6, 7}));
+  const idx_t top = std::numeric_limits<idx_t>::max();
+  CHECK(!index->add(x.data(), 1, &top).ok() && index->size() == 8);
+  const idx_t last = top - 1;
+  CHECK(index->add(x.data(), 1, &last).ok());
+  CHECK(!index->add(x.data(), 1, nullptr).ok() && index->size() == 9);
+  std::vector<float> huge(8, 1e20f);
+  auto st = index->add(huge.data(), 1, nullptr);
+  CHECK(!st.ok() && st.error().message.find("norm") != std::string::npos && index->size() == 9);
+  CHECK(!index->search(huge.data(), 1, 1, s.data(), ids.data(), {}).ok());
+  const std::string path = "/tmp/vsr_test_graph_ids_" + std::to_string(::getpid()) + ".vsr";
+  CHECK(index->save(path).ok());
+  auto loaded = GraphIndex::load(path, true, true);
+  CHECK(loaded.ok() && loaded.value()->size() == 9);
+  // The mapped copy refuses to read a file truncated under it.
+  CHECK(::truncate(path.c_str(), 64) == 0);
+  CHECK(!loaded.value()->search(x.data(), 1, 1, s.data(), ids.data(), {}).ok());
+  std::remove(path.c_str());
 }
 
 VSR_TEST_MAIN

@@ -1,8 +1,12 @@
 // The section file container: round trip, and every kind of damage is reported, never read.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <dirent.h>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -138,6 +142,111 @@ TEST(writer_rejects_bad_sections_and_leaves_no_temp_file) {
   CHECK(!w.add("b", nullptr, 4).ok());
   auto st = w.write("/nonexistent/dir/x.vsr");
   CHECK(!st.ok() && st.error().code == ErrorCode::io_error);
+}
+
+namespace {
+
+mode_t mode_of(const std::string& path) {
+  struct stat st {};
+  CHECK(::stat(path.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
+
+// Files in `dir` whose names start with `prefix`.
+std::vector<std::string> files_starting(const std::string& dir, const std::string& prefix) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = ::readdir(d))
+    if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) out.emplace_back(e->d_name);
+  ::closedir(d);
+  return out;
+}
+
+std::string fresh_dir() {
+  char tmpl[] = "/tmp/vsr_test_io_XXXXXX";
+  return ::mkdtemp(tmpl);
+}
+
+}  // namespace
+
+TEST(saved_files_follow_the_umask_and_keep_an_existing_files_mode) {
+  const std::string dir = fresh_dir(), path = dir + "/index.vsr";
+  const mode_t old_mask = ::umask(027);
+  CHECK(write_sample(path).ok());
+  CHECK(mode_of(path) == 0640);
+  ::umask(077);
+  std::remove(path.c_str());
+  CHECK(write_sample(path).ok());
+  CHECK(mode_of(path) == 0600);
+  ::umask(022);
+  // Saving over an existing file keeps that file's permissions, whatever the umask.
+  CHECK(::chmod(path.c_str(), 0604) == 0);
+  CHECK(write_sample(path).ok());
+  CHECK(mode_of(path) == 0604);
+  ::umask(old_mask);
+}
+
+TEST(a_save_removes_temporary_files_that_killed_saves_left_behind) {
+  const std::string dir = fresh_dir(), path = dir + "/index.vsr";
+  // What a save killed half-way leaves: its temporary file, with nobody writing it any more.
+  write_bytes(path + ".tmp-a1B2c3", std::vector<char>(4096, 'x'));
+  write_bytes(path + ".tmp-zzzzzz", std::vector<char>(10, 'y'));
+  // A save in progress in another process holds a lock on its temporary file: left alone.
+  const std::string busy = path + ".tmp-busy01";
+  write_bytes(busy, std::vector<char>(10, 'z'));
+  const int fd = ::open(busy.c_str(), O_RDONLY);
+  CHECK(fd >= 0 && ::flock(fd, LOCK_EX) == 0);
+  // Other files sharing the prefix are not temporary files of this path.
+  write_bytes(dir + "/index.vsr.bak", std::vector<char>(3, 'b'));
+  write_bytes(dir + "/other.vsr.tmp-abcdef", std::vector<char>(3, 'o'));
+  CHECK(write_sample(path).ok());
+  const auto left = files_starting(dir, "index.vsr.tmp-");
+  CHECK(left.size() == 1 && left[0] == "index.vsr.tmp-busy01");
+  CHECK(files_starting(dir, "index.vsr.bak").size() == 1);
+  CHECK(files_starting(dir, "other.vsr.tmp-").size() == 1);
+  ::close(fd);
+  // Once its writer is gone, the next save removes it too.
+  CHECK(write_sample(path).ok());
+  CHECK(files_starting(dir, "index.vsr.tmp-").empty());
+  CHECK(FileReader::open(path, false, true).ok());
+}
+
+TEST(a_mapped_file_changed_on_disk_is_reported_not_read) {
+  const std::string dir = fresh_dir(), path = dir + "/index.vsr";
+  CHECK(write_sample(path).ok());
+  auto reader = FileReader::open(path, true, true).value();
+  CHECK(reader->check_unchanged().ok());
+  // Replaced by a save (rename): the mapping still holds the old file, which is safe to read.
+  CHECK(write_sample(path).ok());
+  CHECK(reader->check_unchanged().ok());
+  reader = FileReader::open(path, true, true).value();
+  // Overwritten in place, same size, a moment later: an error naming the file.
+  auto bytes = read_bytes(path);
+  bytes[70] ^= 1;
+  {
+    const int fd = ::open(path.c_str(), O_WRONLY);
+    CHECK(fd >= 0);
+    CHECK(::pwrite(fd, bytes.data(), bytes.size(), 0) == ssize_t(bytes.size()));
+    struct stat st {};
+    CHECK(::fstat(fd, &st) == 0);
+    const timespec later[2] = {st.st_atim, {st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec}};
+    CHECK(::futimens(fd, later) == 0);
+    ::close(fd);
+  }
+  Status st = reader->check_unchanged();
+  CHECK(!st.ok() && st.error().message.find(path) != std::string::npos &&
+        st.error().message.find("changed") != std::string::npos);
+  // Truncated in place.
+  reader = FileReader::open(path, true, false).value();
+  CHECK(::truncate(path.c_str(), 100) == 0);
+  st = reader->check_unchanged();
+  CHECK(!st.ok() && st.error().message.find("changed") != std::string::npos);
+  // A file read into memory does not depend on the file any more.
+  CHECK(write_sample(path).ok());
+  reader = FileReader::open(path, false, true).value();
+  CHECK(::truncate(path.c_str(), 100) == 0);
+  CHECK(reader->check_unchanged().ok());
 }
 
 VSR_TEST_MAIN

@@ -2,6 +2,7 @@
 // only when the bound proves it, seen ids never come back, and stale pools are detected.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <random>
 #include <set>
@@ -274,6 +275,158 @@ TEST(bad_input_is_rejected) {
   std::vector<idx_t> ids(3);
   CHECK(!s->refine(nan_q.data(), 3, sc.data(), ids.data(), nullptr).ok());
   CHECK(s->turns() == 1);  // a failed refine changes nothing
+}
+
+namespace {
+
+// An index that runs `hook` (another thread's write, made deterministic) right before its next
+// read of a chosen kind, then behaves like the index it wraps: it puts a removal exactly into the
+// window between a session's staleness check and its scoring of the pool.
+class InterleavingIndex final : public Index {
+ public:
+  enum class At { search, score, score_batch };
+  explicit InterleavingIndex(FlatIndex& inner) : inner_(inner) {}
+  void before(At at, std::function<void()> hook) {
+    at_ = at;
+    hook_ = std::move(hook);
+  }
+
+  std::size_t dim() const noexcept override { return inner_.dim(); }
+  Metric metric() const noexcept override { return inner_.metric(); }
+  std::size_t size() const noexcept override { return inner_.size(); }
+  Status add(const float* v, std::size_t n, const idx_t* ids) override { return inner_.add(v, n, ids); }
+  Status remove(const idx_t* ids, std::size_t n) override { return inner_.remove(ids, n); }
+  Status search(const float* q, std::size_t nq, std::size_t k, float* s, idx_t* i, const SearchParams& p) const override {
+    fire(At::search);
+    return inner_.search(q, nq, k, s, i, p);
+  }
+  Status score_ids(const float* q, const idx_t* ids, std::size_t n, float* s) const override {
+    fire(At::score);
+    return inner_.score_ids(q, ids, n, s);
+  }
+  Status score_ids_prepared(const float* q, const idx_t* ids, std::size_t n, float* s) const override {
+    fire(At::score);
+    return inner_.score_ids_prepared(q, ids, n, s);
+  }
+  Status score_ids_batch(const float* q, std::size_t nq, const idx_t* ids, std::size_t n, float* s) const override {
+    fire(At::score_batch);
+    return inner_.score_ids_batch(q, nq, ids, n, s);
+  }
+  std::uint64_t generation() const noexcept override { return inner_.generation(); }
+  bool exact_search() const noexcept override { return inner_.exact_search(); }
+  std::optional<float> max_norm() const noexcept override { return inner_.max_norm(); }
+
+ private:
+  void fire(At at) const {
+    if (!hook_ || at != at_) return;
+    auto hook = std::move(hook_);
+    hook_ = nullptr;
+    hook();
+  }
+  FlatIndex& inner_;
+  At at_ = At::search;
+  mutable std::function<void()> hook_;
+};
+
+}  // namespace
+
+TEST(a_removal_between_the_staleness_check_and_the_pool_scoring_is_not_an_error) {
+  const std::size_t n = 600, d = 16, k = 5;
+  auto x = clustered(n, d, 23);
+  auto flat = make_flat(x, d, Metric::cosine);
+  InterleavingIndex index(*flat);
+  std::vector<float> q(x.begin() + 7 * d, x.begin() + 8 * d);
+  SessionOptions opt;
+  opt.pool_size = 40;
+  auto s = Session::start(index, q.data(), k, opt).value();
+  // The pool's best entry disappears after the session checked the pool is current.
+  const idx_t gone = s->ids()[0];
+  index.before(InterleavingIndex::At::score, [&] { CHECK(flat->remove(&gone, 1).ok()); });
+  const auto q2 = moved(q, 0.9995, 29);
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  TurnInfo info;
+  const Status st = s->refine(q2.data(), k, sc.data(), ids.data(), &info);
+  CHECK(st.ok());
+  CHECK(ids == exact_ids(*flat, q2, k));  // the answer for the index after the removal
+  CHECK(std::find(ids.begin(), ids.end(), gone) == ids.end());
+  CHECK(info.path != TurnPath::pool);  // the pool it was about to trust is stale
+}
+
+TEST(refine_group_survives_a_removal_between_its_pool_search_and_the_scoring) {
+  const std::size_t n = 700, d = 16, k = 5, g = 4;
+  auto x = clustered(n, d, 31);
+  auto flat = make_flat(x, d, Metric::cosine);
+  InterleavingIndex index(*flat);
+  std::vector<float> q(x.begin() + 3 * d, x.begin() + 4 * d);
+  std::vector<float> batch;
+  for (std::size_t i = 0; i < g; ++i) {
+    auto qi = moved(q, 0.9995, 40 + unsigned(i));
+    batch.insert(batch.end(), qi.begin(), qi.end());
+  }
+  const std::vector<idx_t> before = exact_ids(*flat, q, 3);
+  index.before(InterleavingIndex::At::score_batch, [&] { CHECK(flat->remove(before.data(), before.size()).ok()); });
+  GroupOptions opt;
+  opt.pool_size = 50;
+  std::vector<float> sc(g * k);
+  std::vector<idx_t> ids(g * k);
+  const Status st = refine_group(index, q.data(), batch.data(), g, k, opt, sc.data(), ids.data(), nullptr, nullptr);
+  CHECK(st.ok());
+  for (std::size_t i = 0; i < g; ++i) {
+    std::vector<float> qi(batch.begin() + i * d, batch.begin() + (i + 1) * d);
+    CHECK(std::vector<idx_t>(ids.begin() + i * k, ids.begin() + (i + 1) * k) == exact_ids(*flat, qi, k));
+  }
+}
+
+TEST(a_pool_search_for_every_vector_survives_a_removal_just_before_it) {
+  const std::size_t n = 30, d = 8, k = 4;
+  auto x = clustered(n, d, 37);
+  auto flat = make_flat(x, d, Metric::cosine);
+  InterleavingIndex index(*flat);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  // The session asks for a pool of every vector; five of them go before its search runs.
+  const std::vector<idx_t> gone = {10, 11, 12, 13, 14};
+  index.before(InterleavingIndex::At::search, [&] { CHECK(flat->remove(gone.data(), gone.size()).ok()); });
+  SessionOptions opt;
+  opt.pool_size = n;
+  auto s = Session::start(index, q.data(), k, opt);
+  CHECK(s.ok());
+  if (s.ok()) CHECK(s.value()->ids() == exact_ids(*flat, q, k));
+  // The same for a group's pool.
+  index.before(InterleavingIndex::At::search, [&] {
+    const idx_t more[2] = {20, 21};
+    CHECK(flat->remove(more, 2).ok());
+  });
+  GroupOptions gopt;
+  gopt.pool_size = n;
+  std::vector<float> sc(k);
+  std::vector<idx_t> ids(k);
+  CHECK(refine_group(index, q.data(), q.data(), 1, k, gopt, sc.data(), ids.data(), nullptr, nullptr).ok());
+  CHECK(ids == exact_ids(*flat, q, k));
+}
+
+TEST(k_beyond_the_index_and_negative_threads_are_errors) {
+  const std::size_t d = 8;
+  auto x = clustered(12, d, 41);
+  auto index = make_flat(x, d, Metric::cosine);
+  std::vector<float> q(x.begin(), x.begin() + d);
+  // Like search: k larger than the index is an error, not a padded answer.
+  auto too_many = Session::start(*index, q.data(), 13, {});
+  CHECK(!too_many.ok() && too_many.error().message.find("exceeds") != std::string::npos);
+  auto s = Session::start(*index, q.data(), 12, {}).value();
+  std::vector<float> sc(13);
+  std::vector<idx_t> ids(13);
+  const Status r = s->refine(q.data(), 13, sc.data(), ids.data(), nullptr);
+  CHECK(!r.ok() && r.error().message.find("exceeds") != std::string::npos);
+  CHECK(s->turns() == 1);
+  GroupOptions gopt;
+  CHECK(!refine_group(*index, q.data(), q.data(), 1, 13, gopt, sc.data(), ids.data(), nullptr, nullptr).ok());
+  SessionOptions bad;
+  bad.num_threads = -7;
+  auto neg = Session::start(*index, q.data(), 3, bad);
+  CHECK(!neg.ok() && neg.error().message.find("num_threads") != std::string::npos);
+  gopt.num_threads = -7;
+  CHECK(!refine_group(*index, q.data(), q.data(), 1, 3, gopt, sc.data(), ids.data(), nullptr, nullptr).ok());
 }
 
 VSR_TEST_MAIN

@@ -198,3 +198,27 @@ def test_bad_input_raises_clear_errors(data):
     assert s.turns == 1
     with pytest.raises(ValueError, match="shape"):
         index.refine_group(data[0], data[:3, :5], k=3)
+
+
+@pytest.mark.parametrize("kind", ["flat", "graph"])
+def test_k_beyond_the_index_and_negative_threads_raise_like_search(data, kind):
+    index = vsr_index.FlatIndex(32) if kind == "flat" else vsr_index.GraphIndex(32)
+    index.add(data[:6])
+    with pytest.raises(ValueError, match="exceeds the 6 vectors"):
+        index.search(data[0], 7)
+    with pytest.raises(ValueError, match="exceeds the 6 vectors"):
+        index.session(data[0], k=7)
+    s = index.session(data[0], k=6)
+    with pytest.raises(ValueError, match="exceeds the 6 vectors"):
+        s.refine(data[1], k=7)
+    assert s.turns == 1
+    with pytest.raises(ValueError, match="exceeds the 6 vectors"):
+        index.refine_group(data[0], data[1:3], k=7)
+    with pytest.raises(ValueError, match="num_threads"):
+        index.session(data[0], k=3, num_threads=-7)
+    with pytest.raises(ValueError, match="num_threads"):
+        index.refine_group(data[0], data[1:3], k=3, num_threads=-7)
+    # With a filter, fewer matches than k are padded, as search pads them.
+    _, ids = index.search(data[0], 4, allow=[0, 1])
+    assert ids[0].tolist()[2:] == [-1, -1]
+    assert index.session(data[0], k=4, allow=[0, 1]).ids.tolist()[2:] == [-1, -1]

@@ -54,6 +54,11 @@ def test_malformed_rows_name_file_and_line(tmp_path):
         (json.dumps(FIG_ROW | {"desc_id": 9, "time": [float("nan"), 2]}), "finite"),
         (json.dumps(FIG_ROW), "duplicate query id '7'"),
         ("[1, 2]", "expected a JSON object"),
+        (
+            json.dumps(FIG_ROW | {"desc_id": None}),
+            "query id must be a non-empty string or an integer, got None",
+        ),
+        (json.dumps(FIG_ROW | {"desc_id": True}), "query id must be"),
     ],
 )
 def test_each_kind_of_bad_row_is_reported_or_counted(tmp_path, bad_line, message):
@@ -63,6 +68,45 @@ def test_each_kind_of_bad_row_is_reported_or_counted(tmp_path, bad_line, message
     result = read_moments(path, "fig", skip_malformed=True)
     assert [m.query_id for m in result.moments] == ["7", "10"]
     assert len(result.skipped) == 1 and result.skipped[0].location.endswith("d_test.jsonl:3")
+
+
+@pytest.mark.parametrize("fmt", ["fig", "tvr"])
+def test_bytes_that_are_not_utf8_make_their_row_malformed(tmp_path, fmt):
+    row = (
+        FIG_ROW
+        if fmt == "fig"
+        else {"desc_id": 7, "desc": "a door", "vid_name": "V1", "ts": [1, 2], "duration": 9}
+    )
+    lines = [
+        json.dumps(row).encode(),
+        b'{"desc_id": 8, "fig_desc": "caf\xe9 \xff"}',
+        json.dumps(row | {"desc_id": 10}).encode(),
+    ]
+    path = tmp_path / f"{fmt}_test.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(
+        AnnotationError, match=rf"{fmt}_test.jsonl:2: invalid UTF-8 .* at byte 31 of the line"
+    ):
+        read_moments(path, fmt)
+    result = read_moments(path, fmt, skip_malformed=True)
+    assert [m.query_id for m in result.moments] == ["7", "10"]
+    assert result.skipped[0].location.endswith(f"{fmt}_test.jsonl:2") and "UTF-8" in result.skipped[0].reason
+    # The format is still inferred from a file with a bad line.
+    assert read_moments(path, skip_malformed=True).moments[0].query_id == "7"
+
+
+def test_bytes_that_are_not_utf8_in_txt_and_json_formats(tmp_path):
+    path = tmp_path / "charades_sta_test.txt"
+    path.write_bytes(b"AO8RW 0.0 6.9##a person\nY6R7T 3.1 9.0##caf\xe9\nZZ 1 2##fine\n")
+    with pytest.raises(AnnotationError, match=r"charades_sta_test.txt:2: invalid UTF-8"):
+        read_moments(path)
+    assert [m.video_id for m in read_moments(path, skip_malformed=True).moments] == ["AO8RW", "ZZ"]
+    # A JSON document cannot be parsed around a bad byte: the whole file is refused, naming the line.
+    path = tmp_path / "anet_val.json"
+    path.write_bytes(b'{"v1": {"duration": 5,\n "sentences": ["caf\xe9"], "timestamps": [[0, 1]]}}')
+    for skip in (False, True):
+        with pytest.raises(AnnotationError, match=r"anet_val.json:2: invalid UTF-8"):
+            read_moments(path, "activitynet", skip_malformed=skip)
 
 
 def test_end_past_duration_is_clipped_and_counted_or_rejected(tmp_path):

@@ -287,3 +287,50 @@ def test_session_refine_excludes_seen_videos_and_matches_search(tiny_engine):
         tiny_engine.session(unit_rows(2), k=2)
     with pytest.raises(ValueError, match="one query embedding"):
         s.refine(unit_rows(2))
+
+
+class _Planted:
+    """Unpickling it unrestricted runs code (creates `marker`)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_a_planted_feature_cache_is_ignored_without_running_code(tmp_path, caplog):
+    """`vsr engine fit` keeps features_train.pt / features_val.pt in its output folder; a file planted
+    there is read without unpickling objects, reported, and replaced by recomputed features."""
+    from types import SimpleNamespace
+
+    from vsr_model.backbones import FrameEncoderConfig
+    from vsr_model.engine.dual import FrameFeatures
+    from vsr_model.engine.fit import extract_features
+    from vsr_model.video import FrameSampling
+
+    computed = []
+
+    def frame_features(clip):
+        computed.append(clip)
+        return FrameFeatures(torch.full((2, 3), float(len(clip))), torch.tensor([0.0, 1.0]), 2.0)
+
+    engine = SimpleNamespace(
+        config=SimpleNamespace(frames=FrameEncoderConfig()), frame_features=frame_features
+    )
+    corpus = SimpleNamespace(sampling=FrameSampling(), clip=lambda vid: vid)
+    cache = tmp_path / "features_train.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"key": None, "items": {"a": _Planted(marker)}}, cache)
+    with caplog.at_level("WARNING"):
+        feats = extract_features(engine, corpus, ["a", "bb"], cache_file=cache, progress=False)
+    assert not marker.exists()
+    assert "ignoring the frame-feature cache" in caplog.text
+    assert computed == ["a", "bb"] and torch.equal(feats["bb"].features, torch.full((2, 3), 2.0))
+    # The replacement is a valid cache: the next run reads it instead of computing.
+    again = extract_features(engine, corpus, ["a", "bb"], cache_file=cache, progress=False)
+    assert computed == ["a", "bb"] and torch.equal(again["a"].features, feats["a"].features)
+    # A torn cache (a kill during a write elsewhere) is recomputed the same way.
+    cache.write_bytes(cache.read_bytes()[:100])
+    extract_features(engine, corpus, ["a"], cache_file=cache, progress=False)
+    assert computed == ["a", "bb", "a"]

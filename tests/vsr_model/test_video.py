@@ -108,6 +108,20 @@ def test_frame_cache_recovers_from_a_damaged_entry(tmp_path, tiny_video):
     np.testing.assert_array_equal(first.frames, again.frames)
 
 
+@pytest.mark.parametrize("damage", [b'{"source": "x", "timest', b"\xff\xfe", b"[1, 2]", b'{"shape": null}'])
+def test_frame_cache_recovers_from_a_torn_or_foreign_metadata_file(tmp_path, tiny_video, damage, caplog):
+    cache = FrameCache(tmp_path / "cache")
+    first = cache.get(tiny_video, FrameSampling())
+    (meta,) = list((tmp_path / "cache").rglob("*.json"))
+    meta.write_bytes(damage)
+    with caplog.at_level("WARNING"):
+        again = cache.get(tiny_video, FrameSampling())
+    assert "is unreadable" in caplog.text
+    assert cache.misses == 2
+    np.testing.assert_array_equal(first.frames, again.frames)
+    assert json.loads(meta.read_text())["shape"] == list(first.frames.shape)  # rewritten whole
+
+
 def test_write_video_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "x.mp4", np.zeros((2, 5, 4, 3), np.uint8), fps=5)

@@ -43,7 +43,7 @@ def _check_run(out: Path, steps: int, world_size: int) -> list[dict]:
     state = json.loads((final / "trainer_state.json").read_text())
     assert state["world_size"] == world_size
     assert sorted(p.name for p in (final / "rng").iterdir()) == [
-        f"rank-{r:05d}.pt" for r in range(world_size)
+        f"rank-{r:05d}.npz" for r in range(world_size)
     ]
     assert (final / "hf" / "model.safetensors").stat().st_size > 10_000  # whole weights, not empty shards
     return records

@@ -91,6 +91,9 @@ class FlatIndex final : public Index {
   // score_ids_batch for queries already prepared (checked, normalised for cosine).
   Status score_prepared(const float* q, std::size_t nq, const idx_t* ids, std::size_t n, float* scores) const;
   void make_owned();
+  // For an index served from a mapped file: an error when the file changed on disk since it was
+  // mapped (reading it then could return other data or kill the process with SIGBUS).
+  Status check_file() const;
 
   std::size_t dim_;
   FlatOptions opts_;

@@ -9,6 +9,10 @@
 //
 // Thread safety: searches run concurrently with each other; add/remove/save take an exclusive
 // lock (a build is itself parallel).
+//
+// Failure: add and remove are all-or-nothing, also when memory runs out. Each first makes room
+// for everything it will write (slots, id map, link-list space, the workers' walk buffers), and
+// only then changes the index, with steps that cannot fail.
 #pragma once
 
 #include <algorithm>
@@ -75,7 +79,7 @@ class GraphIndex final : public Index {
   // Candidate list size of warm-started searches (search_warm: session and group refines); 0 =
   // ef_search. A walk that starts next to the answer reaches a given recall with a narrower beam
   // than one that starts at the entry point. Not saved with the index.
-  void set_warm_ef_search(std::size_t ef) noexcept { warm_ef_search_.store(ef); }
+  Status set_warm_ef_search(std::size_t ef);
   std::size_t warm_ef_search() const noexcept { return warm_ef_search_.load(); }
   void set_num_threads(int n) noexcept { num_threads_.store(n < 0 ? 0 : n); }
   int num_threads() const noexcept { return num_threads_.load(); }
@@ -90,6 +94,13 @@ class GraphIndex final : public Index {
   // Per-thread visited marks for one walk; an epoch counter makes reset O(1).
   class Visited {
    public:
+    // Room for n slots, so that reset(n) will not allocate.
+    void reserve(std::size_t n) {
+      if (marks_.size() < n) {
+        marks_.assign(n + n / 4, 0);
+        epoch_ = 0;
+      }
+    }
     void reset(std::size_t n) {
       if (marks_.size() < n) {
         marks_.assign(n + n / 4, 0);
@@ -126,6 +137,7 @@ class GraphIndex final : public Index {
       std::uint32_t slot;
       bool expanded;
     };
+    void reserve(std::size_t capacity) { items_.reserve(capacity + 1); }
     void reset(std::size_t capacity) {
       items_.clear();
       items_.reserve(capacity + 1);
@@ -185,14 +197,22 @@ class GraphIndex final : public Index {
     std::vector<float> scores;
   };
   static WalkScratch& search_scratch();
-  // Per-thread buffers of an insertion.
+  // Buffers of one insertion worker, sized before an add commits (reserve), so that inserting
+  // allocates nothing and cannot fail half-way.
   struct BuildScratch {
     WalkScratch walk;
     std::vector<float> query, row, select;  // the new node, a neighbour (decoded), select_neighbors'
     std::vector<Candidate> cands;
     std::vector<std::uint32_t> chosen, kept;
+    void reserve(const GraphIndex& index, std::size_t capacity);
   };
-  static BuildScratch& build_scratch();
+  // Buffers of one worker of a removal's link repair, sized before the removal commits.
+  struct RepairScratch {
+    std::vector<float> row, select;
+    std::vector<Candidate> cands;
+    std::vector<std::uint32_t> pool, kept;
+    void reserve(const GraphIndex& index);
+  };
 
   GraphIndex(std::size_t dim, const GraphOptions& options);
 
@@ -269,10 +289,12 @@ class GraphIndex final : public Index {
 
   // Build primitives (graph_index.cpp).
   template <bool locked>
-  void insert(std::uint32_t slot, int level);
+  void insert(std::uint32_t slot, int level, BuildScratch& scratch);
   void connect(std::uint32_t slot, int level, const std::vector<std::uint32_t>& neighbors, BuildScratch& scratch);
-  void repair(const std::vector<char>& removed);
+  void repair(const std::vector<char>& removed, std::vector<RepairScratch>& scratch);
   int random_level(std::uint32_t slot) const noexcept;
+  // Room in every per-slot array for `capacity` slots; grow() then cannot fail.
+  void reserve_slots(std::size_t capacity);
   void grow(std::size_t capacity);
   // Drops removed nodes' upper-layer blocks from upper_links_ (live slots only: call it before
   // new slots get their levels).
@@ -282,8 +304,14 @@ class GraphIndex final : public Index {
   void allocate_upper(const std::vector<std::uint32_t>& slots);
   std::size_t capacity() const noexcept { return ids_.size(); }
   void make_owned();
+  // For an index served from a mapped file: an error when the file changed on disk since it was
+  // mapped (reading it then could return other data or kill the process with SIGBUS).
+  Status check_file() const;
 
   static constexpr std::size_t kNodeLocks = 4096;
+  // Largest candidate list (ef_construction, ef_search): far beyond any useful setting, small
+  // enough that a walk's buffers always fit in memory.
+  static constexpr std::size_t kMaxEf = std::size_t(1) << 20;
   static constexpr std::uint32_t kNoSlot = 0xFFFFFFFFu;
 
   std::size_t dim_;
@@ -318,6 +346,7 @@ class GraphIndex final : public Index {
 
   std::atomic<std::uint64_t> generation_{0};
   mutable std::atomic<float> max_norm_{-1.0f};
+  std::vector<std::unique_ptr<BuildScratch>> build_scratch_;  // one per insertion worker (add holds the lock)
   std::unique_ptr<std::mutex[]> node_locks_;
   std::mutex entry_mutex_;  // entry_/max_level_ during a parallel build
   std::shared_ptr<io::FileReader> file_;

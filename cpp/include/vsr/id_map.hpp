@@ -47,7 +47,14 @@ class IdMap {
     return e->second;
   }
 
+  // The value of a present id, to update it in place (never allocates); nullptr when absent.
+  V* find_value(idx_t id) noexcept {
+    const Entry* e = find(id);
+    return e != nullptr ? &const_cast<Entry*>(e)->second : nullptr;
+  }
+
   // Inserts (id, value) unless id is present; returns the cell and whether it was inserted.
+  // Never allocates when reserve() made room for the id beforehand.
   std::pair<Entry*, bool> emplace(idx_t id, V value) {
     if (id < 0) throw std::invalid_argument("ids must be non-negative");
     if (2 * (size_ + 1) > cells_.size()) rehash(2 * (size_ + 1));
@@ -102,8 +109,9 @@ class IdMap {
       cells *= 2;
       ++bits;
     }
-    std::vector<Entry> old = std::move(cells_);
-    cells_.assign(cells, Entry{kEmpty, V{}});
+    // The new table is allocated before the old one is touched: a failed rehash changes nothing.
+    std::vector<Entry> old(cells, Entry{kEmpty, V{}});
+    old.swap(cells_);
     mask_ = cells - 1;
     shift_ = 64 - bits;
     size_ = 0;

@@ -40,6 +40,11 @@ struct SearchParams {
   const IdFilter* filter = nullptr;  // not owned; nullptr = no filtering
   int num_threads = 0;               // 0 = the index's default
   SearchStats* stats = nullptr;      // not owned; nullptr = not counted
+  // k may exceed the number of vectors: the missing results are kNoId, as with a filter that
+  // accepts fewer than k. Otherwise k > size() is an error. Sessions search with it, so that
+  // vectors removed by another thread between their reading size() and searching cannot make
+  // their search fail.
+  bool pad = false;
 };
 
 // Results of a range search in CSR form (faiss convention): query i's results are
@@ -62,7 +67,9 @@ class Index {
   virtual std::size_t size() const noexcept = 0;
 
   // Adds n vectors (row-major n x dim). ids == nullptr assigns consecutive ids after the largest
-  // id in the index. Duplicate or negative ids are rejected and nothing is added.
+  // id the index has held. Ids must be in [0, 2^63 - 2] and new; under ip / l2 a vector's norm must
+  // be at most 1e18 (see input_checks.hpp). All or nothing: a rejected call, or one that runs out of
+  // memory part-way (std::bad_alloc), leaves the index unchanged.
   virtual Status add(const float* vectors, std::size_t n, const idx_t* ids) = 0;
 
   virtual Status search(const float* queries, std::size_t nq, std::size_t k, float* scores,
@@ -103,7 +110,8 @@ class Index {
   virtual std::optional<float> max_norm() const noexcept { return std::nullopt; }
 
   // k-NN search that starts from known good candidates (e.g. the previous turn's results) instead
-  // of the index's usual entry point. Indexes without such a search return ErrorCode::unsupported.
+  // of the index's usual entry point; seeds no longer in the index are skipped (they are hints).
+  // Indexes without such a search return ErrorCode::unsupported.
   virtual Status search_warm(const float* query, std::size_t k, const idx_t* seeds,
                              std::size_t n_seeds, float* scores, idx_t* ids,
                              const SearchParams& params) const {
@@ -117,7 +125,7 @@ class Index {
   virtual std::string_view kind_name() const noexcept { return "index"; }
 
   // Removes the listed ids. Every id must be present and listed once; otherwise nothing is
-  // removed and the error names the offending id.
+  // removed and the error names the offending id. All or nothing, like add.
   virtual Status remove(const idx_t* ids, std::size_t n);
 
   // The stored vectors of n ids, in the given order, as float32 rows (out: n x dim). Exact when

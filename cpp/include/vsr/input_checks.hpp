@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <limits>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -11,6 +12,14 @@
 
 namespace vsr {
 
+// The largest id an index stores: one below 2^63 - 1, so that the next automatic id (largest id
+// + 1) is always representable.
+inline constexpr idx_t kMaxId = std::numeric_limits<idx_t>::max() - 1;
+// The largest norm of a vector or query under inner product and l2: scores of two such vectors,
+// and every partial sum of them, stay far inside float32's range (3.4e38). Cosine normalises, so
+// any finite non-zero vector is accepted there.
+inline constexpr double kMaxNorm = 1e18;
+
 // True when none of the n values is NaN or infinite.
 bool all_finite(const float* x, std::size_t n) noexcept;
 // Sum of squares in double precision.
@@ -18,9 +27,9 @@ double sqnorm(const float* x, std::size_t d) noexcept;
 // Normalises each of n rows in place; false (and *bad_row) at the first row with zero norm.
 bool normalize_rows(float* x, std::size_t n, std::size_t d, std::size_t* bad_row) noexcept;
 
-// Rows as the metric scores them: rejects NaN/inf (and, for cosine, all-zero rows) naming the row
-// as `noun` ("query", "vector"); for cosine returns normalised copies held in `storage`, otherwise
-// the input itself.
+// Rows as the metric scores them: rejects NaN/inf, norms above kMaxNorm (inner product, l2) and,
+// for cosine, all-zero rows, naming the row as `noun` ("query", "vector"); for cosine returns
+// normalised copies held in `storage`, otherwise the input itself.
 Result<const float*> prepare_rows(const float* rows, std::size_t n, std::size_t dim, Metric metric,
                                   const char* noun, std::vector<float>& storage);
 
@@ -29,7 +38,12 @@ Status check_search_args(std::size_t k, const float* scores, const idx_t* ids);
 // k no larger than the number of vectors searched.
 Status check_k_fits(std::size_t k, std::size_t size);
 
-// New ids: non-negative, not in `existing`, not repeated in the batch.
+// The first automatic id after an add of n vectors (`ids` == nullptr: automatic ids from
+// `next_id` on), or an error when automatic ids would pass kMaxId. Explicit ids must have passed
+// check_new_ids.
+Result<idx_t> next_id_after(idx_t next_id, const idx_t* ids, std::size_t n);
+
+// New ids: in [0, kMaxId], not in `existing`, not repeated in the batch.
 template <typename Lookup>
 Status check_new_ids(const idx_t* ids, std::size_t n, const Lookup& existing) {
   std::unordered_set<idx_t> batch;
@@ -37,6 +51,9 @@ Status check_new_ids(const idx_t* ids, std::size_t n, const Lookup& existing) {
   for (std::size_t i = 0; i < n; ++i) {
     if (ids[i] < 0)
       return make_error(ErrorCode::invalid_argument, "ids must be non-negative, got " + std::to_string(ids[i]));
+    if (ids[i] > kMaxId)
+      return make_error(ErrorCode::invalid_argument, "ids must be at most 2^63 - 2 = " + std::to_string(kMaxId) +
+                                                         ", got " + std::to_string(ids[i]));
     if (existing.count(ids[i]) || !batch.insert(ids[i]).second)
       return make_error(ErrorCode::invalid_argument, "duplicate id " + std::to_string(ids[i]));
   }

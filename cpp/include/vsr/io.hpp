@@ -7,7 +7,17 @@
 //   table         one 64-byte entry per section: name (<= 31 bytes), offset, size, CRC-32C
 // The total size in the header detects truncation; the CRCs detect corruption; the format version
 // rejects files from a newer release with a message saying so. Writes are atomic: a temp file in
-// the same folder, fsync, rename over the target, fsync of the folder.
+// the same folder ("<name>.tmp-XXXXXX", locked while written), fsync, rename over the target,
+// fsync of the folder. A new file gets the permissions the umask gives (0666 less the umask); a
+// replaced file keeps its own. A failed write removes its temp file; a killed one cannot, so each
+// write also removes the temp files of earlier writes to the same path that no process holds.
+//
+// Mapped files: the index reads the mapping, so the file must not be written in place while it is
+// mapped (a save replaces it by rename, which leaves the mapping on the old contents).
+// FileReader::check_unchanged() turns a file changed in place (another size or modification time)
+// into an error; the indexes call it at the start of every call that reads the mapping. A change
+// during a call cannot be caught that way: a file truncated under a running search still raises
+// SIGBUS, as with any memory-mapped reader.
 #pragma once
 
 #include <cstddef>
@@ -84,6 +94,11 @@ class FileReader {
   bool mapped() const noexcept { return map_ != nullptr; }
   const std::string& path() const noexcept { return path_; }
   bool has(std::string_view name) const noexcept;
+  // For a mapped file: an error (naming the file) when it now has another size or modification
+  // time than when it was opened, i.e. it was written in place, so the mapping no longer holds
+  // what was loaded (and reading past a new end would raise SIGBUS). Always fine for a file read
+  // into memory. One fstat call.
+  Status check_unchanged() const;
   // The named section; an error naming the file and section when absent, or when expect_bytes
   // (if not SIZE_MAX) differs from its size.
   Result<Section> section(std::string_view name, std::size_t expect_bytes = SIZE_MAX) const;
@@ -102,6 +117,8 @@ class FileReader {
   std::uint32_t kind_version_ = 0;
   void* map_ = nullptr;
   std::size_t map_bytes_ = 0;
+  int fd_ = -1;  // kept open while mapped, for check_unchanged
+  std::int64_t mtime_sec_ = 0, mtime_nsec_ = 0;
   std::vector<std::uint8_t, CacheAlignedAllocator<std::uint8_t>> buffer_;  // a file read into memory
   const std::uint8_t* bytes_ = nullptr;
   std::size_t size_ = 0;

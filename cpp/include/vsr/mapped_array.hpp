@@ -30,6 +30,20 @@ struct CacheAlignedAllocator {
   bool operator!=(const CacheAlignedAllocator<U>&) const noexcept { return false; }
 };
 
+// Makes room for `extra` more elements, so that the inserts that follow cannot fail: an index
+// writer reserves everything first, then commits. Capacity grows geometrically, as push_back's
+// would (or exactly, when memory is too short for that).
+template <typename Vec>
+void reserve_more(Vec& v, std::size_t extra) {
+  const std::size_t need = v.size() + extra;
+  if (need <= v.capacity()) return;
+  try {
+    v.reserve(need > 2 * v.capacity() ? need : 2 * v.capacity());
+  } catch (const std::bad_alloc&) {
+    v.reserve(need);
+  }
+}
+
 template <typename T>
 class MappedArray {
  public:
@@ -45,7 +59,7 @@ class MappedArray {
     view_size_ = n;
   }
 
-  // Mutable access; materialises a view first.
+  // Mutable access; materialises a view first (all or nothing: a failed copy leaves the view).
   std::vector<T, CacheAlignedAllocator<T>>& own() {
     if (view_ != nullptr) {
       owned_.assign(view_, view_ + view_size_);

@@ -5,13 +5,31 @@
 // Any number of threads may submit jobs at the same time, and a task may itself submit a job
 // (the submitter always works on its own job, so nesting cannot deadlock). In a child process
 // after fork() the pool starts empty and grows again on demand.
+//
+// Submitting never fails on its own: when the pool cannot take a job (no memory for its
+// bookkeeping, no new thread), the caller runs every task itself. Index writers rely on this: once
+// they start committing a change, the tasks that do it run.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
-#include <functional>
 
 namespace vsr {
+
+// A non-owning reference to a callable taking a task number: passing one allocates nothing
+// (a std::function holding a lambda with a few captures would), and the callable must outlive
+// the call it is passed to (a lambda written in the call does).
+class TaskFn {
+ public:
+  template <typename F>
+  TaskFn(const F& fn) noexcept  // NOLINT(google-explicit-constructor): lambdas convert implicitly
+      : object_(&fn), call_([](const void* object, std::size_t task) { (*static_cast<const F*>(object))(task); }) {}
+  void operator()(std::size_t task) const { call_(object_, task); }
+
+ private:
+  const void* object_;
+  void (*call_)(const void*, std::size_t);
+};
 
 // Worker count for a request: requested > 0 wins, else the hardware concurrency.
 int resolve_threads(int requested) noexcept;
@@ -24,7 +42,7 @@ inline int resolve_threads(int requested, int index_setting) noexcept {
 // Runs fn(task) for every task in [0, n_tasks) on up to `threads` threads (the caller counts as
 // one). Returns when all tasks are done; rethrows the first exception a task threw (the other
 // tasks still run).
-void parallel_for(std::size_t n_tasks, int threads, const std::function<void(std::size_t)>& fn);
+void parallel_for(std::size_t n_tasks, int threads, TaskFn fn);
 
 // fn(begin, end) over at most `threads` contiguous chunks of [0, n).
 template <typename Fn>

@@ -78,6 +78,10 @@ struct CandidatePool {
 
 // A multi-turn search over one index. Not copyable; calls on one session are serialised by an
 // internal mutex, different sessions run concurrently. The index must outlive the session.
+// Other threads may add and remove vectors meanwhile: each turn answers for one state of the index
+// (a pool that turns stale during the turn is searched again). k larger than the index is an
+// error, as for search; with a filter, or vectors removed during the turn, missing results are
+// kNoId. options.num_threads must be >= 0.
 class Session {
  public:
   // Runs the first search; its results are in scores()/ids()/info().
@@ -134,7 +138,9 @@ struct GroupOptions {
 // for the original, then all G queries scored against the pool in one blocked pass, and a search
 // only for the queries the bound cannot settle (warm starts one by one; searches from scratch
 // together in one call). Writes nq * k results; infos (nq entries) and
-// shared_distances (the pool search's distances) are optional.
+// shared_distances (the pool search's distances) are optional. Under concurrent writes each query
+// is answered for one state of the index; when writes keep invalidating the pool between its
+// search and its scoring, every query is searched from scratch.
 Status refine_group(const Index& index, const float* original, const float* refined, std::size_t nq,
                     std::size_t k, const GroupOptions& options, float* scores, idx_t* ids, TurnInfo* infos,
                     std::uint64_t* shared_distances);

@@ -64,9 +64,9 @@ GraphIndex(dim, metric="ip", storage="f32", M=16, ef_construction=200, ef_search
             return ef == 0 ? py::none() : py::cast(ef);
           },
           [](vsr::GraphIndex& self, const py::handle& ef) {
-            if (ef.is_none()) return self.set_warm_ef_search(0);
+            if (ef.is_none()) return check(self.set_warm_ef_search(0));
             if (!py::isinstance<py::int_>(ef)) throw py::type_error("warm_ef_search must be an int or None");
-            self.set_warm_ef_search(positive(ef.cast<long>(), "warm_ef_search"));
+            check(self.set_warm_ef_search(positive(ef.cast<long>(), "warm_ef_search")));
           },
           "Candidate list size of warm-started searches (session and refine_group refines that start from "
           "the cached pool); None = ef_search. A walk that starts next to the answer needs a narrower beam "

@@ -103,14 +103,14 @@ void bind_session(py::module_& m) {
       "session",
       [](const py::object& py_self, const py::handle& query, long k, std::optional<long> pool_size,
          bool exclude_seen, const py::handle& allow, const py::handle& deny, double warm_min_cosine,
-         int num_threads) {
+         const py::handle& num_threads) {
         const vsr::Index& self = py_self.cast<const vsr::Index&>();
         vsr::SessionOptions opt;
         opt.pool_size = check_pool_size(pool_size);
         opt.exclude_seen = exclude_seen;
         opt.filter = make_filter(allow, deny);
         opt.warm_min_cosine = warm_min_cosine;
-        opt.num_threads = num_threads;
+        opt.num_threads = thread_count(num_threads);
         std::size_t kk = check_k(k);
         auto q = as_matrix(query, self.dim(), "query");
         if (q.shape(0) != 1) throw py::value_error("query must be a single vector");
@@ -130,11 +130,11 @@ void bind_session(py::module_& m) {
       "refine_group",
       [](const vsr::Index& self, const py::handle& original, const py::handle& refined, long k,
          std::optional<long> pool_size, const py::handle& allow, const py::handle& deny, double warm_min_cosine,
-         int num_threads) {
+         const py::handle& num_threads) {
         vsr::GroupOptions opt;
         opt.pool_size = check_pool_size(pool_size);
         opt.warm_min_cosine = warm_min_cosine;
-        opt.num_threads = num_threads;
+        opt.num_threads = thread_count(num_threads);
         vsr::IdFilter filter = make_filter(allow, deny);
         if (filter.mode != vsr::IdFilter::Mode::none) opt.filter = &filter;
         std::size_t kk = check_k(k);

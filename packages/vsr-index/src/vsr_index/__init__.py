@@ -31,7 +31,11 @@ def load(path: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -
     """Loads any saved index; the file says which kind it holds.
 
     mmap=True serves the vectors from the mapped file (indexes larger than memory work; the first
-    add/remove copies them into memory). verify=True checks every section checksum while loading.
+    add/remove copies them into memory). The file must then not be written in place while the index
+    lives: replace it by saving over it (a rename, which the mapping survives). A file changed in
+    place is reported as OSError by the next call; one truncated during a call can still end the
+    process with SIGBUS, so use mmap=False for files that others may rewrite. verify=True checks
+    every section checksum while loading.
     """
     kind = index_kind(path)
     cls = getattr(_core, kind.capitalize() + "Index", None)

@@ -220,26 +220,31 @@ class FrameCache:
         return clip
 
     def _load(self, frames_path: Path, meta_path: Path, video_id: str | None) -> VideoClip | None:
-        meta = json.loads(meta_path.read_text())
+        """The cached clip, or None (with a warning) when either file is unreadable: torn by a kill,
+        truncated, or not what this cache writes; the caller then decodes the video again."""
+        try:
+            meta = json.loads(meta_path.read_bytes())
+            shape = [int(v) for v in meta["shape"]]
+            timestamps = np.asarray(meta["timestamps"], dtype=np.float64)
+            duration, fps = float(meta["duration"]), float(meta["fps"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # JSON/Unicode errors are ValueErrors
+            logger.warning("frame cache entry %s is unreadable (%s); decoding again", meta_path, exc)
+            return None
         try:
             frames = np.load(frames_path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             logger.warning("frame cache entry %s is unreadable (%s); decoding again", frames_path, exc)
             return None
-        if list(frames.shape) != meta["shape"]:
+        if list(frames.shape) != shape:
             logger.warning(
                 "frame cache entry %s has shape %s, expected %s; decoding again",
                 frames_path,
                 frames.shape,
-                meta["shape"],
+                shape,
             )
             return None
         return VideoClip(
-            frames=np.asarray(frames),
-            timestamps=np.asarray(meta["timestamps"], dtype=np.float64),
-            duration=float(meta["duration"]),
-            fps=float(meta["fps"]),
-            video_id=video_id,
+            frames=np.asarray(frames), timestamps=timestamps, duration=duration, fps=fps, video_id=video_id
         )
 
     def clear(self) -> None:

@@ -2,34 +2,45 @@
 
 Layout of one checkpoint (``<run>/checkpoints/step-00000100/``)::
 
-    ds/            DeepSpeed engine state: model shards + optimizer + LR schedule (engine.save_checkpoint)
-    hf/            the model in Hugging Face format (save_pretrained), ready for evaluation or export
-    rng/rank-*.pt  each rank's RNG states (python, numpy, torch, CUDA)
+    ds/             DeepSpeed engine state: model shards + optimizer + LR schedule (engine.save_checkpoint)
+    hf/             the model in Hugging Face format (save_pretrained), ready for evaluation or export
+    rng/rank-*.npz  each rank's RNG states (python, numpy, torch, CUDA) as plain arrays
     trainer_state.json   step, data order position, world size, config snapshot
-    MANIFEST.json  every file above with its size and sha256; written LAST
+    MANIFEST.json   every file above with its size and sha256; written LAST
 
 Everything is written into ``.tmp-step-00000100``; only when every rank has finished and the manifest is
 on disk does rank 0 rename the folder to its final name. A folder without a manifest, with a missing file
 or a checksum mismatch is refused with an error naming the problem; it is never loaded. The checkpoint
 folder must be on a filesystem every rank can see (as usual for multi-node DeepSpeed checkpoints).
+
+The manifest detects partial and corrupted checkpoints, not tampered ones: anyone who can write a file
+can recompute its checksum. So nothing here unpickles arbitrary objects: RNG states are arrays
+(``np.load(allow_pickle=False)``); DeepSpeed's files are read by torch's ``weights_only`` unpickler with
+an allow-list of DeepSpeed's own plain data types (``deepspeed_safe_types()``), so a planted file is
+refused without running code. A checkpoint holding other types loads only with ``trust=True``
+(``vsr train ... --trust-checkpoint``), which hands it to DeepSpeed's own loader: trusted input only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vsr_model.fileio import atomic_write, atomic_write_json
 from vsr_train.runtime import DistInfo, barrier, broadcast_object
 
 log = logging.getLogger(__name__)
@@ -65,12 +76,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def write_manifest(folder: Path) -> dict[str, Any]:
@@ -95,17 +101,35 @@ def verify_checkpoint(folder: Path, checksums: bool = True) -> None:
             f"checkpoint {folder} has no {MANIFEST}: it is partial (the save did not finish)"
         )
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_bytes())
         files = manifest["files"]
         version = manifest["format_version"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # JSON and Unicode errors are ValueErrors
         raise CheckpointError(f"checkpoint {folder}: unreadable {MANIFEST}: {exc}") from exc
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise CheckpointError(
-            f"checkpoint {folder}: manifest format {version}, this code reads {FORMAT_VERSION}"
+            f"checkpoint {folder}: manifest format {version!r}, this code reads {FORMAT_VERSION}"
         )
+    if not isinstance(files, dict):
+        raise CheckpointError(f"checkpoint {folder}: unreadable {MANIFEST}: 'files' is not a mapping")
+    root = folder.resolve()
     for rel, meta in files.items():
+        # Only files inside the folder: no absolute paths, no '..', no links leading out of it.
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or rel == MANIFEST:
+            raise CheckpointError(
+                f"checkpoint {folder}: the manifest lists {rel!r}, not a file of the checkpoint"
+            )
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("size"), int)
+            and not isinstance(meta.get("size"), bool)
+            and isinstance(meta.get("sha256"), str)
+        ):
+            raise CheckpointError(f"checkpoint {folder}: the manifest entry of {rel} is not {{size, sha256}}")
         path = folder / rel
+        if not path.resolve().is_relative_to(root):
+            raise CheckpointError(f"checkpoint {folder}: {rel} leads outside the checkpoint folder")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {folder}: file {rel} listed in the manifest is missing")
         size = path.stat().st_size
@@ -139,14 +163,157 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_file_name(rank: int) -> str:
+    return f"rank-{rank:05d}.npz"
+
+
+def save_rng_state(path: Path, state: dict[str, Any]) -> None:
+    """Write an RNG state (``rng_state()``) as plain arrays: loading it can never run code."""
+    version, internal, gauss = state["python"]
+    name, key, pos, has_gauss, cached = state["numpy"]
+    arrays = {
+        "python_version": np.array(version, dtype=np.int64),
+        "python_internal": np.array(internal, dtype=np.int64),
+        "python_gauss": np.array([] if gauss is None else [gauss], dtype=np.float64),
+        "numpy_name": np.array(name),
+        "numpy_key": np.asarray(key, dtype=np.uint32),
+        "numpy_counters": np.array([pos, has_gauss], dtype=np.int64),
+        "numpy_gauss": np.array(cached, dtype=np.float64),
+        "torch": state["torch"].numpy(),
+    }
+    if "cuda" in state:
+        arrays["cuda"] = np.stack([s.numpy() for s in state["cuda"]])
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def load_rng_state(path: Path) -> dict[str, Any]:
+    """Read an RNG state written by ``save_rng_state``; anything else (an object array, which would
+    need unpickling, or arrays of the wrong kind) is a CheckpointError."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = {key: z[key] for key in z.files}
+        gauss = a["python_gauss"]
+        state: dict[str, Any] = {
+            "python": (
+                int(a["python_version"]),
+                tuple(int(v) for v in a["python_internal"]),
+                float(gauss[0]) if gauss.size else None,
+            ),
+            "numpy": (
+                str(a["numpy_name"]),
+                np.asarray(a["numpy_key"], dtype=np.uint32),
+                int(a["numpy_counters"][0]),
+                int(a["numpy_counters"][1]),
+                float(a["numpy_gauss"]),
+            ),
+            "torch": torch.from_numpy(np.array(a["torch"], dtype=np.uint8)),
+        }
+        if a["python_internal"].shape != (625,) or a["numpy_key"].shape != (624,) or a["torch"].ndim != 1:
+            raise ValueError("arrays of the wrong shape")
+        if "cuda" in a:
+            state["cuda"] = [torch.from_numpy(np.array(row, dtype=np.uint8)) for row in a["cuda"]]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a valid RNG state file ({exc})") from exc
+    return state
+
+
+def _numpy_array_types() -> list[Any]:
+    """What a pickled numpy array needs besides tensors (numpy 1.x and 2.x spellings)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _load_legacy_rng_state(path: Path, trust: bool) -> dict[str, Any]:
+    """RNG states of checkpoints written before ``.npz``: a torch pickle of python/numpy/torch states,
+    read by the weights-only unpickler with numpy's array types allowed (untrusted input is fine)."""
+    try:
+        if trust:
+            return torch.load(path, weights_only=False)
+        with torch.serialization.safe_globals(_numpy_array_types()):
+            return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{path}: refused to load this RNG state: it holds more than plain arrays and tensors, and "
+            f"unpickling it could run code ({exc}). Resume with --trust-checkpoint only if you trust it."
+        ) from exc
+
+
+def deepspeed_safe_types() -> list[Any]:
+    """Plain data types DeepSpeed pickles into its checkpoint files besides tensors and Python
+    containers (found with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on checkpoints of
+    every preset: ZeRO-1/2/3 and 3-offload, fp32 and bf16). Allowing a type lets the weights-only
+    unpickler rebuild instances of it from data; none of them runs code when rebuilt."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address, *_numpy_array_types()]
+
+
+class AllowListedCheckpointEngine:
+    """DeepSpeed's checkpoint engine with ``load`` restricted to torch's weights-only unpickler and
+    ``deepspeed_safe_types()``; everything else (saving, commit) is the wrapped engine's."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        try:
+            with torch.serialization.safe_globals(deepspeed_safe_types()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"refused to load {path}: it holds types outside the allow-list of plain DeepSpeed data, "
+                f"and unpickling them could run code ({exc}). If you trust this checkpoint, resume with "
+                "--trust-checkpoint."
+            ) from exc
+
+
+@contextlib.contextmanager
+def _checkpoint_loader(engine: Any, trust: bool, folder: Path) -> Iterator[None]:
+    """Within the block, the engine reads checkpoint files through the allow-listed loader (or, with
+    ``trust``, through DeepSpeed's own, which unpickles anything)."""
+    original = getattr(engine, "checkpoint_engine", None)
+    if trust or original is None:
+        if trust:
+            log.warning(
+                "loading %s with DeepSpeed's own loader (trust_checkpoint): its pickles can run code; "
+                "this is only safe for checkpoints you wrote or otherwise trust",
+                folder,
+            )
+        yield
+        return
+    engine.checkpoint_engine = AllowListedCheckpointEngine(original)
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = original
+
+
 class CheckpointManager:
     """Saves and restores (DeepSpeed engine, HF model, RNG, trainer state) for one run folder."""
 
-    def __init__(self, root: Path, dist: DistInfo, keep_last: int = 2, verify_checksums: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        dist: DistInfo,
+        keep_last: int = 2,
+        verify_checksums: bool = True,
+        trust: bool = False,
+    ) -> None:
+        """``trust``: load DeepSpeed files with DeepSpeed's own (unrestricted) unpickler, for trusted
+        checkpoints holding types outside ``deepspeed_safe_types()``."""
         self.root = Path(root)
         self.dist = dist
         self.keep_last = keep_last
         self.verify_checksums = verify_checksums
+        self.trust = trust
 
     # -- discovery ------------------------------------------------------------------------------------------
 
@@ -192,7 +359,7 @@ class CheckpointManager:
         if save_hf is not None:
             save_hf(engine, tmp / "hf", self.dist.is_main)
         (tmp / "rng").mkdir(exist_ok=True)
-        torch.save(rng_state(), tmp / "rng" / f"rank-{self.dist.rank:05d}.pt")
+        save_rng_state(tmp / "rng" / rng_file_name(self.dist.rank), rng_state())
         barrier()
         if self.dist.is_main:
             state = dict(
@@ -254,21 +421,33 @@ class CheckpointManager:
 
     def load(self, engine, folder: Path) -> dict[str, Any]:
         """Restore engine (model, optimizer, schedule) and this rank's RNG; return the trainer state."""
-        state = json.loads((folder / TRAINER_STATE).read_text())
+        try:
+            state = json.loads((folder / TRAINER_STATE).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {folder}: unreadable {TRAINER_STATE}: {exc}") from exc
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise CheckpointError(f"checkpoint {folder}: {TRAINER_STATE} holds no integer step")
         if state.get("world_size") != self.dist.world_size:
             raise CheckpointError(
                 f"checkpoint {folder} was written by {state.get('world_size')} ranks, this run has "
                 f"{self.dist.world_size}: exact resume (data order, per-rank RNG) needs the same world size"
             )
-        load_path, _ = engine.load_checkpoint(
-            str(folder / "ds"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        # The RNG state is checked before DeepSpeed loads anything, so a bad one changes nothing.
+        rng_file = folder / "rng" / rng_file_name(self.dist.rank)
+        legacy = folder / "rng" / f"rank-{self.dist.rank:05d}.pt"
+        if rng_file.is_file():
+            rng = load_rng_state(rng_file)
+        elif legacy.is_file():
+            rng = _load_legacy_rng_state(legacy, self.trust)
+        else:
+            raise CheckpointError(f"checkpoint {folder}: missing RNG state {rng_file.name}")
+        with _checkpoint_loader(engine, self.trust, folder):
+            load_path, _ = engine.load_checkpoint(
+                str(folder / "ds"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the engine state from {folder / 'ds'}")
-        rng_file = folder / "rng" / f"rank-{self.dist.rank:05d}.pt"
-        if not rng_file.is_file():
-            raise CheckpointError(f"checkpoint {folder}: missing RNG state {rng_file.name}")
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(rng)
         return state
 
     def resume(self, engine, order, resume: str) -> tuple[int, Path | None]:

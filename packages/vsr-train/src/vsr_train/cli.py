@@ -36,7 +36,9 @@ def _sft(args: argparse.Namespace) -> int:
     from vsr_train.sft import run_sft
 
     _setup_logging()
-    final = run_sft(load_config(SFTConfig, args.config, args.overrides))
+    final = run_sft(
+        load_config(SFTConfig, args.config, args.overrides), trust_checkpoint=args.trust_checkpoint
+    )
     print(f"final checkpoint: {final}")
     return 0
 
@@ -46,7 +48,9 @@ def _grpo(args: argparse.Namespace) -> int:
     from vsr_train.grpo import run_grpo
 
     _setup_logging()
-    final = run_grpo(load_config(GRPOConfig, args.config, args.overrides))
+    final = run_grpo(
+        load_config(GRPOConfig, args.config, args.overrides), trust_checkpoint=args.trust_checkpoint
+    )
     print(f"final checkpoint: {final}")
     return 0
 
@@ -130,6 +134,16 @@ DeepSpeed presets zero1/zero2/zero3/zero3_offload.json). A run resumes from its 
 checkpoint by default (checkpoint.resume: auto)."""
 
 
+def _add_trust(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="resume with DeepSpeed's own loader, which unpickles anything and so can run code from a "
+        "tampered checkpoint; needed only for checkpoints holding types outside the built-in allow-list. "
+        "Use it only for checkpoints you wrote or otherwise trust",
+    )
+
+
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -146,6 +160,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(sft)
+    _add_trust(sft)
     sft.set_defaults(func=_sft)
     grpo = sub.add_parser(
         "grpo",
@@ -156,6 +171,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(grpo)
+    _add_trust(grpo)
     grpo.set_defaults(func=_grpo)
     data = sub.add_parser(
         "build-data",

@@ -77,8 +77,9 @@ def build_reference(cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel, init_
     return frozen_engine(copy.deepcopy(loaded.model), ds_config), None
 
 
-def run_grpo(cfg: GRPOConfig) -> Path:
-    """Train; return the folder of the final checkpoint."""
+def run_grpo(cfg: GRPOConfig, trust_checkpoint: bool = False) -> Path:
+    """Train; return the folder of the final checkpoint. ``trust_checkpoint`` resumes from a checkpoint
+    with DeepSpeed's own (unrestricted) unpickler: only for checkpoints you trust."""
     dist = init_distributed(cfg.deepspeed)
     seed_everything(cfg.seed, dist.rank)
     ds_config = build_deepspeed_config(cfg.deepspeed, dist.world_size)
@@ -99,7 +100,11 @@ def run_grpo(cfg: GRPOConfig) -> Path:
 
     output_dir = Path(cfg.output_dir)
     checkpoints = CheckpointManager(
-        output_dir / "checkpoints", dist, cfg.checkpoint.keep_last, cfg.checkpoint.verify_checksums
+        output_dir / "checkpoints",
+        dist,
+        cfg.checkpoint.keep_last,
+        cfg.checkpoint.verify_checksums,
+        trust=trust_checkpoint,
     )
     step, resume_from = checkpoints.resume(engine, order, cfg.checkpoint.resume)
     logger = RunLogger(

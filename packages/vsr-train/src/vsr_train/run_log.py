@@ -1,15 +1,44 @@
 """Run logging: metrics.jsonl (one record per logged step), TensorBoard scalars and a tqdm bar, all on
-rank 0 only. Resuming truncates records past the resumed step so the file reads as one clean run."""
+rank 0 only. Resuming truncates records past the resumed step so the file reads as one clean run.
+
+A run killed while appending a record leaves a torn last line: readers warn and drop it, keeping every
+record before it; resuming rewrites the file atomically without it. An unreadable line anywhere else is
+damage no kill can cause, and an error naming the line."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from vsr_model.fileio import atomic_write_text
 from vsr_train.runtime import DistInfo
+
+log = logging.getLogger(__name__)
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for every record of a metrics file; a torn last line is dropped with a warning."""
+    lines = [
+        line for line in path.read_bytes().decode("utf-8", errors="replace").splitlines() if line.strip()
+    ]
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer step")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            if number == len(lines):
+                log.warning("%s: dropping its torn last line (%s); the %d records before it are kept",
+                            path, exc, len(out))  # fmt: skip
+                break
+            raise ValueError(f"{path}: record {number} is unreadable ({exc}): the file is damaged") from exc
+        out.append((line, record))
+    return out
 
 
 class RunLogger:
@@ -38,12 +67,8 @@ class RunLogger:
         if not self.dist.is_main:
             return
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= first_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line, record in _records(self.path) if record["step"] <= first_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         if self._tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -87,4 +112,5 @@ class RunLogger:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl file (a torn last line, as a kill leaves it, is dropped)."""
+    return [record for _, record in _records(Path(path))]

@@ -44,8 +44,9 @@ def total_sft_steps(cfg: SFTConfig, order: ShardedOrder) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
 
 
-def run_sft(cfg: SFTConfig) -> Path:
-    """Train; return the folder of the final checkpoint."""
+def run_sft(cfg: SFTConfig, trust_checkpoint: bool = False) -> Path:
+    """Train; return the folder of the final checkpoint. ``trust_checkpoint`` resumes from a checkpoint
+    with DeepSpeed's own (unrestricted) unpickler: only for checkpoints you trust."""
     dist = init_distributed(cfg.deepspeed)
     seed_everything(cfg.seed, dist.rank)
     ds_config = build_deepspeed_config(cfg.deepspeed, dist.world_size)
@@ -59,7 +60,11 @@ def run_sft(cfg: SFTConfig) -> Path:
 
     output_dir = Path(cfg.output_dir)
     checkpoints = CheckpointManager(
-        output_dir / "checkpoints", dist, cfg.checkpoint.keep_last, cfg.checkpoint.verify_checksums
+        output_dir / "checkpoints",
+        dist,
+        cfg.checkpoint.keep_last,
+        cfg.checkpoint.verify_checksums,
+        trust=trust_checkpoint,
     )
     step, resume_from = checkpoints.resume(engine, order, cfg.checkpoint.resume)
     logger = RunLogger(

@@ -4,7 +4,8 @@ Formats: VERIFIED FIG jsonl (Charades-FIG, DiDeMo-FIG, ActivityNet-FIG), Charade
 ActivityNet Captions json, DiDeMo json (5-second chunk indices, several annotators), TVR jsonl.
 
 A malformed row raises `AnnotationError` naming the file and line (JSON formats: the key path). With
-`skip_malformed=True` such rows are skipped and listed in `ReadResult.skipped` instead. Spans that end
+`skip_malformed=True` such rows are skipped and listed in `ReadResult.skipped` instead. Bytes that are
+not UTF-8 make their row malformed in the line formats (jsonl, txt), and the whole file in the JSON ones. Spans that end
 past the video's duration (common in the real files: rounding by annotators) are clipped to the
 duration when `clip_to_duration=True` (the original end stays in `extra["end_unclipped"]` and the
 count in `ReadResult.clipped`); with False they are errors.
@@ -88,7 +89,7 @@ class _Collector:
         return Moment(
             dataset=self.dataset,
             split=self.split,
-            query_id=str(f["query_id"]),
+            query_id=_query_id(f["query_id"]),
             query=_text(f["query"]),
             video_id=_text(f["video_id"]),
             start=start,
@@ -107,6 +108,24 @@ def _number(value: Any, name: str) -> float:
         raise ValueError(f"{name} must be a number, got {value!r}") from None
 
 
+def _query_id(value: Any) -> str:
+    """A query id as given (str) or as its decimal form (int); anything else (null, a bool, a float,
+    an object) is an error rather than a made-up id such as "None"."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"query id must be a non-empty string or an integer, got {value!r}")
+
+
+def _decode_line(raw: bytes) -> str:
+    """One line of a text annotation file; bytes that are not UTF-8 are a ValueError naming where."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid UTF-8 ({exc.reason}) at byte {exc.start} of the line") from None
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected non-empty text, got {value!r}")
@@ -120,8 +139,15 @@ def _span(value: Any, name: str) -> tuple[Any, Any]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, Exception | None]]:
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, parsed row or None, the error that stopped it or None) for each non-blank line;
+    lines are decoded one by one, so a bad byte spoils only its own row."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = _decode_line(raw)
+            except ValueError as exc:
+                yield lineno, None, exc
+                continue
             if not line.strip():
                 continue
             try:
@@ -134,8 +160,10 @@ def _read_jsonl(collector: _Collector, build_row: Callable[[dict[str, Any], int]
     for lineno, row, error in _jsonl_rows(collector.path):
 
         def build(row: Any = row, error: Exception | None = error, lineno: int = lineno) -> dict[str, Any]:
-            if error is not None:
+            if isinstance(error, json.JSONDecodeError):
                 raise ValueError(f"invalid JSON: {error}")
+            if error is not None:
+                raise ValueError(str(error))
             if not isinstance(row, dict):
                 raise TypeError(f"expected a JSON object, got {type(row).__name__}")
             return build_row(row, lineno)
@@ -162,13 +190,14 @@ def _tvr_row(row: dict[str, Any], lineno: int) -> dict[str, Any]:
 
 
 def _read_charades_sta(collector: _Collector, durations: Mapping[str, float] | None) -> None:
-    with collector.path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with collector.path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
 
-            def build(line: str = line, lineno: int = lineno) -> dict[str, Any]:
-                head, sep, query = line.rstrip("\n").partition("##")
+            def build(raw: bytes = raw, lineno: int = lineno) -> dict[str, Any]:
+                line = _decode_line(raw)
+                head, sep, query = line.rstrip("\r\n").partition("##")
                 parts = head.split()
                 if not sep or len(parts) != 3:
                     raise ValueError(f"expected 'VIDEO START END##query', got {line.strip()!r}")
@@ -251,9 +280,14 @@ def _read_didemo(collector: _Collector, durations: Mapping[str, float] | None) -
 
 
 def _load_json(path: Path) -> Any:
+    data = path.read_bytes()
     try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise AnnotationError(f"{path}:{line}: invalid UTF-8 ({exc.reason}) at byte {exc.start}") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -56,17 +57,17 @@ def extract_features(
     cache_file: Path | None = None,
     progress: bool = True,
 ) -> dict[str, FrameFeatures]:
-    """Frozen frame features for `video_ids`, read from / written to `cache_file` (keyed by settings)."""
+    """Frozen frame features for `video_ids`, read from / written to `cache_file` (keyed by settings).
+
+    The cache holds only tensors and plain Python values and is read with torch's weights-only
+    unpickler, so a planted file cannot run code; one that does not load that way (tampered, torn,
+    or of another layout) is reported and recomputed."""
     from tqdm import tqdm
 
     key = {"frames": asdict(engine.config.frames), "sampling": asdict(corpus.sampling)}
     cached: dict[str, FrameFeatures] = {}
     if cache_file is not None and cache_file.is_file():
-        blob = torch.load(cache_file, weights_only=False)
-        if blob.get("key") == key:
-            cached = {v: FrameFeatures(*item) for v, item in blob["items"].items()}
-        else:
-            logger.info("%s was computed with other settings; recomputing", cache_file)
+        cached = _read_feature_cache(cache_file, key)
     todo = [v for v in video_ids if v not in cached]
     for vid in tqdm(todo, desc="frame features", disable=not progress or not todo, unit="video"):
         cached[vid] = engine.frame_features(corpus.clip(vid))
@@ -74,6 +75,26 @@ def extract_features(
         items = {v: (f.features, f.timestamps, f.duration) for v, f in cached.items()}
         atomic_torch_save(cache_file, {"key": key, "items": items})
     return {v: cached[v] for v in video_ids}
+
+
+def _read_feature_cache(cache_file: Path, key: dict[str, Any]) -> dict[str, FrameFeatures]:
+    """The cached features of `cache_file` when it was computed with settings `key`, else none."""
+    try:
+        blob = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or not isinstance(blob.get("items"), dict):
+            raise ValueError("not a feature cache")
+        if blob.get("key") != key:
+            logger.info("%s was computed with other settings; recomputing", cache_file)
+            return {}
+        cached = {}
+        for vid, (features, timestamps, duration) in blob["items"].items():
+            if not (isinstance(features, torch.Tensor) and isinstance(timestamps, torch.Tensor)):
+                raise ValueError(f"entry {vid!r} is not a pair of tensors")
+            cached[vid] = FrameFeatures(features, timestamps, float(duration))
+        return cached
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring the frame-feature cache %s (%s); recomputing it", cache_file, exc)
+        return {}
 
 
 def _drop_frames(item: FrameFeatures, p: float, rng: random.Random) -> FrameFeatures:
