@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_policy_fakes import FakeEngine, make_clip, tiny_composite_policy
 
-from vsr_model.agent import AgentConfig, run_agent
+from vsr_model.agent import AgentConfig, GenerationMemo, run_agent
 from vsr_model.metrics import summarize
 from vsr_model.policy.base import Generation
 from vsr_model.protocol import format_response
@@ -87,7 +87,7 @@ def moments(engine, n=5):
     return out
 
 
-def test_oracle_verifier_stops_on_match_and_refines_otherwise(engine, policy, script):
+def test_a_policy_that_verifies_correctly_stops_on_match_and_refines_otherwise(engine, policy, script):
     data = moments(engine)
     gt = {m.query: m.video_id for m in data}
     shown = script(
@@ -120,7 +120,9 @@ def _soft_token_lengths(engine, monkeypatch):
     original = engine.encode_query
 
     def encode_query(texts, soft_tokens=None):
-        lengths.append(None if soft_tokens is None else soft_tokens.shape[1])
+        # The residual append mode also encodes the text with zero tokens in their place: not counted.
+        if soft_tokens is None or torch.count_nonzero(soft_tokens):
+            lengths.append(None if soft_tokens is None else soft_tokens.shape[1])
         return original(texts, soft_tokens)
 
     monkeypatch.setattr(engine, "encode_query", encode_query)
@@ -146,7 +148,7 @@ def test_hard_query_refinement_rewrites_the_engine_query(engine, policy, script,
     monkeypatch.setattr(
         engine, "encode_query", lambda t, soft_tokens=None: texts.append(list(t)) or original(t, soft_tokens)
     )
-    (trace,) = run_agent(policy, engine, Corpus(), data, AgentConfig(max_turns=2, refinement="hard"))
+    (trace,) = run_agent(policy, engine, Corpus(), data, AgentConfig(max_turns=2, refiner="hqr"))
     # the verifier always sees the user's query; the engine gets each turn's rewrite
     assert texts == [["a red circle grows 0"], ["a red circle grows 0 again"], ["a red circle grows 0 again"]]
     assert not set(trace.final_ranking) & {t.shown_video for t in trace.turns}
@@ -177,8 +179,10 @@ def test_config_validation():
         AgentConfig(max_turns=0)
     with pytest.raises(ValueError, match="unknown agent settings"):
         AgentConfig.from_dict({"turns": 2})
-    with pytest.raises(ValueError, match="unknown refinement mode"):
-        AgentConfig(refinement="latent")
+    with pytest.raises(ValueError, match="unknown refiner"):
+        AgentConfig(refiner="latent")
+    with pytest.raises(ValueError, match="unknown verifier"):
+        AgentConfig(verifier="human")
 
 
 @pytest.mark.parametrize(("turns", "final_refine"), [(1, False), (1, True), (2, True)])
@@ -203,3 +207,67 @@ def test_cut_of_a_longer_run_equals_a_run_with_fewer_turns(engine, policy, scrip
     assert any(len(t.turns) == 3 for t in long) and any(len(t.turns) == 1 for t in long)
     assert [t.cut(turns, final_refine).to_dict() for t in long] == [t.to_dict() for t in short]
     assert summarize([t.cut(turns, final_refine) for t in long]) == summarize(short)
+
+
+def test_oracle_verifier_decides_by_the_ground_truth_and_the_policy_verdict_is_still_measured(
+    engine, policy, script
+):
+    data = moments(engine, 4)
+    script(lambda q, v: format_response("looks right", True, (2.0, 6.0)))  # the policy accepts everything
+    accepting = run_agent(policy, engine, Corpus(), data, AgentConfig(max_turns=3))
+    assert all(len(t.turns) == 1 and t.answer_video != t.gt_video for t in accepting)
+    config = AgentConfig(max_turns=3, verifier="oracle", refiner="none")
+    oracle = run_agent(policy, engine, Corpus(), data, config)
+    for trace in oracle:
+        assert trace.answer_video == trace.gt_video  # the engine ranks it second or third
+        assert [t.decided_matched for t in trace.turns] == [False] * (len(trace.turns) - 1) + [True]
+        assert trace.answer_span == (2.0, 6.0)
+    metrics = summarize(oracle)
+    assert metrics["vr_verified_r1"] == 100.0
+    assert metrics["ver_strict"] < 100.0  # the policy's own verdicts were wrong on the wrong videos
+
+
+def test_next_candidate_refiner_searches_the_same_query_without_the_shown_videos(engine, policy, script):
+    script(lambda q, v: format_response("no", False))
+    data = moments(engine, 3)
+    (trace, *_) = run_agent(policy, engine, Corpus(), data, AgentConfig(max_turns=3, refiner="none", top_k=5))
+    first = trace.turns[0].ranking
+    assert [t.shown_video for t in trace.turns] == first[:3]  # the original ranking, one by one
+    assert all(t.refinement_tokens == 0 and t.refined_query is None for t in trace.turns)
+    assert trace.final_ranking[0] == first[3]
+
+
+def test_first_videos_replace_the_first_search_and_ground_truth_ranks_are_recorded(engine, policy, script):
+    script(lambda q, v: format_response("no", False))
+    data = moments(engine, 2)
+    shown = [m.video_id for m in data]
+    traces = run_agent(
+        policy, engine, Corpus(), data, AgentConfig(max_turns=2, refiner="none"), first_videos=shown
+    )
+    for trace, moment in zip(traces, data, strict=True):
+        assert trace.turns[0].shown_video == moment.video_id
+        # the engine itself ranks the ground truth 2nd or 3rd for these queries (see `moments`)
+        assert trace.turns[0].gt_rank in (2, 3)
+        assert trace.turns[1].gt_rank is None  # shown already, so excluded from the second search
+
+
+def test_a_generation_memo_replays_greedy_turns_across_runs(engine, policy, script):
+    shown = script(lambda q, v: format_response("no", False))
+    data = moments(engine, 3)
+    memo = GenerationMemo()
+    first = run_agent(policy, engine, Corpus(), data, AgentConfig(max_turns=2, refiner="none"), memo=memo)
+    calls = len(shown)
+    again = run_agent(
+        policy, engine, Corpus(), data, AgentConfig(max_turns=2, refiner="none", verifier="oracle"), memo=memo
+    )
+    assert len(shown) == calls and memo.hits == sum(len(t.turns) for t in again)
+    assert [t.turns[0].response for t in first] == [t.turns[0].response for t in again]
+    with pytest.raises(ValueError, match="cannot serve sampled"):
+        run_agent(
+            policy,
+            engine,
+            Corpus(),
+            data,
+            AgentConfig(generation={"do_sample": True, "max_new_tokens": 4}),
+            memo=memo,
+        )

@@ -96,7 +96,8 @@ def test_sessions_and_plain_search_give_the_same_rankings(setup, monkeypatch, to
     )
     runs = {}
     for use_sessions in (False, True):
-        config = AgentConfig(max_turns=3, top_k=top_k, batch_size=2, use_sessions=use_sessions)
+        search = "sessions" if use_sessions else "plain"
+        config = AgentConfig(max_turns=3, top_k=top_k, batch_size=2, search=search)
         traces = run_agent(policy, engine, corpus, moments[:3], config)
         runs[use_sessions] = [([t.ranking for t in tr.turns], tr.final_ranking) for tr in traces]
     # Only the shown (top-1) videos are excluded: with top_k > 1 a video ranked but not shown in

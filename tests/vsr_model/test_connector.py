@@ -1,5 +1,5 @@
-"""Connector alignment: the projector learns to put frames near the words that describe them, and
-nothing else in the policy changes."""
+"""Connector alignment: the connector learns to turn frames into the words that describe them (per frame
+token), and nothing else in the policy changes."""
 
 import numpy as np
 import pytest
@@ -7,28 +7,32 @@ import torch
 from test_policy_fakes import FakeEngine, tiny_composite_policy, tiny_llama, tiny_tokenizer
 from torch import nn
 
-from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy
+from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy, with_motion
 from vsr_model.policy.connector import (
     ConnectorAlignmentConfig,
     DescribedVideo,
     align_connector,
-    description_embeddings,
+    caption_words,
+    frame_targets,
 )
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240)}
 
 
-def solid_video(colours: list[str], seed: int) -> DescribedVideo:
-    """One frame per second; each colour fills 2 s and is described by its own moment."""
+def solid_video(colours: list[str], seed: int, teacher: bool = True) -> DescribedVideo:
+    """One frame per second; each colour fills 2 s and is described by its own moment (and, with
+    `teacher`, each frame by [colour, "square"])."""
     rng = np.random.default_rng(seed)
-    frames, moments = [], []
+    frames, moments, words = [], [], []
     for k, name in enumerate(colours):
         for _ in range(2):
             frame = np.empty((32, 32, 3), np.uint8)
             frame[:] = COLOURS[name]
             frames.append(np.clip(frame + rng.integers(-10, 10, frame.shape), 0, 255).astype(np.uint8))
+            words.append([name, "square"])
         moments.append((2.0 * k, 2.0 * k + 1.5, f"a {name} square grows"))
-    return DescribedVideo(np.stack(frames), np.arange(len(frames), dtype=float) + 0.25, moments)
+    times = np.arange(len(frames), dtype=float) + 0.25
+    return DescribedVideo(np.stack(frames), times, moments, words if teacher else None)
 
 
 @pytest.fixture(scope="module")
@@ -45,69 +49,91 @@ class MeanColourEncoder(nn.Module):
         return frames.float().mean(dim=(1, 2)) / 255.0 - 0.5
 
 
-def colour_policy(engine) -> CompositeVideoPolicy:
+def colour_policy(engine, connector: str, temporal: bool = False) -> CompositeVideoPolicy:
     base = tiny_composite_policy(engine, hidden=48, num_latents=2)
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
+    config = CompositePolicyConfig(
+        llm="tiny",
+        frame_encoder="tiny",
+        frame_size=32,
+        tokens_per_frame=2,
+        connector=connector,
+        temporal_context=temporal,
+    )
     return CompositeVideoPolicy(
-        tiny_llama(len(tokenizer) + 2, hidden=48),
-        tokenizer,
-        MeanColourEncoder(),
-        CompositePolicyConfig(llm="tiny", frame_encoder="tiny", frame_size=32),
-        base.sqr.config,
+        tiny_llama(len(tokenizer) + 2, hidden=48), tokenizer, MeanColourEncoder(), config, base.sqr.config
     ).eval()
 
 
-def test_alignment_moves_frames_to_their_descriptions_and_touches_only_the_projector(engine):
-    policy = colour_policy(engine)
-    before = {k: v.clone() for k, v in policy.state_dict().items()}
-    videos = [solid_video(["red", "green", "blue"], 0), solid_video(["blue", "red"], 1)]
-    report = align_connector(policy, videos, ConnectorAlignmentConfig(steps=300, lr=3e-3))
-    assert report.frames == 10 and report.descriptions == 3
-    assert report.loss_after < 0.2 * report.loss_before
-    assert report.cosine_after > 0.9 > 0.2 > report.cosine_before
+def training_videos() -> list[DescribedVideo]:
+    palette = list(COLOURS)
+    return [solid_video([palette[(i + j) % 3] for j in range(3)], seed=i) for i in range(12)]
+
+
+@pytest.mark.parametrize("connector", ["vocabulary", "mlp"])
+def test_alignment_turns_frames_into_their_words_and_touches_only_the_connector(engine, connector):
+    policy = colour_policy(engine, connector, temporal=True)
+    before = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("projector.")}
+    report = align_connector(
+        policy, training_videos(), ConnectorAlignmentConfig(epochs=150, lr=3e-3, held_out=0.25)
+    )
+    assert report.loss_after < 0.3 * report.loss_before
+    assert report.held_out_frames > 0 and report.words_per_token == [3, 1]
+    assert report.held_out_accuracy[0] == 1.0  # the colour of unseen frames
     after = policy.state_dict()
-    changed = {k for k in after if not torch.equal(after[k], before[k])}
-    assert changed and all(k.startswith("projector.") for k in changed)
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # nothing but the connector moved
+    if connector == "vocabulary":
+        assert policy.config.connector_words == [["blue", "green", "red"], ["square"]]
+        probe = torch.from_numpy(solid_video(["red"], 99).frames)
+        with torch.no_grad():
+            features = with_motion(policy.frame_encoder(probe), [2])
+            logits = policy.projector.slot_logits(features)[0]
+        assert logits.argmax(-1).tolist() == [2, 2]  # "red"
 
-    # a new red frame lands nearer the red description than the blue one
-    embeddings = policy.get_input_embeddings().weight.detach()
-    red, blue = description_embeddings(
-        policy.tokenizer, embeddings, ["a red square grows", "a blue square grows"]
-    )
-    probe = torch.from_numpy(solid_video(["red"], 7).frames[:1])
+
+def test_vocabulary_policy_saves_and_loads_its_words(engine, tmp_path):
+    from vsr_model.policy.composite import CompositeVideoPolicy as Policy
+
+    policy = colour_policy(engine, "vocabulary")
+    align_connector(policy, training_videos()[:3], ConnectorAlignmentConfig(epochs=2))
+    policy.save_pretrained(tmp_path / "p")
+    loaded = Policy.from_pretrained(tmp_path / "p", frame_encoder=MeanColourEncoder())
+    assert loaded.config.connector_words == policy.config.connector_words
+    probe = torch.from_numpy(solid_video(["green"], 5).frames)
     with torch.no_grad():
-        projected = policy.projector(policy.frame_encoder(probe))[0]
-    cos = torch.nn.functional.cosine_similarity
-    assert cos(projected, red, dim=0) > 0.9 > 0.5 > cos(projected, blue, dim=0)
+        a = policy.frame_tokens(policy.frame_encoder(probe), [2])
+        b = loaded.frame_tokens(loaded.frame_encoder(probe), [2])
+    assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_description_targets_weigh_rare_words_and_have_token_scale(engine):
-    policy = tiny_composite_policy(engine, hidden=48, num_latents=2)
-    embeddings = policy.get_input_embeddings().weight.detach()
-    texts = ["a red square grows", "a blue square grows", "a green square grows"]
-    targets = description_embeddings(policy.tokenizer, embeddings, texts)
-    typical = embeddings.norm(dim=-1).mean()
-    assert torch.allclose(targets.norm(dim=-1), typical.expand(3), rtol=1e-5)
-    # the shared words pull all three together less than the distinct colour words pull them apart
-    plain = torch.stack(
-        [embeddings[policy.tokenizer.encode(t, add_special_tokens=False)].mean(0) for t in texts]
-    )
-    cos = torch.nn.functional.cosine_similarity
-    assert cos(targets[0], targets[1], dim=0) < cos(plain[0], plain[1], dim=0)
+def test_caption_words_pick_the_rare_words_in_order():
+    idf = {"a": 0.0, "square": 0.1, "grows": 0.1, "red": 2.0, "fast": 1.5}
+    assert caption_words(["a red square grows fast"], 2, idf) == ["red", "fast"]
+    assert caption_words(["a red square"], 4, idf) == ["a", "red", "square", "nothing"]
+    videos = [solid_video(["red", "blue"], 0, teacher=False)]
+    rows = frame_targets(videos, 1)[0]  # frames at 0.25, 1.25, 2.25, 3.25 s; moments 0-1.5 and 2-3.5 s
+    assert rows == [["red"], ["red"], ["blue"], ["blue"]]
+    gap = DescribedVideo(videos[0].frames[:1], np.array([1.75]), videos[0].moments)
+    assert frame_targets([gap], 2)[0] == [["nothing", "nothing"]]
 
 
 def test_alignment_refuses_data_it_cannot_use(engine):
-    policy = tiny_composite_policy(engine, hidden=48, num_latents=2)
+    policy = colour_policy(engine, "vocabulary")
     video = solid_video(["red"], 0)
-    outside = DescribedVideo(video.frames, video.timestamps, [(50.0, 60.0, "a red square")])
-    with pytest.raises(ValueError, match="no sampled frame falls inside"):
-        align_connector(policy, [outside], ConnectorAlignmentConfig(steps=1))
-    with pytest.raises(ValueError, match="timestamps"):
+    with pytest.raises(ValueError, match="word lists for"):
         align_connector(
             policy,
-            [DescribedVideo(video.frames, video.timestamps[:1], video.moments)],
+            [DescribedVideo(video.frames, video.timestamps, video.moments, video.frame_words[:1])],
             ConnectorAlignmentConfig(),
         )
-    with pytest.raises(ValueError, match="steps"):
-        ConnectorAlignmentConfig(steps=0)
+    with pytest.raises(ValueError, match="connector makes 2 tokens"):
+        align_connector(
+            policy,
+            [DescribedVideo(video.frames, video.timestamps, video.moments, [["red"]] * 2)],
+            ConnectorAlignmentConfig(),
+        )
+    with pytest.raises(ValueError, match="no videos"):
+        align_connector(policy, [], ConnectorAlignmentConfig())
+    with pytest.raises(ValueError, match="epochs"):
+        ConnectorAlignmentConfig(epochs=0)

@@ -29,7 +29,7 @@ def test_prompt_carries_true_timestamps_and_one_token_per_frame(policy):
     clip = Clip(np.zeros((4, 20, 30, 3), np.uint8), times, 200.0)
     batch = policy.encode([VerifyInput("a person opens the door", clip)])
     text = policy.tokenizer.decode(batch.input_ids[0])
-    assert frame_timeline(times) in text and "<80.2s>" in text and "<199.0s>" in text
+    assert frame_timeline(times) in text and "80.2s<|frame|>" in text and "199.0s<|frame|>" in text
     assert int((batch.input_ids == policy.frame_token_id).sum()) == 4
     assert "a person opens the door" in text and "200.0 seconds" in text
     assert batch.model_inputs["frames"].shape == (4, 32, 32, 3)
@@ -117,7 +117,7 @@ def test_generation_stops_at_refine_or_eos(policy):
 def test_save_and_load_round_trip_including_sqr_heads(policy, tmp_path):
     with torch.no_grad():
         policy.sqr.readout.out.weight.normal_(0, 0.2)
-        policy.projector.net[0].bias.normal_()
+        policy.projector.trunk[0].bias.normal_()
     target = tmp_path / "ckpt"
     policy.save_pretrained(target)
     policy.save_pretrained(target)  # overwriting an existing checkpoint is atomic too

@@ -146,6 +146,15 @@ class FakeEngine:
         self.calls.append(("search", scores.shape[0]))
         return out
 
+    def rank_of(self, query: torch.Tensor, video_id: str, exclude=()) -> int | None:
+        """1-based rank of `video_id` for one query (1, D), `exclude`d videos left out (ties count against)."""
+        if video_id in exclude:
+            return None
+        scores = (query.detach().float() @ self._videos.T)[0]
+        target = scores[self.video_ids.index(video_id)]
+        kept = [s for v, s in zip(self.video_ids, scores.tolist(), strict=True) if v not in exclude]
+        return sum(s >= float(target) for s in kept)
+
 
 QWEN_SPECIAL = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
 

@@ -9,6 +9,7 @@ from test_policy_fakes import FakeEngine, make_clip, tiny_composite_policy
 from vsr_model.policy.base import VerifyInput
 from vsr_model.protocol import format_response
 from vsr_model.sqr import (
+    InfoNCEConfig,
     NegativeSampler,
     SQRConfig,
     SQRHeads,
@@ -72,7 +73,18 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown SQR settings"):
         SQRConfig.from_dict({"embed_dim": 4, "query_input_dim": 4, "latents": 8})
     with pytest.raises(ValueError, match="ambiguity_threshold"):
-        SQRConfig(embed_dim=4, query_input_dim=4, ambiguity_threshold=2.0)
+        InfoNCEConfig(ambiguity_threshold=2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        InfoNCEConfig(temperature=0.0)
+    # InfoNCE settings an older saved policy carried are dropped, not refused
+    old = {
+        "embed_dim": 4,
+        "query_input_dim": 4,
+        "num_negatives": 24,
+        "temperature": 0.1,
+        "infonce_weight": 0.3,
+    }
+    assert SQRConfig.from_saved(old) == SQRConfig(embed_dim=4, query_input_dim=4, append_mode="plain")
 
 
 def test_cached_rollout_equals_full_reforward(policy):
@@ -202,9 +214,7 @@ def test_one_sft_step_trains_policy_and_heads_through_one_forward(engine):
     latents = latent_rollout(policy, batch, state=out.state).latents
     query, _ = refined_query(policy.sqr, engine, ["a person opens the door", "a red circle"], latents)
     negatives = engine.video_embeddings([f"v{i}" for i in range(2, 8)]).reshape(2, 3, -1)
-    loss = ce + policy.sqr.config.infonce_weight * info_nce(
-        query, engine.video_embeddings(["v0", "v1"]), negatives
-    )
+    loss = ce + InfoNCEConfig().weight * info_nce(query, engine.video_embeddings(["v0", "v1"]), negatives)
     loss.backward()
     optimizer.step()
     changed = {n for n, p in policy.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}

@@ -252,9 +252,9 @@ def _saved_policy_equals_the_zero3_state(final: Path):
 def test_zero3_vsr_policy_sft_step_matches_one_process(vsr_root, tmp_path):
     from vsr_model.policy import load_policy
     from vsr_train.config import SFTConfig, config_from_dict
-    from vsr_train.models import LoadedModel
+    from vsr_train.policy_loader import LoadedModel
     from vsr_train.runtime import DistInfo
-    from vsr_train.vsr_adapter import VideoSearchSFTTask
+    from vsr_train.vsr_task import VideoSearchSFTTask
 
     out = tmp_path / "run"
     cfg = _vsr_stage(vsr_root, out, "sft", "zero3")

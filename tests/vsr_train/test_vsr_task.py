@@ -75,9 +75,9 @@ def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
 def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path):
     from vsr_model.policy import VerifyInput, load_policy
     from vsr_model.protocol import format_response
-    from vsr_train.models import LoadedModel
+    from vsr_train.policy_loader import LoadedModel
     from vsr_train.runtime import DistInfo
-    from vsr_train.vsr_adapter import VideoSearchGRPOTask, _MicroBatch, _Turn
+    from vsr_train.vsr_task import VideoSearchGRPOTask, _MicroBatch, _Turn
 
     cfg = vsr_config(setup, tmp_path / "aux")
     cfg |= {
@@ -113,9 +113,9 @@ def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path)
 def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, tmp_path, monkeypatch):
     from vsr_model.policy import load_policy
     from vsr_model.protocol import format_response
-    from vsr_train.models import LoadedModel
+    from vsr_train.policy_loader import LoadedModel
     from vsr_train.runtime import DistInfo
-    from vsr_train.vsr_adapter import VideoSearchGRPOTask
+    from vsr_train.vsr_task import VideoSearchGRPOTask
 
     group, turns = 3, 3
     cfg = vsr_config(setup, tmp_path / "rollout")
@@ -169,8 +169,8 @@ def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, 
 
 def test_bf16_composite_policy_is_refused_with_a_clear_error(setup, tmp_path):
     from vsr_train.config import ConfigError
+    from vsr_train.policy_loader import load_vsr_policy
     from vsr_train.runtime import build_deepspeed_config
-    from vsr_train.vsr_adapter import load_vsr_policy
 
     cfg = config_from_dict(SFTConfig, vsr_config(setup, tmp_path / "bf16"))
     with pytest.raises(ConfigError, match="precision bf16 is not supported for the composite"):

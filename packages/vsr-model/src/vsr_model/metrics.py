@@ -1,4 +1,4 @@
-"""VCMR, VR and VER metrics of VideoSearch-R1, all in percent.
+"""VCMR, VR and VER metrics of VideoSearch-R1, all in percent, and their paired bootstrap intervals.
 
 - VCMR IoU=m R@1 (m in 0.3/0.5/0.7), the paper's rule: a query scores iff its answer is `matched`, the
   span parses, the video shown in that turn is the ground-truth video and IoU(pred, gt) >= m.
@@ -215,6 +215,12 @@ def summarize(traces: Sequence[QueryTrace], ks: Sequence[int] = VR_KS) -> dict[s
     out.update({f"vr_post_refinement_{k}": v for k, v in post.items()})
     out["mean_turns"] = sum(len(t.turns) for t in traces) / len(traces)
     out["queries"] = float(len(traces))
+    scores = score_matrix(traces)
+    for key in ("ver_turn1", "gt_rank_mean", "text_tokens_per_query", "latent_tokens_per_query",
+                "generated_tokens_per_query"):  # fmt: skip
+        values = scores[key][np.isfinite(scores[key])]
+        out[key] = float(values.mean()) if values.size else math.nan
+    out["majority_rate"] = majority_rate(traces)
     return out
 
 
@@ -270,3 +276,82 @@ def markdown_table(rows: Sequence[dict[str, float]], columns: Sequence[str] | No
             cells.append(f"{int(value)}" if c == "turn" else f"{value:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --- per-query scores and paired bootstrap confidence intervals ----------------------------------------
+
+# Per-query metrics that average into a summary value: name -> scale (100: a percentage of queries).
+QUERY_METRICS: dict[str, float] = {
+    **{f"vcmr_r1_iou{m:g}": 100.0 for m in IOU_THRESHOLDS},
+    "miou": 100.0,
+    "vr_verified_r1": 100.0,
+    "vr_post_refinement_r1": 100.0,
+    "gt_rank_mean": 1.0,
+    "ver_turn1": 100.0,
+    "text_tokens_per_query": 1.0,
+    "latent_tokens_per_query": 1.0,
+    "generated_tokens_per_query": 1.0,
+}
+
+
+def query_scores(trace: QueryTrace) -> dict[str, float]:
+    """One query's value of every QUERY_METRICS entry (unscaled; NaN where it does not apply: the
+    ground-truth rank when the video was excluded or unknown, token counts never recorded)."""
+    if not trace.turns:
+        raise ValueError(f"query {trace.query_id!r} has no turns")
+    iou = answer_iou(trace)
+    out = {f"vcmr_r1_iou{m:g}": float(iou >= m) for m in IOU_THRESHOLDS}
+    out["miou"] = iou
+    out["vr_verified_r1"] = float(stopping_turn(trace).shown_video == trace.gt_video)
+    final = trace.final_ranking or stopping_turn(trace).ranking
+    out["vr_post_refinement_r1"] = float(bool(final) and final[0] == trace.gt_video)
+    out["gt_rank_mean"] = float(trace.final_gt_rank) if trace.final_gt_rank is not None else math.nan
+    first = trace.turns[0]
+    if first.label_matched is None:
+        raise ValueError(f"query {trace.query_id!r}: turn 1 has no verification label")
+    out["ver_turn1"] = float(first.parsed.answer is not None and first.parsed.matched == first.label_matched)
+    text = [t.response_tokens for t in trace.turns]
+    out["text_tokens_per_query"] = math.nan if any(n is None for n in text) else float(sum(text))
+    out["latent_tokens_per_query"] = float(
+        sum(t.refinement_tokens for t in trace.turns if t.rewritten_query is None)
+    )
+    out["generated_tokens_per_query"] = out["text_tokens_per_query"] + out["latent_tokens_per_query"]
+    return out
+
+
+def score_matrix(traces: Sequence[QueryTrace]) -> dict[str, np.ndarray]:
+    """QUERY_METRICS name -> (n_queries,) values, scaled, in trace order."""
+    rows = [query_scores(t) for t in traces]
+    return {k: np.array([r[k] for r in rows], dtype=np.float64) * scale for k, scale in QUERY_METRICS.items()}
+
+
+def paired_bootstrap_ci(
+    a: np.ndarray, b: np.ndarray, samples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) over queries resampled in pairs (a[i], b[i]
+    are the same query under two agents). NaN entries are left out of both means of a resample."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"paired scores must be two equal non-empty vectors, got {a.shape} and {b.shape}")
+    if samples < 1 or not 0 < level < 1:
+        raise ValueError(f"need samples >= 1 and 0 < level < 1, got {samples}, {level}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(samples, a.size))
+    with np.errstate(invalid="ignore"):
+        diffs = np.nanmean(a[idx], axis=1) - np.nanmean(b[idx], axis=1)
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return (math.nan, math.nan)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def majority_rate(traces: Sequence[QueryTrace]) -> float:
+    """Percentage of the more frequent label among the turn-1 verify decisions (what a constant verdict
+    scores as VER at turn 1)."""
+    labels = [t.turns[0].label_matched for t in traces if t.turns]
+    if not labels or any(v is None for v in labels):
+        raise ValueError("majority rate needs a verification label on every first turn")
+    share = sum(bool(v) for v in labels) / len(labels)
+    return 100.0 * max(share, 1 - share)

@@ -295,6 +295,22 @@ class TurnTrace:
     refinement_tokens: int = 0
     # Tokens the policy generated for `response` (None in traces written before it was recorded).
     response_tokens: int | None = None
+    # The agent's decision: True when this turn ended the search as the answer. The policy's own
+    # verdict (`parsed`) decides unless the verifier is the oracle. None in traces written before it
+    # was recorded: the policy's verdict then.
+    decided_matched: bool | None = None
+    # 1-based rank of the ground-truth video in the whole index for the search that produced `ranking`
+    # (the videos shown before excluded; None when it was one of them or is unknown).
+    gt_rank: int | None = None
+    # Kept in memory for training, never written: the generated token ids and, after a refinement, the
+    # embedding the next search used.
+    completion_ids: list[int] | None = field(default=None, repr=False, compare=False)
+    refined_query: object | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ended_search(self) -> bool:
+        """Whether this turn's video was accepted as the answer."""
+        return self.parsed.matched if self.decided_matched is None else bool(self.decided_matched)
 
     @property
     def shown_video(self) -> str:
@@ -318,6 +334,8 @@ class TurnTrace:
             "rewritten_query": self.rewritten_query,
             "refinement_tokens": self.refinement_tokens,
             "response_tokens": self.response_tokens,
+            "decided_matched": self.decided_matched,
+            "gt_rank": self.gt_rank,
         }
 
     @classmethod
@@ -341,6 +359,8 @@ class TurnTrace:
             rewritten_query=row.get("rewritten_query"),
             refinement_tokens=int(row.get("refinement_tokens", 0)),
             response_tokens=None if row.get("response_tokens") is None else int(row["response_tokens"]),
+            decided_matched=None if row.get("decided_matched") is None else bool(row["decided_matched"]),
+            gt_rank=None if row.get("gt_rank") is None else int(row["gt_rank"]),
         )
 
 
@@ -350,7 +370,8 @@ class QueryTrace:
 
     `final_ranking` is the last retrieval performed: after a rejection on the last turn the agent
     still refines and searches once more, and that post-refinement ranking is what the authors report
-    as VR. The answer is the first matched turn's (video, span); None when every turn rejected.
+    as VR. The answer is the (video, span) of the turn that ended the search (TurnTrace.ended_search);
+    None when every turn rejected. Its span is the policy's, None when the policy gave none.
     """
 
     query_id: str
@@ -359,11 +380,13 @@ class QueryTrace:
     gt_span: tuple[float, float] | None
     turns: list[TurnTrace] = field(default_factory=list)
     final_ranking: list[str] = field(default_factory=list)
+    # The ground-truth video's rank (TurnTrace.gt_rank) in the search that produced `final_ranking`.
+    final_gt_rank: int | None = None
 
     @property
     def answer_turn(self) -> TurnTrace | None:
         for turn in self.turns:
-            if turn.parsed.matched:
+            if turn.ended_search:
                 return turn
         return None
 
@@ -391,16 +414,19 @@ class QueryTrace:
         cut = QueryTrace(self.query_id, self.query, self.gt_video, self.gt_span, kept)
         if len(kept) == len(self.turns):
             cut.final_ranking = list(self.final_ranking)
+            cut.final_gt_rank = self.final_gt_rank
         else:
-            # A matched turn ends the query, so the last kept turn rejected: the search that followed
+            # An accepted video ends the query, so the last kept turn rejected: the search that followed
             # it is what turn max_turns + 1 was shown.
             cut.final_ranking = list(self.turns[max_turns].ranking)
+            cut.final_gt_rank = self.turns[max_turns].gt_rank
         if not final_refine and kept:
             last = kept[-1]
-            if not last.parsed.matched:
+            if not last.ended_search:
                 last.refinement_tokens = 0
                 last.rewritten_query = None
                 cut.final_ranking = list(last.ranking)
+                cut.final_gt_rank = last.gt_rank
         return cut
 
     def to_dict(self) -> dict:
@@ -413,6 +439,7 @@ class QueryTrace:
             "answer_span": list(self.answer_span) if self.answer_span is not None else None,
             "turns": [t.to_dict() for t in self.turns],
             "final_ranking": list(self.final_ranking),
+            "final_gt_rank": self.final_gt_rank,
         }
 
     @classmethod
@@ -424,4 +451,5 @@ class QueryTrace:
             gt_span=tuple(row["gt_span"]) if row.get("gt_span") is not None else None,
             turns=[TurnTrace.from_dict(t) for t in row["turns"]],
             final_ranking=list(row.get("final_ranking", [])),
+            final_gt_rank=None if row.get("final_gt_rank") is None else int(row["final_gt_rank"]),
         )

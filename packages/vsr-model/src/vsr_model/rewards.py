@@ -35,7 +35,9 @@ class RetrievalRewardKind(str, Enum):
 
 @dataclass
 class RewardConfig:
-    """Reward weights (defaults inside the ranges the authors used) and the retrieval-reward setting."""
+    """Reward weights (defaults inside the ranges the authors used) and the retrieval-reward setting. The
+    retrieval reward's softmax temperature and negatives are the InfoNCE objective's
+    (vsr_model.sqr.InfoNCEConfig)."""
 
     verification: float = 1.4
     think_format: float = 0.05
@@ -44,7 +46,6 @@ class RewardConfig:
     refine_presence: float = 0.1
     retrieval: float = 0.8
     retrieval_kind: RetrievalRewardKind = RetrievalRewardKind.PROBABILITY
-    temperature: float = 0.1
     correct_rejection_iou: float = 0.5
 
     def __post_init__(self) -> None:
@@ -60,8 +61,6 @@ class RewardConfig:
             value = getattr(self, f.name)
             if isinstance(value, float | int) and not isinstance(value, bool) and not math.isfinite(value):
                 raise ValueError(f"reward setting {f.name} must be finite, got {value}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
     @classmethod
     def from_dict(cls, values: dict) -> RewardConfig:

@@ -17,6 +17,7 @@ authors' way) and exists as the reference the cached version is tested against.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -36,11 +37,10 @@ APPEND_MODES = ("residual", "plain")
 
 @dataclass
 class SQRConfig:
-    """SQR settings. `embed_dim` (D) and `query_input_dim` (H_e) come from the search engine.
-
-    InfoNCE: `temperature`, `num_negatives` (the wrongly retrieved top-1, hard negatives, random fill),
-    `infonce_weight` (lambda in SFT), `ambiguity_threshold` (drop negatives this close to the positive).
-    Whether soft tokens accumulate across turns is an agent setting (vsr_model.agent.AgentConfig).
+    """SQR settings, saved with the policy. `embed_dim` (D) and `query_input_dim` (H_e) come from the
+    search engine; `num_latents` is N. The retrieval objective's settings are training settings
+    (InfoNCEConfig); whether soft tokens accumulate across turns is an agent setting
+    (vsr_model.agent.AgentConfig).
 
     `append_mode` says how the soft tokens change the query embedding:
       residual  q' = normalise(q + E(text; s) - E(text; 0)): q is the original query's embedding, E(text; s)
@@ -56,10 +56,6 @@ class SQRConfig:
     embed_dim: int
     query_input_dim: int
     num_latents: int = 8
-    temperature: float = 0.1
-    num_negatives: int = 24
-    infonce_weight: float = 0.3
-    ambiguity_threshold: float | None = None
     append_mode: str = "residual"
 
     def __post_init__(self) -> None:
@@ -69,12 +65,6 @@ class SQRConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SQR {name} must be a positive integer, got {value!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"SQR temperature must be > 0, got {self.temperature}")
-        if self.num_negatives < 1:
-            raise ValueError(f"SQR num_negatives must be >= 1, got {self.num_negatives}")
-        if self.ambiguity_threshold is not None and not -1.0 <= self.ambiguity_threshold <= 1.0:
-            raise ValueError(f"ambiguity_threshold is a cosine in [-1, 1], got {self.ambiguity_threshold}")
 
     @classmethod
     def from_dict(cls, values: dict) -> SQRConfig:
@@ -87,11 +77,44 @@ class SQRConfig:
     @classmethod
     def from_saved(cls, values: dict) -> SQRConfig:
         """The config of a saved policy. Policies saved before `append_mode` existed were trained with
-        the plain append, so that is what a missing key means there."""
-        return cls.from_dict({"append_mode": "plain", **values})
+        the plain append, so that is what a missing key means there; the InfoNCE settings they carried
+        are training settings now (InfoNCEConfig) and are dropped."""
+        kept = {k: v for k, v in values.items() if k not in _TRAINING_KEYS}
+        return cls.from_dict({"append_mode": "plain", **kept})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Keys older saved SQR configs carried that belong to InfoNCEConfig.
+_TRAINING_KEYS = ("temperature", "num_negatives", "infonce_weight", "ambiguity_threshold")
+
+
+@dataclass
+class InfoNCEConfig:
+    """The retrieval objective of the refined query (Stage 1's auxiliary loss, Stage 2's retrieval reward
+    and optional SQR-head loss): `weight` (lambda), `temperature` (tau), `num_negatives` (the wrongly
+    shown video, the engine's hard negatives, random fill; paper: 24), `ambiguity_threshold` (drop
+    candidate negatives whose video embedding has at least this cosine with the ground truth's: they
+    likely show the moment too; None keeps every candidate)."""
+
+    weight: float = 0.3
+    temperature: float = 0.1
+    num_negatives: int = 24
+    ambiguity_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"InfoNCE weight must be >= 0, got {self.weight}")
+        if not self.temperature > 0:
+            raise ValueError(f"InfoNCE temperature must be > 0, got {self.temperature}")
+        if self.num_negatives < 1:
+            raise ValueError(f"InfoNCE num_negatives must be >= 1, got {self.num_negatives}")
+        if self.ambiguity_threshold is not None and not -1.0 <= self.ambiguity_threshold <= 1.0:
+            raise ValueError(f"ambiguity_threshold is a cosine in [-1, 1], got {self.ambiguity_threshold}")
+
+    def validate(self, where: str) -> None:
+        """Checked at construction; the strict config loader calls this hook on every section."""
 
 
 def _partial_identity_(linear: nn.Linear) -> None:
@@ -168,8 +191,12 @@ class PrefillState:
     cache: object
 
 
-def _check_refine(batch: PolicyBatch) -> torch.Tensor:
+def _check_refine(batch: PolicyBatch, skip_missing: bool = False) -> torch.Tensor:
     refine_index = batch.refine_index
+    if skip_missing and refine_index is not None:
+        # Rows without <REFINE> roll out from their last token; the caller drops their latents.
+        last = torch.full_like(refine_index, batch.input_ids.shape[1] - 1)
+        return torch.where(refine_index < 0, last, refine_index)
     if refine_index is None or bool((refine_index < 0).any()):
         missing = [] if refine_index is None else (refine_index < 0).nonzero().flatten().tolist()
         raise ValueError(
@@ -178,9 +205,9 @@ def _check_refine(batch: PolicyBatch) -> torch.Tensor:
     return refine_index
 
 
-def _mask_after_refine(batch: PolicyBatch) -> torch.Tensor:
+def _mask_after_refine(batch: PolicyBatch, skip_missing: bool = False) -> torch.Tensor:
     """Attention mask with every token after <REFINE> hidden, so latents attend exactly to the prefix."""
-    refine_index = _check_refine(batch)
+    refine_index = _check_refine(batch, skip_missing)
     positions = torch.arange(batch.attention_mask.shape[1], device=batch.attention_mask.device)
     return batch.attention_mask * (positions[None, :] <= refine_index[:, None]).to(batch.attention_mask.dtype)
 
@@ -207,18 +234,20 @@ def latent_rollout(
     batch: PolicyBatch,
     num_latents: int | None = None,
     state: PrefillState | None = None,
+    skip_missing: bool = False,
 ) -> RolloutResult:
     """N latents with the KV cache: one prefill (or the given one), then N-1 single-position steps.
 
     `state` may come from a forward over tokens beyond <REFINE> (SFT's teacher-forced targets); those
     tokens stay in the cache but are masked out, which equals truncating each row at <REFINE>.
-    The cache in `state` is extended in place.
+    The cache in `state` is extended in place. A row without <REFINE> is an error, unless
+    `skip_missing`: it then rolls out from its last token and its latents mean nothing (drop them).
     """
     heads = policy.sqr
     n = num_latents or heads.config.num_latents
     if n < 1:
         raise ValueError(f"num_latents must be >= 1, got {n}")
-    refine_index = _check_refine(batch)
+    refine_index = _check_refine(batch, skip_missing)
     if state is None:
         state = prefill(policy, batch)
     if _cached_length(state.cache) != batch.input_ids.shape[1]:
@@ -227,8 +256,8 @@ def latent_rollout(
         logger.warning(
             "no complete KV cache (gradient checkpointing?): SQR rollout falls back to re-forwarding"
         )
-        return latent_rollout_reforward(policy, batch, n)
-    mask = _mask_after_refine(batch)
+        return latent_rollout_reforward(policy, batch, n, skip_missing)
+    mask = _mask_after_refine(batch, skip_missing)
     refine_hidden = _gather_rows(state.hidden, refine_index)
     latents = [heads.read(refine_hidden)]
     next_position = policy.next_text_position(batch.position_ids, refine_index)
@@ -245,13 +274,13 @@ def latent_rollout(
 
 
 def latent_rollout_reforward(
-    policy: VideoPolicy, batch: PolicyBatch, num_latents: int | None = None
+    policy: VideoPolicy, batch: PolicyBatch, num_latents: int | None = None, skip_missing: bool = False
 ) -> RolloutResult:
     """Reference rollout without a cache: the full sequence plus all rolled-in latents, re-run per latent."""
     heads = policy.sqr
     n = num_latents or heads.config.num_latents
-    refine_index = _check_refine(batch)
-    mask = _mask_after_refine(batch)
+    refine_index = _check_refine(batch, skip_missing)
+    mask = _mask_after_refine(batch, skip_missing)
     prompt_embeds = policy.embed_inputs(batch)
     start = policy.next_text_position(batch.position_ids, refine_index)
     hidden, _ = policy.run_backbone(prompt_embeds, mask, batch.position_ids, batch=batch)

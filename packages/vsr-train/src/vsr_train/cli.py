@@ -10,6 +10,7 @@ Distributed runs start the same subcommands under a launcher through ``python -m
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -70,26 +71,39 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _build_data(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from vsr_model.data import read_moments
+    from vsr_model.data.teacher import RationaleFile, SyntheticTeacher, TeacherChain
     from vsr_model.engine.base import SearchEngine
-    from vsr_train.vsr_examples import build_examples
+    from vsr_model.fileio import atomic_write_text
+    from vsr_train.vsr_examples import ExampleSettings, build_examples
 
     _setup_logging()
     moments = read_moments(args.annotations, args.format).moments
     engine = SearchEngine.load(args.engine)
-    rows = build_examples(
-        moments, engine, args.per_class, seed=args.seed, num_hard_negatives=args.hard_negatives
+    teachers = []
+    if args.rationales:
+        teachers.append(RationaleFile(args.rationales))
+    if args.synthetic_teacher:
+        teachers.append(SyntheticTeacher(args.synthetic_teacher, args.rationale_style))
+    teacher = TeacherChain(teachers)
+    settings = ExampleSettings(
+        num_examples=args.num_examples,
+        positive_fraction=args.positive_fraction,
+        hqr_fraction=args.hqr_fraction,
+        candidates=args.candidates,
+        num_hard_negatives=args.hard_negatives,
+        seed=args.seed,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out)
+    rows = build_examples(moments, engine, teacher, settings)
+    atomic_write_text(Path(args.out), "".join(json.dumps(r) + "\n" for r in rows))
     matched = sum(r["matched"] for r in rows)
-    print(f"wrote {len(rows)} examples ({matched} matched, {len(rows) - matched} not matched) to {out}")
+    hard = sum(r["mode"] == "hard" for r in rows)
+    print(
+        f"wrote {len(rows)} examples ({matched} matched, {len(rows) - matched} not matched; {hard} in the "
+        f"text-rewrite protocol; teacher fallbacks {teacher.fallbacks}) to {args.out}"
+    )
     return 0
 
 
@@ -106,8 +120,10 @@ def _init_policy(args: argparse.Namespace) -> int:
         corpus_file=args.corpus,
         split=args.split,
         policy_dir=args.policy,
-        align_steps=args.align_steps,
+        align_epochs=args.align_epochs,
         seed=args.seed,
+        synthetic_teacher=args.synthetic_teacher,
+        policy_options=json.loads(args.policy_options) if args.policy_options else None,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -175,14 +191,31 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     grpo.set_defaults(func=_grpo)
     data = sub.add_parser(
         "build-data",
-        help="Stage-1/2 examples: each query with the engine's top-1 video, matched / not matched, balanced",
+        help="Stage-1/2 examples: queries with their ground-truth video or a wrong one the engine ranks "
+        "high, with teacher rationales",
     )
     data.add_argument("--annotations", required=True, help="annotation file of the training split")
     data.add_argument("--format", default=None, help="annotation format (default: inferred)")
     data.add_argument("--engine", required=True, help="saved search engine folder (with its index)")
     data.add_argument("--out", required=True, help="output jsonl")
-    data.add_argument("--per-class", type=int, default=1000, help="examples per label (paper: 1000)")
+    data.add_argument("--num-examples", type=int, default=2000, help="examples in all (paper: 2000)")
+    data.add_argument("--positive-fraction", type=float, default=0.5, help="share of matched examples")
+    data.add_argument(
+        "--hqr-fraction", type=float, default=0.0, help="share in the text-rewrite protocol (HQR baseline)"
+    )
+    data.add_argument("--candidates", type=int, default=5, help="engine top-k that negatives come from")
     data.add_argument("--hard-negatives", type=int, default=24, help="engine-ranked negatives kept per query")
+    data.add_argument(
+        "--rationales",
+        default=None,
+        help="jsonl of teacher rationales {query_id, video_id, rationale[, rewrite]}",
+    )
+    data.add_argument(
+        "--synthetic-teacher",
+        default=None,
+        help="synthetic benchmark folder: rationales from its ground truth",
+    )
+    data.add_argument("--rationale-style", default="compact", choices=("compact", "full"))
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(func=_build_data)
     init = sub.add_parser(
@@ -197,7 +230,18 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--annotations", default=None, help="training annotations (for connector alignment)")
     init.add_argument("--corpus", default=None, help="videos.jsonl of the training videos")
     init.add_argument("--split", default=None, help="corpus split to read (default: all rows)")
-    init.add_argument("--align-steps", type=int, default=400, help="connector alignment steps (0: none)")
+    init.add_argument("--align-epochs", type=int, default=30, help="connector alignment epochs (0: none)")
+    init.add_argument(
+        "--synthetic-teacher",
+        default=None,
+        help="synthetic benchmark folder: each frame's words from its ground truth",
+    )
+    init.add_argument(
+        "--policy-options",
+        default=None,
+        help="JSON of composite policy settings for a fresh policy, e.g. "
+        '\'{"frame_pooling": "multiscale", "tokens_per_frame": 5, "connector": "vocabulary"}\'',
+    )
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=_init_policy)
     verify = sub.add_parser("verify-checkpoint", help="check a checkpoint folder against its manifest")

@@ -17,7 +17,10 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from vsr_model.agent import AgentConfig
+from vsr_model.policy.base import GenerationSettings
 from vsr_model.rewards import RewardConfig
+from vsr_model.sqr import InfoNCEConfig
 
 
 class ConfigError(ValueError):
@@ -182,9 +185,8 @@ class SFTConfig:
     epochs: int = 1
     # Stop after this many optimizer steps (None = run all epochs).
     max_steps: int | None = None
-    infonce_weight: float = 0.3
-    infonce_temperature: float = 0.1
-    num_negatives: int = 24
+    # CE + infonce.weight * InfoNCE of the refined query (paper: lambda 0.3, tau 0.1, 24 negatives).
+    infonce: InfoNCEConfig = field(default_factory=InfoNCEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
@@ -196,11 +198,6 @@ class SFTConfig:
         _positive(where, "epochs", self.epochs)
         if self.max_steps is not None:
             _positive(where, "max_steps", self.max_steps)
-        if self.infonce_weight < 0:
-            raise ConfigError(f"{where}: infonce_weight must be >= 0")
-        _positive(where, "infonce_temperature", self.infonce_temperature)
-        if self.num_negatives < 0:
-            raise ConfigError(f"{where}: num_negatives must be >= 0")
 
 
 @dataclass
@@ -256,9 +253,8 @@ class RolloutConfig:
     max_turns: int = 2
     exclude_seen_videos: bool = True
     accumulate_soft_tokens: bool = False
-    # Keep training the SQR heads with the retrieval (InfoNCE) objective during GRPO.
+    # Keep training the SQR heads with the retrieval objective (GRPOConfig.infonce) during GRPO.
     train_sqr_heads: bool = False
-    sqr_infonce_weight: float = 0.3
 
     def validate(self, where: str) -> None:
         _positive(where, "rollout.max_turns", self.max_turns)
@@ -276,6 +272,9 @@ class GRPOConfig:
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=1))
     # The reward weights and retrieval-reward variant are vsr_model.rewards.RewardConfig itself.
     rewards: RewardConfig = field(default_factory=RewardConfig)
+    # The retrieval objective: the retrieval reward's temperature and negatives, and with
+    # rollout.train_sqr_heads the weight of the SQR heads' InfoNCE loss.
+    infonce: InfoNCEConfig = field(default_factory=InfoNCEConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
@@ -292,6 +291,22 @@ class GRPOConfig:
 
 
 @dataclass
+class EvalVariant:
+    """One agent run of an evaluation: which verifier and refiner (vsr_model.agent), with how many verify
+    turns (None: agent.max_turns). Its results are keyed `{refiner}_{turns}` (`next` for refiner none),
+    prefixed `oracle_` for the oracle verifier: sqr_3, next_2, oracle_hqr_3..."""
+
+    verifier: Literal["policy", "oracle"] = "policy"
+    refiner: Literal["sqr", "hqr", "none"] = "sqr"
+    max_turns: int | None = None
+    title: str | None = None
+
+    def validate(self, where: str) -> None:
+        if self.max_turns is not None:
+            _positive(where, "variants[].max_turns", self.max_turns)
+
+
+@dataclass
 class EvalConfig:
     output_dir: str = "runs/eval"
     seed: int = 0
@@ -305,30 +320,46 @@ class EvalConfig:
     queries: str = ""
     queries_format: str | None = None
     max_queries: int | None = None
-    batch_size: int = 8
-    max_turns: int = 2
-    exclude_seen_videos: bool = True
-    accumulate_soft_tokens: bool = False
-    # sqr: Soft Query Refinement; hqr: the policy rewrites the query; none: single-shot retrieval + grounding.
-    refinement: Literal["sqr", "hqr", "none"] = "sqr"
-    max_new_tokens: int = 768
-    top_k: int = 10
-    # The row label in the results table.
-    name: str = "VideoSearch-R1 (SQR)"
+    # The agent every variant runs (turns, exclusion, soft-token accumulation, ranking depth, batch,
+    # generation, frame sampling, search mode); a variant sets only its verifier, refiner and turns.
+    agent: AgentConfig = field(
+        default_factory=lambda: AgentConfig(generation=GenerationSettings(max_new_tokens=768))
+    )
+    # Empty: one run of `agent` as configured.
+    variants: list[EvalVariant] = field(default_factory=list)
+    # Also report every run cut to its first t < T turns (QueryTrace.cut; greedy decoding makes them the
+    # runs with fewer turns), and `single_shot` (the first policy-verifier run's turn 1, no refinement).
+    cut_turns: bool = True
+    # Also run the policy on the ground-truth video of every query (`grounding_only`): verification and
+    # grounding with retrieval taken out.
+    grounding_only: bool = False
+    # Resamples of the 95% paired bootstrap intervals (0: no intervals).
+    bootstrap_samples: int = 2000
+    # Query cards in report.html per variant.
+    report_cards: int = 30
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
 
     def validate(self, where: str) -> None:
         for key in ("policy", "engine_dir", "corpus", "queries"):
             if not getattr(self, key):
                 raise ConfigError(f"{where}: '{key}' is required")
-        _positive(where, "batch_size", self.batch_size)
-        _positive(where, "max_turns", self.max_turns)
-        _positive(where, "max_new_tokens", self.max_new_tokens)
-        _positive(where, "top_k", self.top_k)
         if self.max_queries is not None:
             _positive(where, "max_queries", self.max_queries)
-        if self.refinement == "none" and self.max_turns != 1:
-            raise ConfigError(f"{where}: refinement 'none' is single-shot; set max_turns: 1")
+        if self.bootstrap_samples < 0 or self.report_cards < 0:
+            raise ConfigError(f"{where}: bootstrap_samples and report_cards must be >= 0")
+        if self.agent.generation.do_sample:
+            raise ConfigError(f"{where}: evaluation decodes greedily; set agent.generation.do_sample: false")
+        keys = [variant_key(v, self.agent) for v in self.variants]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ConfigError(f"{where}: variants repeat {repeated}")
+
+
+def variant_key(variant: EvalVariant, agent: AgentConfig) -> str:
+    """The results key of a variant run: {refiner}_{turns}, `next` for refiner none, `oracle_` prefix."""
+    refiner = "next" if variant.refiner == "none" else variant.refiner
+    prefix = "oracle_" if variant.verifier == "oracle" else ""
+    return f"{prefix}{refiner}_{variant.max_turns or agent.max_turns}"
 
 
 # ----------------------------------------------------------------------------------------------------------

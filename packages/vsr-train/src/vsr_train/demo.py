@@ -1,23 +1,26 @@
 """`vsr demo`: the whole VideoSearch-R1 pipeline on real decoded video, offline, resumable.
 
 Stages (each a `vsr` subcommand run as its own process, so a crash in one leaves the others' outputs
-intact): synthetic benchmark -> fit the dual-encoder search engine -> index the train and test
-corpora -> Stage-1 data -> initial policy (connector alignment) -> Stage-1 SFT -> Stage-2 GRPO ->
-evaluation of five agent variants (single shot, text-rewrite refinement, SQR with 1/2/3 turns) ->
-results table, plots, summary.json.
+intact): synthetic benchmark -> fit the dual-encoder search engine -> index the train and test corpora
+-> Stage-1 examples with teacher rationales -> initial policy (connector alignment) -> Stage-1 SFT ->
+Stage-2 GRPO -> evaluation of every agent variant (policy / oracle verifier x SQR / HQR / next
+candidate, 1-3 turns, single shot, grounding with the right video given) -> results table with paired
+bootstrap intervals, plots, summary.json, report.html.
 
-Every finished stage writes ``stages/<name>.json`` with a hash of the settings it ran with; a rerun
-skips stages whose record matches and redoes the first one that does not, plus everything after it.
+Every stage's settings are typed configs (vsr_train.config), written to `configs/` as YAML and read back
+by the stage through the same strict loader. Every finished stage writes ``stages/<name>.json`` with a
+hash of its settings; a rerun skips stages whose record matches and redoes the first one that does not,
+plus everything after it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,22 @@ from typing import Any
 import yaml
 
 from vsr_train.checkpoint import write_json_atomic
+from vsr_train.config import (
+    CheckpointConfig,
+    DataConfig,
+    DeepSpeedSettings,
+    EvalConfig,
+    EvalVariant,
+    GRPOConfig,
+    GRPOSettings,
+    LoggingConfig,
+    ModelConfig,
+    OptimConfig,
+    RolloutConfig,
+    SFTConfig,
+    config_from_dict,
+    config_to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -32,41 +51,45 @@ class DemoSize:
     """How big a run is. `tiny` uses randomly initialised miniature models (the CI path); the others
     use the real offline weights (MiniLM, EfficientNet-Lite0, SmolLM2-135M-Instruct)."""
 
-    synth_preset: str
+    synth: dict[str, int]  # SynthConfig split sizes
     engine_epochs: int
-    stage1_per_class: int
+    num_examples: int  # Stage-1 examples (half matched), SQR and HQR protocols
+    hqr_fraction: float
     sft_steps: int
     grpo_steps: int
     group_size: int
     grpo_prompts_per_step: int
     eval_queries: int
     max_new_tokens: int
+    eval_turns: int = 3
     eval_batch_size: int = 8
     tiny_models: bool = False
     micro_batch_size: int = 2
     num_negatives: int = 24  # InfoNCE negatives; the training corpus needs more videos than this
-    # Stage-1 learning rates (vsr_train.config.OptimConfig keys). A short CPU run raises them so the
-    # freshly initialised frame projector and SQR heads move within a few dozen steps.
     sft_optim: dict[str, Any] = field(default_factory=dict)
-    # Connector alignment steps before Stage 1 (vsr_model.policy.connector); 0 starts from a random one.
-    connector_align_steps: int = 400
+    # Connector alignment epochs before Stage 1 (vsr_model.policy.connector); 0 starts from a random one.
+    connector_align_epochs: int = 30
+    # Composite policy settings (vsr_model.policy.composite.CompositePolicyConfig) of the initial policy.
+    policy: dict[str, Any] = field(default_factory=dict)
     engine_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 SIZES: dict[str, DemoSize] = {
     "tiny": DemoSize(
-        synth_preset="ci",
+        synth={"num_train": 8, "num_val": 2, "num_test": 6},
         engine_epochs=1,
-        stage1_per_class=4,
+        num_examples=8,
+        hqr_fraction=0.5,
         sft_steps=2,
         grpo_steps=1,
         group_size=2,
         grpo_prompts_per_step=1,
         eval_queries=4,
         max_new_tokens=24,
+        eval_turns=2,
         tiny_models=True,
         num_negatives=4,
-        connector_align_steps=20,
+        connector_align_epochs=2,
         engine_overrides={
             "engine": {
                 "text": {"name": "random-bert"},
@@ -76,54 +99,34 @@ SIZES: dict[str, DemoSize] = {
         },
     ),
     "cpu": DemoSize(
-        synth_preset="small",
+        synth={"num_train": 400, "num_val": 20, "num_test": 60},
         engine_epochs=8,
-        stage1_per_class=60,
-        sft_steps=30,
-        grpo_steps=6,
+        num_examples=640,
+        hqr_fraction=0.25,
+        sft_steps=160,
+        grpo_steps=4,
         group_size=4,
         grpo_prompts_per_step=2,
-        eval_queries=50,
-        max_new_tokens=64,
+        eval_queries=150,
+        max_new_tokens=80,
         micro_batch_size=4,
-        sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 5e-4},
+        sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 1e-3},
     ),
     "gpu": DemoSize(
-        synth_preset="large",
+        synth={"num_train": 3000, "num_val": 300, "num_test": 1000},
         engine_epochs=30,
-        stage1_per_class=1000,
+        num_examples=4000,
+        hqr_fraction=0.25,
         sft_steps=1000,
         grpo_steps=500,
         group_size=8,
         grpo_prompts_per_step=8,
         eval_queries=2000,
-        max_new_tokens=768,
+        max_new_tokens=160,
         micro_batch_size=8,
         sft_optim={"lr": 2e-5, "sqr_lr": 5e-5, "connector_lr": 1e-4},
     ),
 }
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the results table. A variant with `cut_from` is not run again: greedy decoding makes
-    its trajectories the first `turns` turns of that longer run's (QueryTrace.cut), so its results are
-    derived from those traces."""
-
-    key: str
-    title: str
-    refinement: str  # sqr | hqr | none
-    turns: int
-    cut_from: str | None = None
-
-
-VARIANTS: list[Variant] = [
-    Variant("single_shot", "Single shot (no refinement)", "none", 1, cut_from="sqr_3"),
-    Variant("hqr_2", "Text rewrite (HQR), 2 turns", "hqr", 2),
-    Variant("sqr_1", "SQR, 1 turn", "sqr", 1, cut_from="sqr_3"),
-    Variant("sqr_2", "SQR, 2 turns", "sqr", 2, cut_from="sqr_3"),
-    Variant("sqr_3", "SQR, 3 turns", "sqr", 3),
-]
 
 
 @dataclass
@@ -135,7 +138,7 @@ class DemoSettings:
     # (videos.jsonl + annotations/<dataset>_<split>.jsonl in any format the readers know).
     benchmark: Path | None = None
     dataset: str = "synth"
-    # Per-stage config overrides, deep-merged into the generated YAML: {"sft": {...}, "grpo": {...},
+    # Per-stage config overrides, deep-merged into the typed stage configs: {"sft": {...}, "grpo": {...},
     # "eval": {...}, "engine": {...}}.
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -150,13 +153,19 @@ class DemoSettings:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(known)}")
         if out is None and "out" not in data:
             raise ValueError(f"{path}: no `out` folder (set it in the file or with --out)")
+        overrides = data.get("overrides", {}) or {}
+        bad = set(overrides) - {"sft", "grpo", "eval", "engine"}
+        if bad:
+            raise ValueError(
+                f"{path}: unknown override sections {sorted(bad)}; expected sft, grpo, eval, engine"
+            )
         return cls(
             out=Path(out if out is not None else data["out"]),
             size=data.get("size", "cpu"),
             seed=int(data.get("seed", 0)),
             benchmark=Path(data["benchmark"]) if data.get("benchmark") else None,
             dataset=data.get("dataset", "synth"),
-            overrides=data.get("overrides", {}) or {},
+            overrides=overrides,
         )
 
     def sizing(self) -> DemoSize:
@@ -179,7 +188,7 @@ class StageRunner:
         self.invalidated = False
         self.timings: dict[str, float] = {}
 
-    def run(self, name: str, settings: Any, fn) -> None:
+    def run(self, name: str, settings: Any, fn: Callable[[], None]) -> None:
         record = self.records / f"{name}.json"
         digest = _hash(settings)
         if not self.invalidated and record.is_file():
@@ -209,11 +218,9 @@ def vsr(*args: str) -> None:
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    from vsr_model.fileio import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +231,11 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def typed(cls, base: Any, override: dict[str, Any], where: str) -> Any:
+    """`base` (a config object) with `override` deep-merged in, checked by the strict loader."""
+    return config_from_dict(cls, deep_merge(config_to_dict(base), override), where)
 
 
 @dataclass
@@ -244,7 +256,6 @@ class DemoPaths:
         self.grpo = o / "grpo"
         self.evals = o / "eval"
         self.configs = o / "configs"
-        self.plots = o / "plots"
 
 
 def _final_policy(run_dir: Path) -> Path:
@@ -257,232 +268,242 @@ def _final_policy(run_dir: Path) -> Path:
     return policy_directory(str(checkpoints[-1]))
 
 
-def run_demo(settings: DemoSettings) -> Path:
-    size = settings.sizing()
-    p = DemoPaths(settings.out)
-    settings.out.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(settings.out)
-    seed = str(settings.seed)
-    over = settings.overrides
-    bench = settings.benchmark if settings.benchmark is not None else p.benchmark
-    videos = bench / "videos.jsonl"
-    annotations = bench / "annotations"
+class Demo:
+    """The demo's stages, in order; `run` executes them through a StageRunner."""
 
-    if settings.benchmark is None:
-        runner.run(
+    def __init__(self, settings: DemoSettings) -> None:
+        self.settings = settings
+        self.size = settings.sizing()
+        self.p = DemoPaths(settings.out)
+        self.seed = str(settings.seed)
+        self.bench = settings.benchmark if settings.benchmark is not None else self.p.benchmark
+        self.annotations = self.bench / "annotations"
+        self.videos = self.bench / "videos.jsonl"
+        settings.out.mkdir(parents=True, exist_ok=True)
+        self.runner = StageRunner(settings.out)
+
+    def annotation_file(self, split: str) -> str:
+        return str(self.annotations / f"{self.settings.dataset}_{split}.jsonl")
+
+    def run(self) -> Path:
+        self.benchmark()
+        self.engine()
+        self.corpora()
+        self.stage1_data()
+        self.initial_policy()
+        self.sft()
+        self.grpo()
+        self.evaluate()
+        return write_report(self.settings, self.p, self.runner.timings, self.bench)
+
+    def benchmark(self) -> None:
+        if self.settings.benchmark is not None:
+            return
+        synth = {**self.size.synth, "seed": self.settings.seed}
+        config = write_yaml(self.p.configs / "synth.yaml", synth)
+        self.runner.run(
             "benchmark",
-            {"preset": size.synth_preset, "seed": settings.seed},
+            synth,
             lambda: vsr(
                 "data",
                 "synth",
-                str(p.benchmark),
-                "--preset",
-                size.synth_preset,
-                "--seed",
-                seed,
+                str(self.p.benchmark),
+                "--config",
+                str(config),
+                "--workers",
+                "2",
                 "--overwrite",
             ),
         )
 
-    engine_settings = deep_merge(size.engine_overrides, over.get("engine", {}))
-    engine_cfg = write_yaml(p.configs / "engine.yaml", engine_settings)
-    runner.run(
-        "engine",
-        {"config": engine_settings, "epochs": size.engine_epochs, "seed": seed},
-        lambda: vsr(
+    def engine(self) -> None:
+        settings = deep_merge(self.size.engine_overrides, self.settings.overrides.get("engine", {}))
+        config = write_yaml(self.p.configs / "engine.yaml", settings)
+        self.runner.run(
             "engine",
-            "fit",
-            "--benchmark",
-            str(bench),
-            "--dataset",
-            settings.dataset,
-            "--config",
-            str(engine_cfg),
-            "--out",
-            str(p.engine_fit),
-            "--frame-cache",
-            str(p.frames),
-            "--epochs",
-            str(size.engine_epochs),
-            "--seed",
-            seed,
-        ),
-    )
-    for split, folder in (("train", p.corpus_train), ("test", p.corpus_test)):
-        runner.run(
-            f"corpus_{split}",
-            {"split": split},
-            lambda split=split, folder=folder: vsr(
-                "corpus",
-                "build",
-                "--engine",
-                str(p.engine_fit / "engine"),
-                "--videos",
-                str(videos),
-                "--split",
-                split,
+            {"config": settings, "epochs": self.size.engine_epochs, "seed": self.seed},
+            lambda: vsr(
+                "engine",
+                "fit",
+                "--benchmark",
+                str(self.bench),
+                "--dataset",
+                self.settings.dataset,
+                "--config",
+                str(config),
                 "--out",
-                str(folder),
+                str(self.p.engine_fit),
                 "--frame-cache",
-                str(p.frames),
+                str(self.p.frames),
+                "--epochs",
+                str(self.size.engine_epochs),
+                "--seed",
+                self.seed,
             ),
         )
-    runner.run(
-        "stage1_data",
-        {"per_class": size.stage1_per_class, "seed": seed},
-        lambda: vsr(
-            "train",
-            "build-data",
-            "--annotations",
-            str(annotations / f"{settings.dataset}_train.jsonl"),
-            "--engine",
-            str(p.corpus_train / "engine"),
-            "--out",
-            str(p.stage1),
-            "--per-class",
-            str(size.stage1_per_class),
-            "--seed",
-            seed,
-        ),
-    )
-    init_args = [
-        "--engine",
-        str(p.corpus_train / "engine"),
-        "--out",
-        str(p.policy_init),
-        "--annotations",
-        str(annotations / f"{settings.dataset}_train.jsonl"),
-        "--corpus",
-        str(videos),
-        "--split",
-        "train",
-        "--align-steps",
-        str(size.connector_align_steps),
-        "--seed",
-        seed,
-    ]
-    if size.tiny_models:
-        runner.run("policy_base", {"seed": seed}, lambda: _save_tiny_policy(p, settings.seed))
-        init_args += ["--policy", str(p.policy_base)]
-    runner.run(
-        "policy_init",
-        {"align_steps": size.connector_align_steps, "seed": seed},
-        lambda: vsr("train", "init-policy", *init_args),
-    )
-    initial_policy = str(p.policy_init)
 
-    common = {
-        "seed": settings.seed,
-        "deepspeed": {
-            "config": "zero1",
-            "precision": "fp32",
-            "micro_batch_size": size.micro_batch_size,
-            "gradient_accumulation_steps": 1,
-            "dist_backend": "auto",
-        },
-        "logging": {"every_steps": 1, "tensorboard": True, "progress_bar": True},
-    }
-    data = {
-        "kind": "vsr_jsonl",
-        "path": str(p.stage1),
-        "engine_dir": str(p.corpus_train / "engine"),
-        "corpus": str(videos),
-        "corpus_split": "train",
-    }
-    sft_cfg = deep_merge(
-        {
-            **common,
-            "output_dir": str(p.sft),
-            "max_steps": size.sft_steps,
-            "num_negatives": size.num_negatives,
-            "optim": dict(size.sft_optim),
-            "model": {"kind": "vsr_policy", "name_or_path": initial_policy},
-            "data": data,
-            "checkpoint": {"every_steps": max(1, size.sft_steps), "keep_last": 1, "resume": "auto"},
-        },
-        over.get("sft", {}),
-    )
-    sft_yaml = write_yaml(p.configs / "sft.yaml", sft_cfg)
-    runner.run("sft", sft_cfg, lambda: vsr("train", "sft", "--config", str(sft_yaml)))
+    def corpora(self) -> None:
+        for split, folder in (("train", self.p.corpus_train), ("test", self.p.corpus_test)):
+            self.runner.run(
+                f"corpus_{split}",
+                {"split": split},
+                lambda split=split, folder=folder: vsr(
+                    "corpus",
+                    "build",
+                    "--engine",
+                    str(self.p.engine_fit / "engine"),
+                    "--videos",
+                    str(self.videos),
+                    "--split",
+                    split,
+                    "--out",
+                    str(folder),
+                    "--frame-cache",
+                    str(self.p.frames),
+                ),
+            )
 
-    grpo_cfg = deep_merge(
-        grpo_stage_config(size, common, str(p.grpo), str(_final_policy(p.sft)), data), over.get("grpo", {})
-    )
-    grpo_yaml = write_yaml(p.configs / "grpo.yaml", grpo_cfg)
-    runner.run("grpo", grpo_cfg, lambda: vsr("train", "grpo", "--config", str(grpo_yaml)))
+    def stage1_data(self) -> None:
+        args = [
+            "--annotations", self.annotation_file("train"), "--engine", str(self.p.corpus_train / "engine"),
+            "--out", str(self.p.stage1), "--num-examples", str(self.size.num_examples),
+            "--hqr-fraction", str(self.size.hqr_fraction), "--seed", self.seed,
+        ]  # fmt: skip
+        if self.settings.benchmark is None:
+            args += ["--synthetic-teacher", str(self.p.benchmark)]
+        self.runner.run("stage1_data", args, lambda: vsr("train", "build-data", *args))
 
-    policy = str(_final_policy(p.grpo))
-    evaluated = {}
-    for variant in [v for v in VARIANTS if v.cut_from is None]:
-        eval_cfg = deep_merge(
-            {
-                "output_dir": str(p.evals / variant.key),
-                "seed": settings.seed,
-                "policy": policy,
-                "engine_dir": str(p.corpus_test / "engine"),
-                "corpus": str(videos),
-                "corpus_split": "test",
-                "queries": str(annotations / f"{settings.dataset}_test.jsonl"),
-                "max_queries": size.eval_queries,
-                "max_turns": variant.turns,
-                "refinement": variant.refinement,
-                "exclude_seen_videos": True,
-                "max_new_tokens": size.max_new_tokens,
-                "batch_size": size.eval_batch_size,
-                "name": variant.title,
-            },
-            over.get("eval", {}),
+    def initial_policy(self) -> None:
+        args = [
+            "--engine", str(self.p.corpus_train / "engine"), "--out", str(self.p.policy_init),
+            "--annotations", self.annotation_file("train"), "--corpus", str(self.videos), "--split", "train",
+            "--align-epochs", str(self.size.connector_align_epochs), "--seed", self.seed,
+        ]  # fmt: skip
+        if self.settings.benchmark is None:
+            args += ["--synthetic-teacher", str(self.p.benchmark)]
+        if self.size.policy:
+            args += ["--policy-options", json.dumps(self.size.policy)]
+        if self.size.tiny_models:
+            self.runner.run(
+                "policy_base", {"seed": self.seed}, lambda: _save_tiny_policy(self.p, self.settings.seed)
+            )
+            args += ["--policy", str(self.p.policy_base)]
+        self.runner.run("policy_init", args, lambda: vsr("train", "init-policy", *args))
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "seed": self.settings.seed,
+            "data": DataConfig(
+                kind="vsr_jsonl",
+                path=str(self.p.stage1),
+                engine_dir=str(self.p.corpus_train / "engine"),
+                corpus=str(self.videos),
+                corpus_split="train",
+            ),
+            "logging": LoggingConfig(every_steps=1, tensorboard=True, progress_bar=True),
+        }
+
+    def sft(self) -> None:
+        size = self.size
+        cfg = SFTConfig(
+            output_dir=str(self.p.sft),
+            max_steps=size.sft_steps,
+            model=ModelConfig(kind="vsr_policy", name_or_path=str(self.p.policy_init)),
+            deepspeed=DeepSpeedSettings(
+                config="zero1", precision="fp32", micro_batch_size=size.micro_batch_size
+            ),
+            optim=OptimConfig(**size.sft_optim),
+            checkpoint=CheckpointConfig(every_steps=max(1, size.sft_steps), keep_last=1),
+            **self.common(),
         )
-        evaluated[variant.key] = eval_cfg
-        eval_yaml = write_yaml(p.configs / f"eval_{variant.key}.yaml", eval_cfg)
-        runner.run(
-            f"eval_{variant.key}",
-            eval_cfg,
-            lambda eval_yaml=eval_yaml: vsr("eval", "--config", str(eval_yaml)),
+        cfg.infonce.num_negatives = size.num_negatives
+        cfg = typed(SFTConfig, cfg, self.settings.overrides.get("sft", {}), "demo sft")
+        path = write_yaml(self.p.configs / "sft.yaml", config_to_dict(cfg))
+        self.runner.run("sft", config_to_dict(cfg), lambda: vsr("train", "sft", "--config", str(path)))
+
+    def grpo(self) -> None:
+        cfg = typed(GRPOConfig, grpo_stage_config(self.size, self.common(), str(self.p.grpo), "SFT_POLICY"),
+                    self.settings.overrides.get("grpo", {}), "demo grpo")  # fmt: skip
+        record = config_to_dict(cfg)
+
+        def run() -> None:
+            cfg.model.name_or_path = str(_final_policy(self.p.sft))
+            path = write_yaml(self.p.configs / "grpo.yaml", config_to_dict(cfg))
+            vsr("train", "grpo", "--config", str(path))
+
+        self.runner.run("grpo", record, run)
+
+    def evaluate(self) -> None:
+        cfg = eval_stage_config(
+            self.size, self.settings.seed, self.p, self.annotation_file("test"), self.videos
         )
-    for variant in [v for v in VARIANTS if v.cut_from is not None]:
-        runner.run(
-            f"eval_{variant.key}",
-            {"source": evaluated[variant.cut_from], "turns": variant.turns, "refinement": variant.refinement},
-            lambda variant=variant: _derive_variant(p, variant),
-        )
+        cfg = typed(EvalConfig, cfg, self.settings.overrides.get("eval", {}), "demo eval")
+        record = config_to_dict(cfg)
 
-    return write_report(settings, p, runner.timings)
+        def run() -> None:
+            cfg.policy = str(_final_policy(self.p.grpo))
+            path = write_yaml(self.p.configs / "eval.yaml", config_to_dict(cfg))
+            vsr("eval", "--config", str(path))
+
+        self.runner.run("eval", record, run)
 
 
-def grpo_stage_config(
-    size: DemoSize, common: dict[str, Any], output_dir: str, policy: str, data: dict[str, Any]
-) -> dict[str, Any]:
+def grpo_stage_config(size: DemoSize, common: dict[str, Any], output_dir: str, policy: str) -> GRPOConfig:
     """Stage 2 settings: a step holds `grpo_prompts_per_step` prompts of `group_size` sampled
     completions each, one prompt's group per micro-batch."""
-    deepspeed = {
-        **common["deepspeed"],
-        "micro_batch_size": size.group_size,
-        "gradient_accumulation_steps": size.grpo_prompts_per_step,
-    }
-    return {
+    cfg = GRPOConfig(
+        output_dir=output_dir,
+        max_steps=size.grpo_steps,
+        grpo=GRPOSettings(group_size=size.group_size, max_completion_tokens=size.max_new_tokens),
+        rollout=RolloutConfig(mode="single_turn", max_turns=1),
+        model=ModelConfig(kind="vsr_policy", name_or_path=policy),
+        deepspeed=DeepSpeedSettings(
+            config="zero1",
+            precision="fp32",
+            micro_batch_size=size.group_size,
+            gradient_accumulation_steps=size.grpo_prompts_per_step,
+        ),
+        checkpoint=CheckpointConfig(every_steps=max(1, size.grpo_steps), keep_last=1),
         **common,
-        "deepspeed": deepspeed,
-        "output_dir": output_dir,
-        "max_steps": size.grpo_steps,
-        "grpo": {"group_size": size.group_size, "max_completion_tokens": size.max_new_tokens},
-        "rollout": {"mode": "single_turn", "max_turns": 1},
-        "model": {"kind": "vsr_policy", "name_or_path": policy},
-        "data": data,
-        "checkpoint": {"every_steps": max(1, size.grpo_steps), "keep_last": 1, "resume": "auto"},
-    }
-
-
-def _derive_variant(p: DemoPaths, variant: Variant) -> None:
-    from vsr_train.evaluate import derive_shorter_run
-
-    derive_shorter_run(
-        p.evals / variant.cut_from,
-        p.evals / variant.key,
-        variant.title,
-        variant.turns,
-        final_refine=variant.refinement != "none",
     )
+    cfg.infonce.num_negatives = size.num_negatives
+    return cfg
+
+
+def eval_variants(turns: int) -> list[EvalVariant]:
+    """Every verifier x refiner combination, `turns` verify turns each (shorter runs are cut from them)."""
+    return [
+        EvalVariant(verifier=verifier, refiner=refiner, max_turns=turns)
+        for verifier in ("policy", "oracle")
+        for refiner in ("sqr", "hqr", "none")
+    ]
+
+
+def eval_stage_config(size: DemoSize, seed: int, p: DemoPaths, queries: str, videos: Path) -> EvalConfig:
+    from vsr_model.agent import AgentConfig
+    from vsr_model.policy import GenerationSettings
+
+    return EvalConfig(
+        output_dir=str(p.evals),
+        seed=seed,
+        policy="GRPO_POLICY",
+        engine_dir=str(p.corpus_test / "engine"),
+        corpus=str(videos),
+        corpus_split="test",
+        queries=queries,
+        max_queries=size.eval_queries,
+        agent=AgentConfig(
+            max_turns=size.eval_turns,
+            batch_size=size.eval_batch_size,
+            generation=GenerationSettings(max_new_tokens=size.max_new_tokens),
+        ),
+        variants=eval_variants(size.eval_turns),
+        grounding_only=True,
+    )
+
+
+def run_demo(settings: DemoSettings) -> Path:
+    return Demo(settings).run()
 
 
 def _save_tiny_policy(p: DemoPaths, seed: int) -> None:
@@ -494,71 +515,36 @@ def _save_tiny_policy(p: DemoPaths, seed: int) -> None:
     policy.save_pretrained(p.policy_base)
 
 
-def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float]) -> Path:
-    from vsr_train.evaluate import paper_table, plot_per_turn
+def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float], bench: Path) -> Path:
+    """The demo's summary.json (the evaluation's, plus chance, settings and stage times) and results.md."""
+    from vsr_model.fileio import atomic_write_text
 
-    rows, per_turn = [], {}
-    for variant in VARIANTS:
-        summary_path = p.evals / variant.key / "summary.json"
-        if not summary_path.is_file():
-            raise SystemExit(f"[demo] evaluation {variant.key} left no {summary_path}")
-        result = json.loads(summary_path.read_text())
-        rows.append((variant.title, result["summary"]))
-        per_turn[variant.key] = result.get("per_turn", [])
-    table = paper_table(rows)
-    p.plots.mkdir(parents=True, exist_ok=True)
-    if per_turn.get("sqr_3"):
-        plot_per_turn(
-            per_turn["sqr_3"], p.plots / "sqr_per_turn.png", "SQR, 3 turns: metrics after each turn"
-        )
-    _plot_variants(rows, p.plots / "variants.png")
+    evaluation = json.loads((p.evals / "summary.json").read_text())
+    chance = _chance(bench)
     report = {
-        "settings": {**asdict(settings), "out": str(settings.out)},
+        **evaluation,
+        "chance": chance,
+        "settings": {**asdict(settings), "out": str(settings.out), "benchmark": str(bench)},
         "size": asdict(settings.sizing()),
-        "results": {v.key: summary for v, (_, summary) in zip(VARIANTS, rows, strict=True)},
         "stage_seconds": timings,
-        "table_markdown": table,
     }
     write_json_atomic(settings.out / "summary.json", report)
-    (settings.out / "results.md").write_text(table + "\n")
-    from vsr_train.report_html import report_eval_runs
-
-    page = report_eval_runs(
-        settings.out, [p.evals / v.key for v in VARIANTS], sorted(p.plots.glob("*.png")), summary=report
-    )
-    print(f"[demo] what the agent did, query by query: {page}", flush=True)
-    print("\n" + table, flush=True)
-    print(
-        f"\n[demo] results: {settings.out / 'results.md'}, {settings.out / 'summary.json'}, plots in {p.plots}"
-    )
+    lines = [(p.evals / "results.md").read_text()]
+    if chance:
+        lines.append(
+            f"Chance: VR R@1 {chance.get('vr_r@1', float('nan')) * 100:.1f}, VCMR R@1 IoU=0.5 "
+            f"{chance.get('vcmr_r1_iou>=0.5', float('nan')) * 100:.2f}; majority verdict rate "
+            f"{evaluation['majority_rate']:.1f}.\n"
+        )
+    atomic_write_text(settings.out / "results.md", "\n".join(lines))
+    print("\n" + "\n".join(lines), flush=True)
+    print(f"\n[demo] results: {settings.out / 'results.md'}, {settings.out / 'summary.json'}, "
+          f"{p.evals / 'report.html'}")  # fmt: skip
     return settings.out / "summary.json"
 
 
-def _plot_variants(rows: list[tuple[str, dict[str, float]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = ["vcmr_r1_iou0.3", "vcmr_r1_iou0.5", "vcmr_r1_iou0.7", "ver_strict", "vr_post_refinement_r1"]
-    missing = [k for k in metrics if k not in rows[0][1]]
-    if missing:
-        raise SystemExit(f"[demo] evaluation summaries lack {missing}")
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(rows)
-    for i, (title, summary) in enumerate(rows):
-        ax.bar(
-            [m + i * width for m in range(len(metrics))],
-            [summary.get(k, 0.0) for k in metrics],
-            width,
-            label=title,
-        )
-    ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
-    ax.set_ylabel("value")
-    ax.legend(fontsize=8)
-    ax.set_title("Agent variants on the test split")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+def _chance(bench: Path) -> dict[str, float]:
+    meta = bench / "meta.json"
+    if not meta.is_file():
+        return {}
+    return json.loads(meta.read_text()).get("splits", {}).get("test", {}).get("chance", {})

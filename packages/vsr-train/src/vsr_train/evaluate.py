@@ -1,17 +1,30 @@
-"""`vsr eval`: the multi-turn agent (vsr_model.agent) over a query split, sharded over ranks, scored with
-vsr_model.metrics. Writes per-query traces (jsonl), a summary (json), the results table in the paper's
-layout (Markdown) and a per-turn plot (PNG)."""
+"""`vsr eval`: agent variants (vsr_model.agent: verifier x refiner x turns) over a query split, sharded
+over ranks, scored with vsr_model.metrics, with 95% paired bootstrap intervals between variants.
+
+Every variant runs the one agent loop with the same policy; greedy responses are shared between the
+variants through a GenerationMemo, so a turn several variants take (turn 1 always) is generated once.
+Output folder:
+
+    <key>/traces.jsonl, summary.json, results.md, per_turn.png   one folder per variant
+    summary.json   results.<key>.<metric>, ci.<key>.<metric> = [low, high] (the mean's interval),
+                   paired_ci.<key>__vs__<baseline>.<metric> = [low, high] (of the difference), and
+                   grounding_only / majority_rate / variants / config
+    results.md     every variant in the paper's table layout
+    plots/         variants.png (with error bars), per-turn plots
+    report.html    vsr_train.report_html
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vsr_train.checkpoint import write_json_atomic
-from vsr_train.config import DeepSpeedSettings, EvalConfig, config_to_dict
+from vsr_train.config import DeepSpeedSettings, EvalConfig, EvalVariant, config_to_dict, variant_key
 from vsr_train.runtime import barrier, init_distributed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -22,12 +35,37 @@ PAPER_COLUMNS = (
     ("vcmr_r1_iou0.5", "IoU=0.5"),
     ("vcmr_r1_iou0.7", "IoU=0.7"),
     ("miou", "mIoU"),
-    ("ver_lenient", "VER"),
-    ("ver_strict", "VER (strict)"),
+    ("ver_strict", "VER"),
+    ("ver_turn1", "VER turn 1"),
     ("vr_post_refinement_r1", "VR R@1"),
     ("vr_verified_r1", "VR R@1 (verified)"),
-    ("generated_tokens_per_query", "Gen. tokens / query"),
+    ("gt_rank_mean", "GT rank"),
+    ("text_tokens_per_query", "Text tokens / query"),
+    ("latent_tokens_per_query", "Latent tokens / query"),
 )
+# Metrics that get bootstrap intervals (per-query metrics of vsr_model.metrics.QUERY_METRICS).
+CI_METRICS = (
+    "vcmr_r1_iou0.3",
+    "vcmr_r1_iou0.5",
+    "vcmr_r1_iou0.7",
+    "miou",
+    "vr_verified_r1",
+    "vr_post_refinement_r1",
+    "gt_rank_mean",
+    "ver_turn1",
+    "generated_tokens_per_query",
+)
+SINGLE_SHOT = "single_shot"
+GROUNDING_ONLY = "grounding_only"
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """A variant the evaluation runs: its results key, table title and agent."""
+
+    key: str
+    title: str
+    agent: Any  # vsr_model.agent.AgentConfig
 
 
 def policy_directory(path: str) -> Path:
@@ -40,15 +78,50 @@ def policy_directory(path: str) -> Path:
     return folder
 
 
-def paper_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
+def variant_title(key: str) -> str:
+    """A readable row title for a results key (single_shot, sqr_3, oracle_next_2, grounding_only...)."""
+    if key == SINGLE_SHOT:
+        return "Single shot (no refinement)"
+    if key == GROUNDING_ONLY:
+        return "Ground-truth video given (grounding only)"
+    oracle = key.startswith("oracle_")
+    refiner, _, turns = key.removeprefix("oracle_").rpartition("_")
+    name = {"sqr": "SQR", "hqr": "Text rewrite (HQR)", "next": "Next candidate"}.get(refiner, refiner)
+    plural = "s" if turns != "1" else ""
+    return f"{name}, {turns} turn{plural}" + (", oracle verifier" if oracle else "")
+
+
+def variant_runs(cfg: EvalConfig) -> list[VariantRun]:
+    """The runs of an evaluation config, in order (one run of `agent` when no variants are listed)."""
+    from vsr_model.agent import Refiner, Verifier
+
+    variants = cfg.variants or [
+        EvalVariant(
+            verifier=cfg.agent.verifier.value, refiner=cfg.agent.refiner.value, max_turns=cfg.agent.max_turns
+        )
+    ]
+    runs = []
+    for v in variants:
+        key = variant_key(v, cfg.agent)
+        agent = replace(
+            cfg.agent,
+            verifier=Verifier(v.verifier),
+            refiner=Refiner(v.refiner),
+            max_turns=v.max_turns or cfg.agent.max_turns,
+        )
+        runs.append(VariantRun(key, v.title or variant_title(key), agent))
+    return runs
+
+
+def paper_table(rows: Sequence[tuple[str, dict[str, float]]], columns=PAPER_COLUMNS) -> str:
     """Markdown results table, one row per (method name, summary)."""
-    header = "| Method | " + " | ".join(label for _, label in PAPER_COLUMNS) + " |"
-    lines = [header, "| --- " * (len(PAPER_COLUMNS) + 1) + "|"]
+    header = "| Method | " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "| --- " * (len(columns) + 1) + "|"]
     for name, summary in rows:
         cells = []
-        for key, _ in PAPER_COLUMNS:
+        for key, _ in columns:
             value = summary.get(key)
-            cells.append("n/a" if value is None else f"{value:.1f}")
+            cells.append("n/a" if value is None or value != value else f"{value:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -75,108 +148,150 @@ def plot_per_turn(rows: list[dict[str, float]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
 
 
-def _agent_config(cfg: EvalConfig):
-    from vsr_model.agent import AgentConfig
-    from vsr_model.policy import GenerationSettings
-    from vsr_model.protocol import RefinementMode
+def plot_variants(
+    results: dict[str, dict[str, float]],
+    intervals: dict[str, dict[str, list[float]]],
+    path: Path,
+    metrics: Sequence[str] = ("vr_post_refinement_r1", "vcmr_r1_iou0.5", "ver_turn1"),
+) -> None:
+    """Grouped bars of `metrics` per variant with their 95% bootstrap intervals as error bars."""
+    import matplotlib
 
-    return AgentConfig(
-        max_turns=cfg.max_turns,
-        exclude_seen=cfg.exclude_seen_videos,
-        accumulate_soft_tokens=cfg.accumulate_soft_tokens,
-        refinement=RefinementMode.HARD if cfg.refinement == "hqr" else RefinementMode.SOFT,
-        final_refine=cfg.refinement != "none",
-        top_k=cfg.top_k,
-        batch_size=cfg.batch_size,
-        generation=GenerationSettings(max_new_tokens=cfg.max_new_tokens, do_sample=False),
-    )
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
 
-
-def _generated_tokens(trace_row: dict[str, Any], tokenizer=None) -> int:
-    """Tokens the policy produced for one query: every turn's response (+ N latents per soft refinement,
-    which is what SQR generates instead of rewrite text). Traces record each response's token count;
-    older ones are re-tokenised with ``tokenizer``."""
-    total = 0
-    for turn in trace_row["turns"]:
-        if turn.get("response_tokens") is not None:
-            total += int(turn["response_tokens"])
-        elif tokenizer is not None:
-            total += len(tokenizer.encode(turn["response"], add_special_tokens=False))
-        else:
-            raise ValueError(
-                f"query {trace_row.get('query_id')!r}: a turn without response_tokens and no tokenizer to count it"
-            )
-        if turn.get("rewritten_query") is None:
-            total += int(turn.get("refinement_tokens", 0))
-    return total
+    keys = list(results)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(keys) * len(metrics)), 4.2), dpi=120)
+    width = 0.8 / len(metrics)
+    x = np.arange(len(keys))
+    for j, metric in enumerate(metrics):
+        values = [results[k].get(metric, float("nan")) for k in keys]
+        low = [values[i] - intervals.get(k, {}).get(metric, [values[i]] * 2)[0] for i, k in enumerate(keys)]
+        high = [intervals.get(k, {}).get(metric, [values[i]] * 2)[1] - values[i] for i, k in enumerate(keys)]
+        ax.bar(x + j * width, values, width, yerr=[low, high], capsize=2, label=metric)
+    ax.set_xticks(x + 0.4 - width / 2, keys, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8)
+    ax.set_title("Agent variants on the test split (95% bootstrap intervals)")
+    ax.grid(axis="y", alpha=0.3)
+    _save_figure(fig, path)
 
 
-def write_results(
-    output: Path,
-    name: str,
-    rows: list[dict[str, Any]],
-    max_turns: int,
-    config: dict[str, Any],
-    tokenizer=None,
-) -> Path:
-    """traces.jsonl, summary.json (summary + per-turn table), results.md, per_turn.png and report.html
-    (vsr_train.report_html) of one run."""
-    from vsr_model.fileio import atomic_write_text
+def _summary(traces) -> tuple[dict[str, float], list[dict[str, float]]]:
     from vsr_model.metrics import per_turn_table, summarize
-    from vsr_model.protocol import QueryTrace
+
+    return summarize(traces), per_turn_table(traces)
+
+
+def write_results(output: Path, key: str, title: str, traces, config: dict[str, Any]) -> dict[str, float]:
+    """traces.jsonl, summary.json (summary + per-turn table), results.md and per_turn.png of one variant."""
+    from vsr_model.fileio import atomic_write_text
 
     output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / "traces.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    all_traces = [QueryTrace.from_dict(r) for r in rows]
-    summary = summarize(all_traces)
-    tokens = [_generated_tokens(r, tokenizer) for r in rows]
-    summary["generated_tokens_per_query"] = sum(tokens) / len(tokens)
-    per_turn = per_turn_table(all_traces, max_turns)
+    atomic_write_text(output / "traces.jsonl", "".join(json.dumps(t.to_dict()) + "\n" for t in traces))
+    summary, per_turn = _summary(traces)
     write_json_atomic(
-        output / "summary.json", {"name": name, "summary": summary, "per_turn": per_turn, "config": config}
+        output / "summary.json",
+        {"name": title, "key": key, "summary": summary, "per_turn": per_turn, "config": config},
     )
-    table = paper_table([(name, summary)])
-    (output / "results.md").write_text(table)
-    plot_per_turn(per_turn, output / "per_turn.png", name)
-    log.info("results:\n%s", table)
-    from vsr_train.report_html import report_eval_runs
-
-    report_eval_runs(output, [output], [output / "per_turn.png"])
-    return output / "summary.json"
+    atomic_write_text(output / "results.md", paper_table([(title, summary)]))
+    plot_per_turn(per_turn, output / "per_turn.png", title)
+    return summary
 
 
-def derive_shorter_run(
-    source: Path, output: Path, name: str, max_turns: int, final_refine: bool = True
-) -> Path:
-    """The results of the same agent with fewer verify turns (``final_refine=False``: single shot, no
-    refinement), cut from the traces of a longer greedy run (see QueryTrace.cut): no model runs again."""
+def cut_runs(runs: dict[str, list], titles: dict[str, str], single_shot_from: str | None) -> None:
+    """Add to `runs` every run cut to its first t turns (keyed {refiner}_{t}) and, from
+    `single_shot_from`, the single-shot agent (turn 1 without refinement). In place."""
+    for key in list(runs):
+        base, _, turns = key.rpartition("_")
+        for t in range(1, int(turns)):
+            cut_key = f"{base}_{t}"
+            if cut_key not in runs:
+                runs[cut_key] = [trace.cut(t) for trace in runs[key]]
+                titles[cut_key] = variant_title(cut_key)
+    if single_shot_from is not None:
+        runs[SINGLE_SHOT] = [trace.cut(1, final_refine=False) for trace in runs[single_shot_from]]
+        titles[SINGLE_SHOT] = variant_title(SINGLE_SHOT)
+
+
+def baselines_of(key: str, keys: Sequence[str]) -> list[str]:
+    """What a variant is compared with: single shot, and the next candidate with the same verifier and
+    turns (the refiner's gain over exclusion alone)."""
+    out = []
+    if key != SINGLE_SHOT and SINGLE_SHOT in keys and key != GROUNDING_ONLY:
+        out.append(SINGLE_SHOT)
+    prefix = "oracle_" if key.startswith("oracle_") else ""
+    refiner, _, turns = key.removeprefix(prefix).rpartition("_")
+    nxt = f"{prefix}next_{turns}"
+    if refiner in ("sqr", "hqr") and nxt in keys:
+        out.append(nxt)
+    return out
+
+
+def intervals(runs: dict[str, list], samples: int, seed: int) -> tuple[dict, dict]:
+    """(ci.<key>.<metric>, paired_ci.<key>__vs__<baseline>.<metric>), 95% bootstrap, over queries."""
+    import numpy as np
+
+    from vsr_model.metrics import paired_bootstrap_ci, score_matrix
+
+    if samples == 0:
+        return {}, {}
+    scores = {key: score_matrix(traces) for key, traces in runs.items()}
+    ci, paired = {}, {}
+    for key, matrix in scores.items():
+        ci[key] = {}
+        for metric in CI_METRICS:
+            values = matrix[metric]
+            ci[key][metric] = list(paired_bootstrap_ci(values, np.zeros_like(values), samples, seed))
+        for base in baselines_of(key, list(scores)):
+            if len(runs[base]) != len(runs[key]):
+                continue
+            paired[f"{key}__vs__{base}"] = {
+                metric: list(paired_bootstrap_ci(matrix[metric], scores[base][metric], samples, seed))
+                for metric in CI_METRICS
+            }
+    return ci, paired
+
+
+def _shard_file(output: Path, key: str, rank: int) -> Path:
+    return output / "shards" / key / f"rank-{rank:05d}.jsonl"
+
+
+def _write_shard(output: Path, key: str, rank: int, traces) -> None:
+    from vsr_model.fileio import atomic_write_text
+
+    path = _shard_file(output, key, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(t.to_dict()) + "\n" for t in traces))
+
+
+def _merge_shards(output: Path, key: str, world_size: int, moments) -> list:
     from vsr_model.protocol import QueryTrace
 
-    summary_file = source / "summary.json"
-    if not summary_file.is_file():
-        raise FileNotFoundError(f"{source} holds no finished evaluation (summary.json)")
-    source_config = json.loads(summary_file.read_text())["config"]
-    if max_turns > int(source_config["max_turns"]):
-        raise ValueError(f"cannot cut {max_turns} turns from a run of {source_config['max_turns']}")
-    if source_config["refinement"] != "sqr" and not (max_turns == 1 and not final_refine):
-        raise ValueError("only SQR runs (or single shot from any run) can be cut to fewer turns")
-    rows = [json.loads(line) for line in (source / "traces.jsonl").read_text().splitlines() if line.strip()]
-    cut = [QueryTrace.from_dict(r).cut(max_turns, final_refine).to_dict() for r in rows]
-    config = {
-        **source_config,
-        "max_turns": max_turns,
-        "refinement": source_config["refinement"] if final_refine else "none",
-        "name": name,
-        "derived_from": str(source),
-    }
-    return write_results(output, name, cut, max_turns, config)
+    rows = []
+    for rank in range(world_size):
+        text = _shard_file(output, key, rank).read_text()
+        rows.extend(json.loads(line) for line in text.splitlines() if line.strip())
+    order = {m.query_id: i for i, m in enumerate(moments)}
+    rows.sort(key=lambda r: order[r["query_id"]])
+    if len(rows) != len(moments):
+        raise RuntimeError(f"{key}: merged {len(rows)} traces for {len(moments)} queries")
+    return [QueryTrace.from_dict(r) for r in rows]
 
 
 def _progress_bar(queries: int, max_turns: int, name: str, enabled: bool):
@@ -205,10 +320,10 @@ def _progress_bar(queries: int, max_turns: int, name: str, enabled: bool):
 
 
 def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | None:
-    """Evaluate; return the summary path (on rank 0; None on other ranks). ``policy`` / ``engine`` /
-    ``corpus`` may be passed in already loaded (a pipeline that just trained them); otherwise they are
-    loaded from the paths in ``cfg``."""
-    from vsr_model.agent import run_agent
+    """Evaluate every variant; return the combined summary path (on rank 0; None on other ranks).
+    ``policy`` / ``engine`` / ``corpus`` may be passed in already loaded; otherwise they are loaded
+    from the paths in ``cfg``."""
+    from vsr_model.agent import GenerationMemo, Verifier, run_agent
     from vsr_model.corpus import Corpus
     from vsr_model.data import read_moments
     from vsr_model.engine.base import SearchEngine
@@ -223,8 +338,6 @@ def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | N
         raise ValueError(f"{cfg.queries}: no queries to evaluate")
     shard = moments[dist.rank :: dist.world_size]
     output = Path(cfg.output_dir)
-    shard_dir = output / "traces"
-    shard_dir.mkdir(parents=True, exist_ok=True)
 
     if policy is None:
         policy = load_policy(policy_directory(cfg.policy))
@@ -236,24 +349,108 @@ def run_eval(cfg: EvalConfig, policy=None, engine=None, corpus=None) -> Path | N
         raise ValueError(
             f"{len(missing)} ground-truth videos are not in the corpus {cfg.corpus}: {missing[:5]}"
         )
-    log.info("rank %d evaluates %d of %d queries", dist.rank, len(shard), len(moments))
-    bar, progress = _progress_bar(len(shard), cfg.max_turns, cfg.name, enabled=dist.is_main)
-    traces = run_agent(policy, engine, corpus, shard, _agent_config(cfg), progress) if shard else []
-    bar.close()
-    shard_file = shard_dir / f"rank-{dist.rank:05d}.jsonl"
-    tmp = shard_file.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in traces))
-    tmp.replace(shard_file)
+    runs = variant_runs(cfg)
+    log.info("rank %d evaluates %d of %d queries, variants %s", dist.rank, len(shard), len(moments),
+             [r.key for r in runs])  # fmt: skip
+    memo = GenerationMemo()
+    for run in runs:
+        bar, progress = _progress_bar(len(shard), run.agent.max_turns, run.key, enabled=dist.is_main)
+        traces = run_agent(policy, engine, corpus, shard, run.agent, progress, memo=memo) if shard else []
+        bar.close()
+        _write_shard(output, run.key, dist.rank, traces)
+    if cfg.grounding_only:
+        agent = replace(cfg.agent, verifier=Verifier.POLICY, max_turns=1, final_refine=False)
+        first = [m.video_id for m in shard]
+        traces = (
+            run_agent(policy, engine, corpus, shard, agent, first_videos=first, memo=memo) if shard else []
+        )
+        _write_shard(output, GROUNDING_ONLY, dist.rank, traces)
+    log.info("rank %d: %d distinct responses generated, %d reused", dist.rank, memo.misses, memo.hits)
     barrier()
     if not dist.is_main:
         return None
 
-    rows = []
-    for rank in range(dist.world_size):
-        path = shard_dir / f"rank-{rank:05d}.jsonl"
-        rows.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    order = {m.query_id: i for i, m in enumerate(moments)}
-    rows.sort(key=lambda r: order[r["query_id"]])
-    if len(rows) != len(moments):
-        raise RuntimeError(f"merged {len(rows)} traces for {len(moments)} queries")
-    return write_results(output, cfg.name, rows, cfg.max_turns, config_to_dict(cfg), policy.tokenizer)
+    merged = {run.key: _merge_shards(output, run.key, dist.world_size, moments) for run in runs}
+    titles = {run.key: run.title for run in runs}
+    if cfg.cut_turns:
+        first_policy = next((r.key for r in runs if r.agent.verifier is Verifier.POLICY), None)
+        cut_runs(merged, titles, first_policy)
+    if cfg.grounding_only:
+        merged[GROUNDING_ONLY] = _merge_shards(output, GROUNDING_ONLY, dist.world_size, moments)
+        titles[GROUNDING_ONLY] = variant_title(GROUNDING_ONLY)
+    return write_evaluation(output, merged, titles, cfg)
+
+
+def write_evaluation(output: Path, runs: dict[str, list], titles: dict[str, str], cfg: EvalConfig) -> Path:
+    """Per-variant folders, the combined summary.json with intervals, results.md, plots, report.html."""
+    from vsr_model.fileio import atomic_write_text
+    from vsr_model.metrics import majority_rate
+
+    config = config_to_dict(cfg)
+    order = _display_order(runs)
+    results = {}
+    for key in order:
+        results[key] = write_results(output / key, key, titles[key], runs[key], {**config, "variant": key})
+    ci, paired = intervals({k: runs[k] for k in order}, cfg.bootstrap_samples, cfg.seed)
+    table = paper_table([(titles[k], results[k]) for k in order])
+    summary = {
+        "results": results,
+        "titles": {k: titles[k] for k in order},
+        "ci": ci,
+        "paired_ci": paired,
+        "majority_rate": majority_rate(runs[order[0]]),
+        "queries": len(runs[order[0]]),
+        "config": config,
+        "table_markdown": table,
+    }
+    if GROUNDING_ONLY in results:
+        summary[GROUNDING_ONLY] = results[GROUNDING_ONLY]
+    write_json_atomic(output / "summary.json", summary)
+    atomic_write_text(output / "results.md", table + "\n" + paired_table(paired) + "\n")
+    plot_variants(
+        {k: results[k] for k in order if k != GROUNDING_ONLY}, ci, output / "plots" / "variants.png"
+    )
+    _report(output, order, summary, cfg)
+    log.info("results:\n%s", table)
+    return output / "summary.json"
+
+
+def _display_order(runs: dict[str, list]) -> list[str]:
+    def rank(key: str) -> tuple:
+        if key == SINGLE_SHOT:
+            return (0, "", 0)
+        if key == GROUNDING_ONLY:
+            return (3, "", 0)
+        oracle = key.startswith("oracle_")
+        refiner, _, turns = key.removeprefix("oracle_").rpartition("_")
+        return (1 + oracle, ("next", "sqr", "hqr").index(refiner) if refiner in ("next", "sqr", "hqr") else 9,
+                int(turns))  # fmt: skip
+
+    return sorted(runs, key=rank)
+
+
+def paired_table(
+    paired: dict[str, dict[str, list[float]]], metrics=("vr_post_refinement_r1", "vcmr_r1_iou0.5")
+) -> str:
+    """Markdown table of the paired 95% intervals of each comparison's differences."""
+    if not paired:
+        return ""
+    head = "| Comparison | " + " | ".join(f"diff. {m} (95% CI)" for m in metrics) + " |"
+    lines = [head, "| --- " * (len(metrics) + 1) + "|"]
+    for name, values in paired.items():
+        cells = [f"[{values[m][0]:+.1f}, {values[m][1]:+.1f}]" for m in metrics]
+        lines.append(f"| {name.replace('__vs__', ' vs ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _report(output: Path, order: list[str], summary: dict, cfg: EvalConfig) -> None:
+    from vsr_train.report_html import ReportSettings, report_eval_runs
+
+    plots = sorted((output / "plots").glob("*.png"))
+    report_eval_runs(
+        output,
+        [output / key for key in order],
+        plots,
+        ReportSettings(max_cards=cfg.report_cards),
+        summary=summary,
+    )

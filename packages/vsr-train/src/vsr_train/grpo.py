@@ -20,7 +20,7 @@ from vsr_train.checkpoint import CheckpointManager
 from vsr_train.config import GRPOConfig, config_to_dict
 from vsr_train.data_order import ShardedOrder
 from vsr_train.grpo_math import group_advantages, grpo_loss
-from vsr_train.models import LoadedModel, load_policy
+from vsr_train.policy_loader import LoadedModel, load_policy
 from vsr_train.run_log import RunLogger
 from vsr_train.runtime import (
     DistInfo,
@@ -40,7 +40,7 @@ from vsr_train.tasks import GRPOTask, Rollouts, synthetic_token_task
 def build_grpo_task(cfg: GRPOConfig, loaded: LoadedModel, dist: DistInfo) -> GRPOTask:
     if cfg.data.kind == "synthetic_tokens":
         return synthetic_token_task(cfg.data, cfg.model.kind, loaded.model, cfg.seed)
-    from vsr_train.vsr_adapter import VideoSearchGRPOTask
+    from vsr_train.vsr_task import VideoSearchGRPOTask
 
     return VideoSearchGRPOTask(cfg, loaded, dist)
 

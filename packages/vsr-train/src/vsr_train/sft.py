@@ -12,7 +12,7 @@ import torch
 from vsr_train.checkpoint import CheckpointManager
 from vsr_train.config import SFTConfig, config_to_dict
 from vsr_train.data_order import ShardedOrder
-from vsr_train.models import LoadedModel, load_policy
+from vsr_train.policy_loader import LoadedModel, load_policy
 from vsr_train.run_log import RunLogger
 from vsr_train.runtime import (
     DistInfo,
@@ -28,7 +28,7 @@ from vsr_train.tasks import SFTTask, synthetic_token_task
 def build_sft_task(cfg: SFTConfig, loaded: LoadedModel, dist: DistInfo) -> SFTTask:
     if cfg.data.kind == "synthetic_tokens":
         return synthetic_token_task(cfg.data, cfg.model.kind, loaded.model, cfg.seed)
-    from vsr_train.vsr_adapter import VideoSearchSFTTask
+    from vsr_train.vsr_task import VideoSearchSFTTask
 
     return VideoSearchSFTTask(cfg, loaded, dist)
 

@@ -9,7 +9,7 @@ SFT and GRPO loops are written once against two small interfaces:
 ``SyntheticTokenTask`` implements both for any Hugging Face causal LM on random token prompts: SFT
 learns to write the prompt reversed; GRPO rewards the share of even token ids in a completion. It has a
 real, learnable signal and no external data, which makes it the workload of the distributed tests and
-of the step-time benchmark of the bare machinery. The VideoSearch-R1 task lives in ``vsr_adapter``.
+of the step-time benchmark of the bare machinery. The VideoSearch-R1 task lives in ``vsr_task``.
 """
 
 from __future__ import annotations

@@ -133,6 +133,19 @@ class VideoIndex:
             out.append(self._hits(scores[0], rows[0]))
         return out
 
+    def rank_of(self, query: np.ndarray, video_id: str, exclude: Collection[str] = ()) -> int | None:
+        """1-based rank of `video_id` among the indexed videos for one query (1, D), the `exclude`d
+        videos left out; None when `video_id` is itself excluded. Ties count against it (a range search
+        at its own score: one scan of the index, exact)."""
+        if query.shape[0] != 1:
+            raise ValueError(f"rank_of takes one query, got {query.shape[0]}")
+        if video_id in exclude:
+            return None
+        row = self.rows_of([video_id])
+        score = float(self.index.score_ids(query[0], row)[0])
+        lims, _, _ = self.index.range_search(query, score - 1e-6, deny=self._deny(exclude))
+        return max(1, int(lims[1] - lims[0]))
+
     def session(
         self, query: np.ndarray, k: int, exclude_seen: bool = True, exclude: Collection[str] = ()
     ) -> EngineSession:
@@ -308,6 +321,15 @@ class SearchEngine(ABC):
         if isinstance(query_embedding, str):
             query_embedding = [query_embedding]
         return self.index.session(self._query_matrix(query_embedding), k, exclude_seen, exclude)
+
+    def rank_of(
+        self, query: torch.Tensor | np.ndarray | str, video_id: str, exclude: Collection[str] = ()
+    ) -> int | None:
+        """1-based rank of `video_id` for one query (text or embedding) over the whole index, the
+        `exclude`d videos left out (None when `video_id` is one of them)."""
+        if isinstance(query, str):
+            query = [query]
+        return self.index.rank_of(self._query_matrix(query), video_id, exclude)
 
     def refine_group(
         self,

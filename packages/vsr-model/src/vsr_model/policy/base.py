@@ -180,10 +180,11 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 
 @dataclass
 class PolicyOutput:
-    """Teacher-forced forward: next-token logits (B, L, V), last hidden states (B, L, H) and the state
-    (hidden + KV cache) that `vsr_model.sqr.latent_rollout(..., state=...)` continues from."""
+    """Teacher-forced forward: next-token logits (B, L, V) (None when not asked for), last hidden states
+    (B, L, H) and the state (hidden + KV cache) that `vsr_model.sqr.latent_rollout(..., state=...)`
+    continues from."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     hidden: torch.Tensor
     state: PrefillState
 
@@ -250,8 +251,9 @@ class VideoPolicy(nn.Module):
         raise NotImplementedError
 
     # --- shared ---
-    def forward(self, batch: PolicyBatch, use_cache: bool = True) -> PolicyOutput:
-        """One forward over prompt + completion; SFT's CE, GRPO's log-probs and the SQR rollout share it."""
+    def forward(self, batch: PolicyBatch, use_cache: bool = True, logits: bool = True) -> PolicyOutput:
+        """One forward over prompt + completion; SFT's CE, GRPO's log-probs and the SQR rollout share it.
+        `logits=False` skips the LM head over every position (see `completion_logits`)."""
         hidden, cache = self.run_backbone(
             self.embed_inputs(batch),
             batch.attention_mask,
@@ -259,7 +261,20 @@ class VideoPolicy(nn.Module):
             batch=batch,
             use_cache=use_cache,
         )
-        return PolicyOutput(logits=self.logits(hidden), hidden=hidden, state=PrefillState(hidden, cache))
+        return PolicyOutput(
+            logits=self.logits(hidden) if logits else None, hidden=hidden, state=PrefillState(hidden, cache)
+        )
+
+    def completion_logits(
+        self, hidden: torch.Tensor, batch: PolicyBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits (N, V) of the batch's N completion tokens, each from the position before it,
+        and those tokens' ids (N,): the LM head runs on the completion only, not on the prompt's
+        hundreds of video and text positions."""
+        if batch.completion_mask is None:
+            raise ValueError("the batch has no completion to score")
+        mask = batch.completion_mask[:, 1:].to(hidden.device)
+        return self.logits(hidden[:, :-1][mask]), batch.input_ids[:, 1:].to(hidden.device)[mask]
 
     @property
     def refine_token_id(self) -> int:
@@ -273,9 +288,17 @@ class VideoPolicy(nn.Module):
         # <REFINE> is always the last token of a response: generation stops there as at EOS.
         return [self.tokenizer.eos_token_id, self.refine_token_id]
 
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        """Tokens generation must never produce: placeholders that stand for video frames in a prompt
+        (a response holding one could not be encoded again for SQR or the GRPO loss)."""
+        return []
+
     def generation_kwargs(self, settings: GenerationSettings) -> dict:
         """Sampling and stopping arguments of Hugging Face `generate`, the same for every family."""
+        suppressed = self.suppressed_token_ids
         return {
+            **({"suppress_tokens": suppressed} if suppressed else {}),
             "max_new_tokens": settings.max_new_tokens,
             "do_sample": settings.do_sample,
             "temperature": settings.temperature if settings.do_sample else None,

@@ -1,8 +1,15 @@
-"""The composite video LLM: any HF causal LM + a frame encoder + a projector, LLaVA-style.
+"""The composite video LLM: any HF causal LM + a frame encoder + a connector, LLaVA-style.
 
-Each sampled frame becomes one `<|frame|>` token whose input embedding is replaced by the projected
-frame feature; the true timestamp of every frame is written in front of it as text, so the model
-reads times it can copy into <start>/<end>.
+Each sampled frame becomes `tokens_per_frame` `<|frame|>` tokens whose input embeddings are replaced by
+the connector's output for that frame; the true timestamp of every frame is written in front of them as
+text, so the model reads times it can copy into <start>/<end>.
+
+The connector (FrameConnector) maps a frame's features, and with `temporal_context` the change from the
+previous to the next frame (motion), to its tokens:
+- `mlp`: Linear -> GELU -> Linear to tokens_per_frame vectors, as LLaVA-1.5's projector;
+- `vocabulary`: one distribution per token over a word list (`connector_words`, set by the connector
+  alignment), the token being the probability-weighted mix of those words' input embeddings: frames
+  then read as (soft) words the language model already knows.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ logger = logging.getLogger(__name__)
 FRAME_TOKEN = "<|frame|>"
 COMPOSITE_WEIGHTS_FILE = "composite.safetensors"
 DEFAULT_FRAME_ENCODER = "efficientnet-lite0"
+CONNECTORS = ("mlp", "vocabulary")
 
 # ChatML, the format SmolLM2-Instruct and Qwen were tuned on; used when a tokenizer ships none.
 CHATML_TEMPLATE = (
@@ -62,8 +70,29 @@ class CompositePolicyConfig:
     dtype: str = "float32"
     # Frames whose features a frozen encoder keeps in memory (FrameFeatureMemo); 0 turns the memo off.
     frame_feature_memo: int = 50_000
+    # The frame encoder's pooling (vsr_model.backbones.FrameEncoderConfig.pooling).
+    frame_pooling: str = "global"
+    tokens_per_frame: int = 1
+    temporal_context: bool = False
+    connector: str = "mlp"
+    connector_hidden: int | None = None  # None: the LLM's hidden size
+    # vocabulary connector: the words each of a frame's tokens mixes (one list per token).
+    connector_words: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
+        if self.tokens_per_frame < 1:
+            raise ValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
+        if self.connector not in CONNECTORS:
+            raise ValueError(f"connector must be one of {CONNECTORS}, got {self.connector!r}")
+        words = self.connector_words
+        if (
+            self.connector == "vocabulary"
+            and words is not None
+            and (len(words) != self.tokens_per_frame or not all(words))
+        ):
+            raise ValueError(
+                f"connector_words needs {self.tokens_per_frame} non-empty word lists (one per frame token)"
+            )
         if self.frame_size < 8:
             raise ValueError(f"frame_size must be >= 8 pixels, got {self.frame_size}")
         if self.frame_feature_memo < 0:
@@ -92,17 +121,65 @@ def default_llm_location() -> tuple[str, str]:
     return str(directory), files[0].name
 
 
-class FrameProjector(nn.Module):
-    """Frame feature (F) -> LLM embedding (H): Linear -> GELU -> Linear, as in LLaVA-1.5."""
+def with_motion(features: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """(T, F) frame features of clips laid end to end (`counts` frames each) -> (T, 2F): each frame's
+    features and the change from its previous to its next frame within its clip (zero at the ends)."""
+    if sum(counts) != features.shape[0]:
+        raise ValueError(f"clip frame counts {counts} do not add up to {features.shape[0]} frames")
+    parts, start = [], 0
+    for n in counts:
+        x = features[start : start + n]
+        after = torch.cat([x[1:], x[-1:]])
+        before = torch.cat([x[:1], x[:-1]])
+        parts.append(torch.cat([x, after - before], dim=1))
+        start += n
+    return torch.cat(parts)
 
-    def __init__(self, feature_dim: int, hidden_size: int) -> None:
+
+class FrameConnector(nn.Module):
+    """Frame features (T, F) -> (T, tokens_per_frame, H) LLM input embeddings (see the module docstring).
+    `word_ids` (vocabulary connector): per token, per word, the token ids of the word."""
+
+    def __init__(self, in_dim: int, hidden_size: int, config: CompositePolicyConfig, word_ids=None) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(feature_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
-        )
+        self.kind, self.k = config.connector, config.tokens_per_frame
+        width = config.connector_hidden or hidden_size
+        self.norm = nn.LayerNorm(in_dim)
+        self.trunk = nn.Sequential(nn.Linear(in_dim, width), nn.GELU())
+        self.slot = nn.Parameter(torch.zeros(self.k, hidden_size))
+        if self.kind == "mlp":
+            self.out = nn.Linear(width, self.k * hidden_size)
+            self.heads = None
+        else:
+            # Without its words (a fresh policy) the connector waits for the alignment to give them.
+            self.heads = (
+                None if word_ids is None else nn.ModuleList([nn.Linear(width, len(w)) for w in word_ids])
+            )
+            self.word_ids = word_ids
+        self.hidden_size = hidden_size
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+    def slot_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Per token, (T, words) logits of the vocabulary connector."""
+        if self.heads is None:
+            raise ValueError(
+                "the vocabulary connector has no words yet: align it first (vsr train init-policy, "
+                "vsr_model.policy.connector.align_connector) or set connector_words"
+            )
+        h = self.trunk(self.norm(features))
+        return [head(h) for head in self.heads]
+
+    def forward(self, features: torch.Tensor, embeddings: nn.Embedding | None = None) -> torch.Tensor:
+        if self.kind == "mlp":
+            tokens = self.out(self.trunk(self.norm(features))).unflatten(-1, (self.k, self.hidden_size))
+            return tokens + self.slot
+        if embeddings is None:
+            raise ValueError("the vocabulary connector mixes the LLM's input embeddings: pass them")
+        mixed = []
+        logits_per_token = self.slot_logits(features)
+        for logits, words in zip(logits_per_token, self.word_ids, strict=True):
+            table = torch.stack([embeddings.weight[ids].mean(0) for ids in words])
+            mixed.append(logits.softmax(-1).to(table.dtype) @ table)
+        return torch.stack(mixed, dim=1) + self.slot.to(mixed[0].dtype)
 
 
 class FrameFeatureMemo:
@@ -160,9 +237,9 @@ def resize_frames(frames: np.ndarray, size: int) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def frame_timeline(timestamps: np.ndarray) -> str:
-    """The video as text: each frame token preceded by its true time in seconds."""
-    return " ".join(f"<{float(t):.1f}s>{FRAME_TOKEN}" for t in timestamps)
+def frame_timeline(timestamps: np.ndarray, tokens_per_frame: int = 1) -> str:
+    """The video as text: each frame's tokens preceded by its true time in seconds."""
+    return " ".join(f"{float(t):.1f}s{FRAME_TOKEN * tokens_per_frame}" for t in timestamps)
 
 
 def plain_weights_from_gguf(lm: PreTrainedModel) -> PreTrainedModel:
@@ -198,7 +275,7 @@ class CompositeVideoPolicy(VideoPolicy):
         frame_encoder: nn.Module,
         config: CompositePolicyConfig,
         sqr_config: SQRConfig,
-        projector: FrameProjector | None = None,
+        projector: FrameConnector | None = None,
         sqr: SQRHeads | None = None,
     ) -> None:
         super().__init__()
@@ -215,11 +292,16 @@ class CompositeVideoPolicy(VideoPolicy):
         if config.freeze_frame_encoder:
             frame_encoder.requires_grad_(False)
         hidden = lm.config.get_text_config().hidden_size
-        self.projector = projector if projector is not None else FrameProjector(feature_dim, hidden)
+        self.frame_token_id = int(tokenizer.convert_tokens_to_ids(FRAME_TOKEN))
+        in_dim = feature_dim * (2 if config.temporal_context else 1)
+        self.projector = (
+            projector
+            if projector is not None
+            else FrameConnector(in_dim, hidden, config, self.word_token_ids(config.connector_words))
+        )
         self.sqr = sqr if sqr is not None else SQRHeads(hidden, sqr_config)
         if self.sqr.hidden_size != hidden:
             raise ValueError(f"SQR heads built for hidden size {self.sqr.hidden_size}, the LLM has {hidden}")
-        self.frame_token_id = int(tokenizer.convert_tokens_to_ids(FRAME_TOKEN))
         self.frame_memo = (
             FrameFeatureMemo(config.frame_feature_memo)
             if config.freeze_frame_encoder and config.frame_feature_memo > 0
@@ -229,6 +311,30 @@ class CompositeVideoPolicy(VideoPolicy):
     @property
     def tokenizer(self):
         return self._tokenizer
+
+    def word_token_ids(self, words: list[list[str]] | None) -> list[list[list[int]]] | None:
+        """Token ids of each connector word (as it reads inside a sentence, with a leading space)."""
+        if words is None:
+            return None
+        out = []
+        for slot in words:
+            ids = [self._tokenizer.encode(" " + w, add_special_tokens=False) for w in slot]
+            if any(not i for i in ids):
+                raise ValueError(f"a connector word tokenises to nothing: {slot}")
+            out.append(ids)
+        return out
+
+    def set_connector_words(self, words: list[list[str]]) -> None:
+        """Give a vocabulary connector its word lists (connector alignment does, before fitting it)."""
+        if self.config.connector != "vocabulary":
+            raise ValueError("only the vocabulary connector mixes words")
+        self.config.connector_words = [list(w) for w in words]
+        self.config.__post_init__()
+        hidden = self.lm.config.get_text_config().hidden_size
+        device = next(self.projector.parameters()).device
+        self.projector = FrameConnector(
+            self.projector.norm.normalized_shape[0], hidden, self.config, self.word_token_ids(words)
+        ).to(device)
 
     def train(self, mode: bool = True) -> CompositeVideoPolicy:
         super().train(mode)
@@ -241,22 +347,35 @@ class CompositeVideoPolicy(VideoPolicy):
     def hidden_size(self) -> int:
         return self.lm.config.get_text_config().hidden_size
 
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        return [self.frame_token_id]
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.lm.get_input_embeddings()
 
     def _prompt_tokens(self, item: VerifyInput) -> tuple[list[int], dict[str, torch.Tensor]]:
-        text = self.render_prompt_text(item, frame_timeline(np.asarray(item.clip.timestamps)))
+        k = self.config.tokens_per_frame
+        text = self.render_prompt_text(item, frame_timeline(np.asarray(item.clip.timestamps), k))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         frames = resize_frames(np.asarray(item.clip.frames), self.config.frame_size)
         n_tokens = sum(1 for t in ids if t == self.frame_token_id)
-        if n_tokens != frames.shape[0]:
-            raise ValueError(f"prompt has {n_tokens} frame tokens for {frames.shape[0]} frames")
+        if n_tokens != k * frames.shape[0]:
+            raise ValueError(f"prompt has {n_tokens} frame tokens for {frames.shape[0]} frames x {k}")
         return ids, {"frames": frames}
 
     def _collate(self, ids, mask, per_item):
         position_ids = (mask.cumsum(-1) - 1).clamp_(min=0)
         frames = torch.cat([item["frames"] for item in per_item], dim=0)
-        return position_ids, {"frames": frames}
+        counts = torch.tensor([item["frames"].shape[0] for item in per_item])
+        return position_ids, {"frames": frames, "frame_counts": counts}
+
+    def frame_tokens(self, features: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """(T, F) features of clips laid end to end -> (T, tokens_per_frame, H) connector outputs."""
+        if self.config.temporal_context:
+            features = with_motion(features, counts)
+        dtype = self.projector.norm.weight.dtype
+        return self.projector(features.to(dtype), self.get_input_embeddings())
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, size, size, 3) frames -> (T, F) frame-encoder features, through the memo when it applies."""
@@ -268,13 +387,17 @@ class CompositeVideoPolicy(VideoPolicy):
     def embed_inputs(self, batch: PolicyBatch) -> torch.Tensor:
         embeds = self.get_input_embeddings()(batch.input_ids)
         frames = batch.model_inputs["frames"].to(self.device)
+        counts = batch.model_inputs.get("frame_counts")
+        counts = [int(c) for c in counts] if counts is not None else [frames.shape[0]]
         features = self.frame_features(frames)
         if features.ndim != 2 or features.shape[0] != frames.shape[0]:
             raise ValueError(f"frame encoder returned {tuple(features.shape)} for {frames.shape[0]} frames")
-        projected = self.projector(features.to(self.projector.net[0].weight.dtype)).to(embeds.dtype)
+        projected = self.frame_tokens(features, counts).flatten(0, 1).to(embeds.dtype)
         slots = batch.input_ids == self.frame_token_id
         if int(slots.sum()) != projected.shape[0]:
-            raise ValueError(f"{int(slots.sum())} frame tokens in the batch for {projected.shape[0]} frames")
+            raise ValueError(
+                f"{int(slots.sum())} frame tokens in the batch for {projected.shape[0]} frame tokens"
+            )
         return embeds.masked_scatter(slots.unsqueeze(-1), projected)
 
     def run_backbone(
@@ -332,7 +455,7 @@ class CompositeVideoPolicy(VideoPolicy):
             lm = lm or AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, **kwargs)
         lm = plain_weights_from_gguf(lm)
         if frame_encoder is None:
-            frame_encoder = load_named_frame_encoder(config.frame_encoder)
+            frame_encoder = load_named_frame_encoder(config.frame_encoder, config.frame_pooling)
         return cls(lm, tokenizer, frame_encoder, config, sqr_config)
 
     @classmethod
@@ -349,23 +472,27 @@ class CompositeVideoPolicy(VideoPolicy):
         tokenizer = AutoTokenizer.from_pretrained(directory)
         lm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=getattr(torch, config.dtype))
         if frame_encoder is None:
-            frame_encoder = load_named_frame_encoder(config.frame_encoder)
+            frame_encoder = load_named_frame_encoder(config.frame_encoder, config.frame_pooling)
         state = load_file(str(directory / COMPOSITE_WEIGHTS_FILE))
         frame_state = {
             k.removeprefix("frame_encoder."): v for k, v in state.items() if k.startswith("frame_encoder.")
         }
         frame_encoder.load_state_dict(frame_state, strict=True)
-        projector = FrameProjector(frame_encoder.feature_dim, lm.config.get_text_config().hidden_size)
-        projector.load_state_dict(
-            {k.removeprefix("projector."): v for k, v in state.items() if k.startswith("projector.")}
-        )
         heads = load_sqr_heads(directory, lm.config.get_text_config().hidden_size, sqr_config)
-        return cls(lm, tokenizer, frame_encoder, config, sqr_config, projector=projector, sqr=heads)
+        policy = cls(lm, tokenizer, frame_encoder, config, sqr_config, sqr=heads)
+        connector = {k.removeprefix("projector."): v for k, v in state.items() if k.startswith("projector.")}
+        missing, unexpected = policy.projector.load_state_dict(connector, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{directory / COMPOSITE_WEIGHTS_FILE}: the connector does not fit the config "
+                f"(missing {missing}, unexpected {unexpected}); saved by an older version?"
+            )
+        return policy
 
 
-def load_named_frame_encoder(name: str) -> nn.Module:
+def load_named_frame_encoder(name: str, pooling: str = "global") -> nn.Module:
     if name != DEFAULT_FRAME_ENCODER:
         raise ValueError(f"unknown frame encoder {name!r}: pass the module itself for custom encoders")
-    from vsr_model.backbones import load_frame_encoder
+    from vsr_model.backbones import FrameEncoderConfig, load_frame_encoder
 
-    return load_frame_encoder()
+    return load_frame_encoder(FrameEncoderConfig(pooling=pooling))

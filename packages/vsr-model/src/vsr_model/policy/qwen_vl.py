@@ -222,6 +222,12 @@ class QwenVLPolicy(VideoPolicy):
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
 
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        cfg = self.model.config
+        ids = [cfg.video_token_id, getattr(cfg, "image_token_id", None), cfg.vision_start_token_id]
+        return [int(i) for i in ids if i is not None]
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 

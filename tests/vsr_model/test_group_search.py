@@ -1,5 +1,6 @@
-"""Re-retrieval of a GRPO group through one SearchEngine.refine_group call returns exactly what one engine
-session per trajectory, and an exhaustive search excluding each trajectory's own seen videos, return."""
+"""The agent's group search (vsr_model.agent.group_search, SearchMode.GROUPS): re-retrieval of a GRPO group
+through one SearchEngine.refine_group call returns exactly what one engine session per trajectory, and an
+exhaustive search excluding each trajectory's own seen videos, return."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vsr_model.agent import group_search
 from vsr_model.engine.base import SearchEngine
-from vsr_train.group_retrieval import group_refined_top1, group_request
 
 
 class VectorEngine(SearchEngine):
@@ -45,9 +46,17 @@ def _engine(vectors: np.ndarray) -> VectorEngine:
     return engine
 
 
-def _exhaustive_top1(vectors: np.ndarray, query: np.ndarray, skip: set[str]) -> str:
+def _exhaustive(vectors: np.ndarray, query: np.ndarray, skip: set[str], k: int) -> list[str]:
     order = np.argsort(-(vectors.astype(np.float64) @ query.astype(np.float64)), kind="stable")
-    return next(f"v{i:03d}" for i in order if f"v{i:03d}" not in skip)
+    return [f"v{i:03d}" for i in order if f"v{i:03d}" not in skip][:k]
+
+
+def _exhaustive_top1(vectors: np.ndarray, query: np.ndarray, skip: set[str]) -> str:
+    return _exhaustive(vectors, query, skip, 1)[0]
+
+
+def group_top1(engine, original, refined, seen, exclude_seen):
+    return [hits[0].video_id for hits in group_search(engine, original, refined, seen, exclude_seen, 1)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -74,7 +83,7 @@ def test_group_refinement_equals_per_trajectory_sessions_and_exhaustive_search(
         # Small moves (the pool answers) and large ones (a fresh search) mixed within the group.
         scale = rng.choice([0.05, 3.0], size=(len(active), 1))
         refined = _unit(original + scale * rng.standard_normal((len(active), dim)))
-        got = group_refined_top1(engine, original, refined, [seen[i] for i in active], exclude_seen=True)
+        got = group_top1(engine, original, refined, [seen[i] for i in active], exclude_seen=True)
         for row, i in enumerate(active):
             expected = _exhaustive_top1(vectors, refined[row], set(seen[i]))
             assert got[row] == expected
@@ -95,20 +104,22 @@ def _random_group(seed: int, num_videos: int, dim: int, group: int):
 def test_without_exclusion_the_group_returns_each_plain_top1():
     vectors, engine, original, refined = _random_group(0, 12, 6, 5)
     seen = [[_exhaustive_top1(vectors, r, set())] for r in refined]  # each row's own top-1, seen before
-    got = group_refined_top1(engine, original, refined, seen, exclude_seen=False)
+    got = group_top1(engine, original, refined, seen, exclude_seen=False)
     assert got == [s[0] for s in seen]
     assert got == [hits[0].video_id for hits in engine.search(refined, 1)]
 
 
-def test_group_request_denies_only_what_every_row_has_seen():
-    shared, k = group_request([["a", "b", "c"], ["a", "d"], ["a"]])
-    assert shared == {"a"} and k == 3
-    assert group_request([["a"], ["a"]]) == ({"a"}, 1)
+def test_every_row_gets_its_own_k_best_unseen_videos():
+    vectors, engine, original, refined = _random_group(2, 30, 6, 4)
+    seen = [["v000", "v001", "v002"], ["v000", "v003"], ["v000"], ["v000", "v001", "v004", "v005"]]
+    got = group_search(engine, original, refined, seen, exclude_seen=True, k=5)
+    for row, hits in enumerate(got):
+        assert [h.video_id for h in hits] == _exhaustive(vectors, refined[row], set(seen[row]), 5)
 
 
-def test_a_row_that_has_seen_the_whole_corpus_is_an_error():
+def test_a_row_that_has_seen_the_whole_corpus_gets_no_video_and_shapes_are_checked():
     _, engine, original, refined = _random_group(1, 3, 4, 2)
-    with pytest.raises(RuntimeError, match="row 1 of the group: it has already seen 3 videos"):
-        group_refined_top1(engine, original, refined, [["v000"], ["v000", "v001", "v002"]], exclude_seen=True)
+    got = group_search(engine, original, refined, [["v000"], ["v000", "v001", "v002"]], True, 1)
+    assert len(got[0]) == 1 and got[1] == []  # the agent turns an empty result into a clear error
     with pytest.raises(ValueError, match="2 refined queries for 1 rows"):
-        group_refined_top1(engine, original, refined, [["v000"]], exclude_seen=True)
+        group_search(engine, original, refined, [["v000"]], True, 1)
