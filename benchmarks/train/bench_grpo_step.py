@@ -47,7 +47,7 @@ def _vsr_config(work: Path, args: argparse.Namespace) -> dict:
         policy_path = args.llm
     else:
         tiny_video_policy(
-            engine.embed_dim, engine.query_input_dim, num_latents=8, num_negatives=4
+            engine.embed_dim, engine.query_input_dim, num_latents=8
         ).save_pretrained(work / "policy")
         policy_path = str(work / "policy")
     return {

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from vsr_train.demo import VARIANTS
+from vsr_train.demo import SIZES
 from vsr_train.report_html import OUTCOMES
 
 
@@ -39,7 +39,10 @@ def test_report_opens_in_chromium_and_filters_change_the_cards(tiny_demo, tmp_pa
     html = page_file.read_text()
     tags = [t.split() for t in re.findall(r'<article class="card"[^>]* data-tags="([^"]*)"', html)]
     variants = re.findall(r'<article class="card"[^>]* data-variant="([^"]+)"', html)
-    assert len(tags) == len(variants) == 4 * len(VARIANTS)  # every query of the tiny run, per variant
+    keys = sorted(set(variants))
+    turns = SIZES["tiny"].eval_turns
+    assert len(keys) == 6 * turns + 2  # {sqr,hqr,next} x {policy,oracle} x turns, single shot, grounding only
+    assert len(tags) == len(variants) == 4 * len(keys)  # every query of the tiny run, per variant
 
     problems: list[str] = []
     with sync_playwright() as p:
@@ -65,7 +68,7 @@ def test_report_opens_in_chromium_and_filters_change_the_cards(tiny_demo, tmp_pa
         buttons = page.locator("[data-outcome]")
         assert buttons.count() == len(OUTCOMES) + 1
         options = page.locator("#variant-filter option")
-        assert options.count() == len(VARIANTS) + 1
+        assert options.count() == len(keys) + 1
 
         def visible() -> int:
             return page.locator("article.card:visible").count()
@@ -80,10 +83,11 @@ def test_report_opens_in_chromium_and_filters_change_the_cards(tiny_demo, tmp_pa
             changed += expected != len(tags)
         assert changed > 0  # some filter hides cards (verdict right and wrong split the queries)
         page.click('[data-outcome="all"]')
-        page.select_option("#variant-filter", "sqr_3")
-        assert visible() == variants.count("sqr_3") == 4
+        chosen = f"sqr_{turns}"
+        page.select_option("#variant-filter", chosen)
+        assert visible() == variants.count(chosen) == 4
         assert all(
-            v == "sqr_3"
+            v == chosen
             for v in page.locator("article.card:visible").evaluate_all(
                 "cards => cards.map(c => c.dataset.variant)"
             )

@@ -25,7 +25,8 @@ def test_loads_nested_sections_and_keeps_defaults(tmp_path):
     assert cfg.optim.lr == 1e-5  # YAML reads 1e-5 as a string; it still becomes a float
     assert cfg.optim.betas == (0.9, 0.95)
     assert cfg.deepspeed.config == "zero3" and cfg.deepspeed.precision == "fp32"
-    assert cfg.infonce_weight == 0.3 and cfg.num_negatives == 24  # METHOD.md defaults
+    assert cfg.infonce.weight == 0.3 and cfg.infonce.num_negatives == 24  # METHOD.md defaults
+    assert cfg.infonce.temperature == 0.1
     assert config_to_dict(cfg)["optim"]["betas"] == [0.9, 0.95]
 
 

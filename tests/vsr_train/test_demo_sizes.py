@@ -1,26 +1,46 @@
-"""Every `vsr demo` size writes a Stage-2 config that the GRPO loop accepts, before any stage has run:
-a size whose batch cannot hold whole groups would otherwise fail only after Stage 1."""
+"""Every `vsr demo` size builds stage configs that the stages accept, before any stage has run: a size
+whose batch cannot hold whole groups, or a setting a loader refuses, would otherwise fail only after
+the stages before it. Each config goes through YAML and the strict loader, as the stage reads it."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from vsr_train.config import GRPOConfig, load_config
-from vsr_train.demo import SIZES, grpo_stage_config
+from vsr_train.config import EvalConfig, GRPOConfig, SFTConfig, config_to_dict, load_config
+from vsr_train.demo import SIZES, Demo, DemoSettings
+from vsr_train.evaluate import variant_runs
 from vsr_train.grpo import prompts_per_step
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
-def test_each_size_writes_a_valid_grpo_config(tmp_path, name):
+def test_each_size_writes_stage_configs_the_stages_accept(tmp_path, name):
     size = SIZES[name]
-    common = {
-        "seed": 0,
-        "deepspeed": {"config": "zero1", "precision": "fp32", "micro_batch_size": size.micro_batch_size},
-    }
-    data = {"kind": "vsr_jsonl", "path": "stage1.jsonl", "engine_dir": "engine", "corpus": "videos.jsonl"}
-    path = tmp_path / "grpo.yaml"
-    path.write_text(yaml.safe_dump(grpo_stage_config(size, common, str(tmp_path), "policy", data)))
-    cfg = load_config(GRPOConfig, path)
-    assert cfg.grpo.group_size == size.group_size
-    assert prompts_per_step(cfg) == size.grpo_prompts_per_step
+    demo = Demo(DemoSettings(out=tmp_path / "demo", size=name))
+    for cls, cfg in (
+        (SFTConfig, demo.sft_config()),
+        (GRPOConfig, demo.grpo_config()),
+        (EvalConfig, demo.eval_config()),
+    ):
+        path = tmp_path / f"{cls.__name__}.yaml"
+        path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+        assert config_to_dict(load_config(cls, path)) == config_to_dict(cfg)
+    grpo = demo.grpo_config()
+    assert grpo.grpo.group_size == size.group_size
+    assert prompts_per_step(grpo) == size.grpo_prompts_per_step
+    keys = [run.key for run in variant_runs(demo.eval_config())]
+    turns = size.eval_turns
+    assert keys == [f"{p}{r}_{turns}" for p in ("", "oracle_") for r in ("sqr", "hqr", "next")]
+
+
+def test_overrides_reach_the_typed_configs_and_bad_ones_are_refused(tmp_path):
+    settings = DemoSettings(
+        out=tmp_path / "demo",
+        size="tiny",
+        overrides={"sft": {"optim": {"lr": 3e-4}}, "eval": {"agent": {"top_k": 4}}},
+    )
+    demo = Demo(settings)
+    assert demo.sft_config().optim.lr == 3e-4 and demo.eval_config().agent.top_k == 4
+    settings.overrides = {"sft": {"optim": {"learning_rate": 1.0}}}
+    with pytest.raises(ValueError, match=r"optim\.learning_rate"):
+        Demo(settings).sft_config()

@@ -225,7 +225,7 @@ def _vsr_stage(root: Path, out: Path, stage: str, zero: str) -> dict:
     cfg = vsr_config(root, out) | {"max_steps": 1}
     cfg["deepspeed"]["config"] = zero
     if stage == "sft":
-        return cfg | {"num_negatives": 4, "optim": {"lr": 1e-3}}
+        return cfg | {"infonce": {"num_negatives": 4}, "optim": {"lr": 1e-3}}
     return cfg | {
         "rollout": {"mode": "multi_turn", "max_turns": 2},
         "grpo": {"group_size": 2, "max_completion_tokens": 8},

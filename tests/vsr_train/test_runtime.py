@@ -26,7 +26,7 @@ def test_shipped_yaml_configs_load(name, cls):
     path = resources.files("vsr_train").joinpath("configs", name)
     cfg = load_config(cls, str(path))
     if cls is SFTConfig:
-        assert (cfg.optim.lr, cfg.optim.sqr_lr, cfg.infonce_weight, cfg.num_negatives) == (
+        assert (cfg.optim.lr, cfg.optim.sqr_lr, cfg.infonce.weight, cfg.infonce.num_negatives) == (
             2e-5,
             5e-5,
             0.3,

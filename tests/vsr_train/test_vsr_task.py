@@ -3,6 +3,9 @@ engine over decoded synthetic-benchmark videos, examples from the engine's top-1
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from train_helpers import build_vsr_setup, vsr_config
@@ -21,18 +24,22 @@ def setup(tmp_path_factory):
     return build_vsr_setup(tmp_path_factory.mktemp("vsr"))
 
 
-def test_examples_are_balanced_and_labelled_by_the_engine(setup):
+def test_examples_are_balanced_labelled_and_carry_teacher_rationales(setup):
     examples = read_examples(setup / "examples.jsonl")
     assert sum(e.matched for e in examples) == 2 and sum(not e.matched for e in examples) == 2
+    assert sorted(e.mode for e in examples) == ["hard", "hard", "soft", "soft"]
     for e in examples:
         assert e.matched == (e.retrieved == e.video_id)
-        assert e.video_id not in e.hard_negatives and e.rationale
+        assert e.video_id not in e.hard_negatives
+        assert e.rationale.startswith("Query: ") and ("Match." if e.matched else "Differs: ") in e.rationale
+        assert (e.rewrite is not None) == (e.mode == "hard")
 
 
 def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
     sft = config_from_dict(
         SFTConfig,
-        vsr_config(setup, tmp_path / "sft") | {"max_steps": 2, "num_negatives": 4, "optim": {"lr": 1e-3}},
+        vsr_config(setup, tmp_path / "sft")
+        | {"max_steps": 2, "infonce": {"num_negatives": 4}, "optim": {"lr": 1e-3}},
     )
     final = run_sft(sft)
     records = read_metrics(tmp_path / "sft" / "metrics.jsonl")
@@ -125,13 +132,17 @@ def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, 
     task = VideoSearchGRPOTask(cfg, LoadedModel(policy, None), DistInfo(0, 0, 1, torch.device("cpu")))
     engine = task.ctx.engine
     # Every sampled answer rejects the video and refines, so every trajectory takes all turns.
+    from vsr_model.policy.base import Generation
+
     rejection = format_response("the video shows something else", False)
     rejection_ids = policy.tokenizer.encode(rejection, add_special_tokens=False)
     assert rejection_ids[-1] == policy.refine_token_id
     monkeypatch.setattr(
-        task,
-        "_generate",
-        lambda _policy, items: ([list(rejection_ids)] * len(items), [rejection] * len(items)),
+        policy,
+        "generate",
+        lambda batch, settings: Generation(
+            [list(rejection_ids)] * batch.batch_size, [rejection] * batch.batch_size
+        ),
     )
     calls = []
     real_refine_group = engine.refine_group
@@ -167,11 +178,45 @@ def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, 
             assert shown[t][turn] == best
 
 
-def test_bf16_composite_policy_is_refused_with_a_clear_error(setup, tmp_path):
-    from vsr_train.config import ConfigError
-    from vsr_train.policy_loader import load_vsr_policy
-    from vsr_train.runtime import build_deepspeed_config
+@pytest.mark.parametrize("name", ["sft.yaml", "grpo.yaml", "eval.yaml"])
+def test_every_shipped_config_starts_through_the_real_start_up_path(setup, tmp_path, name):
+    """The shipped YAML as a user copies it (bf16 and ZeRO as shipped), only its paths pointed at the tiny
+    stack and its sizes cut to one step, runs the real stage."""
+    from importlib import resources
 
-    cfg = config_from_dict(SFTConfig, vsr_config(setup, tmp_path / "bf16"))
-    with pytest.raises(ConfigError, match="precision bf16 is not supported for the composite"):
-        load_vsr_policy(cfg.model, build_deepspeed_config(cfg.deepspeed, 1), "bf16", cfg.data.engine_dir)
+    import yaml
+
+    from vsr_train.config import EvalConfig, load_config
+    from vsr_train.evaluate import run_eval
+
+    data = yaml.safe_load(resources.files("vsr_train").joinpath("configs", name).read_text())
+    data["output_dir"] = str(tmp_path / "out")
+    tiny = vsr_config(setup, tmp_path / "out")
+    if name == "eval.yaml":
+        data.update(policy=tiny["model"]["name_or_path"], engine_dir=tiny["data"]["engine_dir"],
+                    corpus=tiny["data"]["corpus"], corpus_split=None, max_queries=2,
+                    queries=str(setup / "bench" / "annotations" / "synth_test.jsonl"), bootstrap_samples=50)  # fmt: skip
+        data["agent"]["generation"]["max_new_tokens"] = 6
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        summary = json.loads(run_eval(load_config(EvalConfig, path)).read_text())
+        assert summary["queries"] == 2 and "sqr_2__vs__next_2" in summary["paired_ci"]
+        return
+    data["model"]["name_or_path"] = tiny["model"]["name_or_path"]
+    data["data"] = tiny["data"]
+    data["max_steps"] = 1
+    data["checkpoint"] = {"every_steps": 1, "keep_last": 1}
+    data["deepspeed"].update(micro_batch_size=2, gradient_accumulation_steps=1, dist_backend="gloo")
+    data["infonce"]["num_negatives"] = 4
+    assert data["deepspeed"]["precision"] == "bf16"  # the composite policy trains in bf16 as shipped
+    if name == "grpo.yaml":
+        data["grpo"].update(group_size=2, max_completion_tokens=6)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    if name == "sft.yaml":
+        final = run_sft(load_config(SFTConfig, path))
+    else:
+        final = run_grpo(load_config(GRPOConfig, path))
+    assert (final / "hf" / "vsr_policy.json").is_file()
+    record = read_metrics(tmp_path / "out" / "metrics.jsonl")[0]
+    assert math.isfinite(record["loss"])

@@ -126,8 +126,9 @@ def build_vsr_setup(root: Path) -> Path:
 
     from vsr_model.corpus import Corpus
     from vsr_model.data import read_moments
+    from vsr_model.data.teacher import SyntheticTeacher, TeacherChain
     from vsr_train.tiny import tiny_search_setup, tiny_video_policy
-    from vsr_train.vsr_examples import build_examples
+    from vsr_train.vsr_examples import ExampleSettings, build_examples
 
     engine, _ = tiny_search_setup(root / "bench")
     # Index the training videos too: training queries retrieve from the train split.
@@ -146,9 +147,11 @@ def build_vsr_setup(root: Path) -> Path:
         },
         train.ids,
     )
-    rows = build_examples(moments, scripted, per_class=2, seed=0, num_hard_negatives=3)
+    teacher = TeacherChain([SyntheticTeacher(root / "bench")])
+    settings = ExampleSettings(num_examples=4, hqr_fraction=0.5, num_hard_negatives=3, candidates=3)
+    rows = build_examples(moments, scripted, teacher, settings)
     (root / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, num_latents=2, num_negatives=4)
+    policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, num_latents=2)
     policy.save_pretrained(root / "policy")
     return root
 

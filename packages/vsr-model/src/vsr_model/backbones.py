@@ -141,12 +141,13 @@ class FrameEncoder(nn.Module):
         return next(self.network.parameters()).device
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, H, W, 3) -> float32 (T, 3, S, S) normalised network input."""
+        """uint8 (T, H, W, 3) -> (T, 3, S, S) normalised network input, in the network's dtype (a policy
+        trained in bf16 casts its frozen encoder with it)."""
         x = frames.permute(0, 3, 1, 2).float()
         size = self.config.image_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.MEAN) / self.STD
+        return ((x - self.MEAN) / self.STD).to(next(self.network.parameters()).dtype)
 
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         frames = check_frames(frames)
@@ -171,7 +172,7 @@ class FrameEncoder(nn.Module):
                 mid = F.adaptive_avg_pool2d(x, self.GRID).flatten(1)
         head = net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
         colours = F.adaptive_avg_pool2d(chunk.permute(0, 3, 1, 2).float(), self.COLOUR_GRID).flatten(1)
-        return torch.cat([head, mid, (colours - self.MEAN) / self.STD], dim=1)
+        return torch.cat([head.float(), mid.float(), (colours - self.MEAN) / self.STD], dim=1)
 
 
 def check_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -240,6 +241,8 @@ def load_frame_encoder(config: FrameEncoderConfig | None = None, *, frozen: bool
     return _freeze(encoder) if frozen else encoder
 
 
-def tiny_frame_encoder(image_size: int = 32, seed: int = 0) -> FrameEncoder:
+def tiny_frame_encoder(image_size: int = 32, seed: int = 0, pooling: str = "global") -> FrameEncoder:
     """EfficientNet-Lite0 architecture, random weights, small input size: the real code path for tests."""
-    return load_frame_encoder(FrameEncoderConfig(weights="random", image_size=image_size, seed=seed))
+    return load_frame_encoder(
+        FrameEncoderConfig(weights="random", image_size=image_size, seed=seed, pooling=pooling)
+    )

@@ -75,19 +75,43 @@ class VerifyPrompt:
     after_video: str
 
 
+# A short instruction per protocol for small policies that learn the response format in Stage 1 anyway:
+# the full instruction is a third of a small policy's prompt, so a third of its training compute.
+_COMPACT_SOFT = "Verify the video for the query, then end with <REFINE>."
+_COMPACT_HARD = "Verify the video for the query; if it is wrong, rewrite the query in <query></query>."
+PROMPT_STYLES = ("full", "compact")
+
+
 def build_verify_prompt(
-    query: str, duration: float, mode: RefinementMode | str = RefinementMode.SOFT
+    query: str,
+    duration: float,
+    mode: RefinementMode | str = RefinementMode.SOFT,
+    style: str = "full",
+    query_first: bool = True,
 ) -> VerifyPrompt:
-    """The verify prompt for one (query, retrieved video) pair. Each turn is a fresh prompt: no history."""
+    """The verify prompt for one (query, retrieved video) pair. Each turn is a fresh prompt: no history.
+
+    `style`: the full instruction (default) or a one-sentence one (PROMPT_STYLES). `query_first`: the
+    query before the video, as the authors place it (False: after it)."""
     mode = RefinementMode.parse(mode)
     if not isinstance(query, str) or not query.strip():
         raise ValueError("query must be a non-empty string")
     if not math.isfinite(duration) or duration <= 0:
         raise ValueError(f"video duration must be a positive finite number of seconds, got {duration!r}")
-    system = _SYSTEM_SOFT if mode is RefinementMode.SOFT else _SYSTEM_HARD
-    before = f"Video ({duration:.1f} seconds long; each frame is labelled with its time in seconds):\n"
-    after = f"\nQuery: {query.strip()}\nDoes this video contain the moment described by the query?"
-    return VerifyPrompt(system=system, before_video=before, after_video=after)
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    soft = mode is RefinementMode.SOFT
+    if style == "full":
+        system = _SYSTEM_SOFT if soft else _SYSTEM_HARD
+        video = f"Video ({duration:.1f} seconds long; each frame is labelled with its time in seconds):\n"
+        question = "\nDoes this video contain the moment described by the query?"
+    else:
+        system = _COMPACT_SOFT if soft else _COMPACT_HARD
+        video = f"Video ({duration:.1f} s): "
+        question = ""
+    if query_first:
+        return VerifyPrompt(system, f"Query: {query.strip()}\n{video}", question)
+    return VerifyPrompt(system, video, f"\nQuery: {query.strip()}{question}")
 
 
 def format_seconds(value: float) -> str:

@@ -95,6 +95,7 @@ def _build_data(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         num_hard_negatives=args.hard_negatives,
         seed=args.seed,
+        natural=args.natural,
     )
     rows = build_examples(moments, engine, teacher, settings)
     atomic_write_text(Path(args.out), "".join(json.dumps(r) + "\n" for r in rows))
@@ -216,6 +217,11 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic benchmark folder: rationales from its ground truth",
     )
     data.add_argument("--rationale-style", default="compact", choices=("compact", "full"))
+    data.add_argument(
+        "--natural",
+        action="store_true",
+        help="each query with the engine's own top-1 (no balancing): a turn-1 verification set",
+    )
     data.add_argument("--seed", type=int, default=0)
     data.set_defaults(func=_build_data)
     init = sub.add_parser(

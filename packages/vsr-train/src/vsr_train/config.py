@@ -179,6 +179,30 @@ class DataConfig:
 
 
 @dataclass
+class VerifyEvalConfig:
+    """A learning curve of the verdict during Stage 1: every `every_steps` optimizer steps (0: never) the
+    policy answers the (query, shown video) pairs of `examples` (a `vsr train build-data --natural` file:
+    each query with the engine's own top-1, as an agent's first turn) greedily, and the share of right
+    verdicts is logged as eval/ver_turn1 with the examples seen so far (before training too)."""
+
+    every_steps: int = 0
+    examples: str | None = None
+    # The split of data.corpus its videos are in (None: the whole corpus file).
+    corpus_split: str | None = None
+    max_examples: int = 64
+    max_new_tokens: int = 96
+    batch_size: int = 8
+
+    def validate(self, where: str) -> None:
+        if self.every_steps < 0:
+            raise ConfigError(f"{where}: verify_eval.every_steps must be >= 0")
+        if self.every_steps and not self.examples:
+            raise ConfigError(f"{where}: verify_eval.examples is required when verify_eval.every_steps > 0")
+        for key in ("max_examples", "max_new_tokens", "batch_size"):
+            _positive(where, f"verify_eval.{key}", getattr(self, key))
+
+
+@dataclass
 class SFTConfig:
     output_dir: str = "runs/sft"
     seed: int = 0
@@ -187,6 +211,7 @@ class SFTConfig:
     max_steps: int | None = None
     # CE + infonce.weight * InfoNCE of the refined query (paper: lambda 0.3, tau 0.1, 24 negatives).
     infonce: InfoNCEConfig = field(default_factory=InfoNCEConfig)
+    verify_eval: VerifyEvalConfig = field(default_factory=VerifyEvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
@@ -203,8 +228,6 @@ class SFTConfig:
 @dataclass
 class GRPOSettings:
     group_size: int = 8
-    # Prompts per optimizer micro-batch on each rank; each expands into group_size completions.
-    prompts_per_micro_batch: int = 1
     beta: float = 0.01
     clip_eps_low: float = 0.2
     # None = symmetric clipping (clip_eps_low); DAPO's clip-higher sets this above clip_eps_low.
@@ -226,7 +249,6 @@ class GRPOSettings:
             raise ConfigError(
                 f"{where}: grpo.group_size must be >= 2 (advantages compare samples of a group)"
             )
-        _positive(where, "grpo.prompts_per_micro_batch", self.prompts_per_micro_batch)
         if self.beta < 0:
             raise ConfigError(f"{where}: grpo.beta must be >= 0")
         if not 0 < self.clip_eps_low < 1:
@@ -335,7 +357,7 @@ class EvalConfig:
     grounding_only: bool = False
     # Resamples of the 95% paired bootstrap intervals (0: no intervals).
     bootstrap_samples: int = 2000
-    # Query cards in report.html per variant.
+    # Query cards in report.html per variant (0: no report).
     report_cards: int = 30
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
 

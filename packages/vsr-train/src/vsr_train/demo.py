@@ -41,6 +41,7 @@ from vsr_train.config import (
     OptimConfig,
     RolloutConfig,
     SFTConfig,
+    VerifyEvalConfig,
     config_from_dict,
     config_to_dict,
 )
@@ -63,6 +64,9 @@ class DemoSize:
     max_new_tokens: int
     eval_turns: int = 3
     eval_batch_size: int = 8
+    # The learning curve: turn-1 verdicts on this many test queries at this many points of Stage 1.
+    verify_examples: int = 48
+    curve_points: int = 2
     tiny_models: bool = False
     micro_batch_size: int = 2
     num_negatives: int = 24  # InfoNCE negatives; the training corpus needs more videos than this
@@ -74,9 +78,21 @@ class DemoSize:
     engine_overrides: dict[str, Any] = field(default_factory=dict)
 
 
+# The default composite policy of the demo: multiscale frame features with the change between neighbouring
+# frames, read as five soft words per frame (size, colour, object, action, background on the synthetic
+# benchmark; the most specific caption words elsewhere) through the vocabulary connector, with the
+# one-sentence instruction (a small policy learns the response format in Stage 1 anyway).
+WORD_TOKENS = {
+    "frame_pooling": "multiscale",
+    "tokens_per_frame": 5,
+    "temporal_context": True,
+    "connector": "vocabulary",
+}
+
 SIZES: dict[str, DemoSize] = {
     "tiny": DemoSize(
         synth={"num_train": 8, "num_val": 2, "num_test": 6},
+        policy=dict(WORD_TOKENS),
         engine_epochs=1,
         num_examples=8,
         hqr_fraction=0.5,
@@ -101,16 +117,18 @@ SIZES: dict[str, DemoSize] = {
     "cpu": DemoSize(
         synth={"num_train": 400, "num_val": 20, "num_test": 60},
         engine_epochs=8,
-        num_examples=640,
+        num_examples=480,
         hqr_fraction=0.25,
-        sft_steps=160,
+        sft_steps=120,
         grpo_steps=4,
         group_size=4,
         grpo_prompts_per_step=2,
         eval_queries=150,
         max_new_tokens=80,
+        verify_examples=32,
         micro_batch_size=4,
         sft_optim={"lr": 5e-5, "sqr_lr": 5e-4, "connector_lr": 1e-3},
+        policy=dict(WORD_TOKENS),
     ),
     "gpu": DemoSize(
         synth={"num_train": 3000, "num_val": 300, "num_test": 1000},
@@ -125,6 +143,7 @@ SIZES: dict[str, DemoSize] = {
         max_new_tokens=160,
         micro_batch_size=8,
         sft_optim={"lr": 2e-5, "sqr_lr": 5e-5, "connector_lr": 1e-4},
+        policy=dict(WORD_TOKENS),
     ),
 }
 
@@ -250,6 +269,7 @@ class DemoPaths:
         self.corpus_train = o / "corpus_train"
         self.corpus_test = o / "corpus_test"
         self.stage1 = o / "data" / "stage1.jsonl"
+        self.verify = o / "data" / "verify_test.jsonl"
         self.policy_base = o / "policy_base"
         self.policy_init = o / "policy_init"
         self.sft = o / "sft"
@@ -372,6 +392,12 @@ class Demo:
         if self.settings.benchmark is None:
             args += ["--synthetic-teacher", str(self.p.benchmark)]
         self.runner.run("stage1_data", args, lambda: vsr("train", "build-data", *args))
+        # The learning curve's verify set: test queries with the test engine's own top-1 (turn 1).
+        verify = [
+            "--annotations", self.annotation_file("test"), "--engine", str(self.p.corpus_test / "engine"),
+            "--out", str(self.p.verify), "--num-examples", str(self.size.verify_examples), "--natural",
+        ]  # fmt: skip
+        self.runner.run("verify_data", verify, lambda: vsr("train", "build-data", *verify))
 
     def initial_policy(self) -> None:
         args = [
@@ -381,13 +407,15 @@ class Demo:
         ]  # fmt: skip
         if self.settings.benchmark is None:
             args += ["--synthetic-teacher", str(self.p.benchmark)]
-        if self.size.policy:
-            args += ["--policy-options", json.dumps(self.size.policy)]
         if self.size.tiny_models:
             self.runner.run(
-                "policy_base", {"seed": self.seed}, lambda: _save_tiny_policy(self.p, self.settings.seed)
+                "policy_base",
+                {"seed": self.seed, "policy": self.size.policy},
+                lambda: _save_tiny_policy(self.p, self.settings.seed, self.size.policy),
             )
             args += ["--policy", str(self.p.policy_base)]
+        elif self.size.policy:
+            args += ["--policy-options", json.dumps(self.size.policy)]
         self.runner.run("policy_init", args, lambda: vsr("train", "init-policy", *args))
 
     def common(self) -> dict[str, Any]:
@@ -403,7 +431,7 @@ class Demo:
             "logging": LoggingConfig(every_steps=1, tensorboard=True, progress_bar=True),
         }
 
-    def sft(self) -> None:
+    def sft_config(self) -> SFTConfig:
         size = self.size
         cfg = SFTConfig(
             output_dir=str(self.p.sft),
@@ -414,16 +442,37 @@ class Demo:
             ),
             optim=OptimConfig(**size.sft_optim),
             checkpoint=CheckpointConfig(every_steps=max(1, size.sft_steps), keep_last=1),
+            verify_eval=VerifyEvalConfig(
+                every_steps=max(1, size.sft_steps // size.curve_points),
+                examples=str(self.p.verify),
+                corpus_split="test",
+                max_examples=size.verify_examples,
+                max_new_tokens=size.max_new_tokens,
+            ),
             **self.common(),
         )
         cfg.infonce.num_negatives = size.num_negatives
-        cfg = typed(SFTConfig, cfg, self.settings.overrides.get("sft", {}), "demo sft")
+        return typed(SFTConfig, cfg, self.settings.overrides.get("sft", {}), "demo sft")
+
+    def grpo_config(self) -> GRPOConfig:
+        """Stage 2 settings (the policy path is filled in once Stage 1 has saved it)."""
+        cfg = grpo_stage_config(self.size, self.common(), str(self.p.grpo), "SFT_POLICY")
+        return typed(GRPOConfig, cfg, self.settings.overrides.get("grpo", {}), "demo grpo")
+
+    def eval_config(self) -> EvalConfig:
+        """Evaluation settings (the policy path is filled in once Stage 2 has saved it)."""
+        cfg = eval_stage_config(
+            self.size, self.settings.seed, self.p, self.annotation_file("test"), self.videos
+        )
+        return typed(EvalConfig, cfg, self.settings.overrides.get("eval", {}), "demo eval")
+
+    def sft(self) -> None:
+        cfg = self.sft_config()
         path = write_yaml(self.p.configs / "sft.yaml", config_to_dict(cfg))
         self.runner.run("sft", config_to_dict(cfg), lambda: vsr("train", "sft", "--config", str(path)))
 
     def grpo(self) -> None:
-        cfg = typed(GRPOConfig, grpo_stage_config(self.size, self.common(), str(self.p.grpo), "SFT_POLICY"),
-                    self.settings.overrides.get("grpo", {}), "demo grpo")  # fmt: skip
+        cfg = self.grpo_config()
         record = config_to_dict(cfg)
 
         def run() -> None:
@@ -499,6 +548,7 @@ def eval_stage_config(size: DemoSize, seed: int, p: DemoPaths, queries: str, vid
         ),
         variants=eval_variants(size.eval_turns),
         grounding_only=True,
+        report_cards=0,  # the demo writes one report.html for the whole run
     )
 
 
@@ -506,40 +556,86 @@ def run_demo(settings: DemoSettings) -> Path:
     return Demo(settings).run()
 
 
-def _save_tiny_policy(p: DemoPaths, seed: int) -> None:
+def _save_tiny_policy(p: DemoPaths, seed: int, options: dict[str, Any]) -> None:
     from vsr_model.engine import DualEncoderEngine
     from vsr_train.tiny import tiny_video_policy
 
     engine = DualEncoderEngine.load(p.corpus_train / "engine")
-    policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, seed=seed)
+    policy = tiny_video_policy(engine.embed_dim, engine.query_input_dim, seed=seed, options=options)
     policy.save_pretrained(p.policy_base)
 
 
+def learning_curve(sft_dir: Path) -> list[dict[str, float]]:
+    """Stage 1's turn-1 verdict accuracy against the examples seen (the records its verify_eval logged)."""
+    from vsr_train.run_log import read_metrics
+
+    path = sft_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [
+        {
+            k: r[k]
+            for k in ("step", "eval/examples_seen", "eval/ver_turn1", "eval/said_matched", "eval/unparsed")
+        }
+        for r in read_metrics(path)
+        if "eval/ver_turn1" in r
+    ]
+
+
+def plot_learning_curve(curve: list[dict[str, float]], majority: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vsr_train.evaluate import _save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    seen = [r["eval/examples_seen"] for r in curve]
+    ax.plot(seen, [r["eval/ver_turn1"] for r in curve], marker="o", label="turn-1 VER")
+    ax.plot(seen, [r["eval/said_matched"] for r in curve], marker=".", ls=":", label="answers 'matched'")
+    ax.axhline(majority, color="grey", ls="--", label=f"majority label ({majority:.0f})")
+    ax.set_xlabel("Stage-1 examples seen")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Verdict accuracy during Stage 1 (test queries, engine top-1)")
+    _save_figure(fig, path)
+
+
 def write_report(settings: DemoSettings, p: DemoPaths, timings: dict[str, float], bench: Path) -> Path:
-    """The demo's summary.json (the evaluation's, plus chance, settings and stage times) and results.md."""
+    """The demo's summary.json (the evaluation's, plus the learning curve, chance, settings and stage
+    times), results.md, plots/ and report.html."""
     from vsr_model.fileio import atomic_write_text
+    from vsr_train.evaluate import write_report_page
 
     evaluation = json.loads((p.evals / "summary.json").read_text())
     chance = _chance(bench)
+    curve = learning_curve(p.sft)
+    if curve:
+        plot_learning_curve(curve, evaluation["majority_rate"], settings.out / "plots" / "learning_curve.png")
     report = {
         **evaluation,
+        "learning_curve": curve,
         "chance": chance,
         "settings": {**asdict(settings), "out": str(settings.out), "benchmark": str(bench)},
         "size": asdict(settings.sizing()),
         "stage_seconds": timings,
     }
     write_json_atomic(settings.out / "summary.json", report)
+    write_report_page(settings.out, p.evals, evaluation["order"], report, 30)
     lines = [(p.evals / "results.md").read_text()]
     if chance:
         lines.append(
             f"Chance: VR R@1 {chance.get('vr_r@1', float('nan')) * 100:.1f}, VCMR R@1 IoU=0.5 "
-            f"{chance.get('vcmr_r1_iou>=0.5', float('nan')) * 100:.2f}; majority verdict rate "
+            f"{chance.get('vcmr_r@1_iou>=0.5', float('nan')) * 100:.2f}; majority verdict rate "
             f"{evaluation['majority_rate']:.1f}.\n"
         )
     atomic_write_text(settings.out / "results.md", "\n".join(lines))
     print("\n" + "\n".join(lines), flush=True)
     print(f"\n[demo] results: {settings.out / 'results.md'}, {settings.out / 'summary.json'}, "
-          f"{p.evals / 'report.html'}")  # fmt: skip
+          f"{settings.out / 'report.html'}")  # fmt: skip
     return settings.out / "summary.json"
 
 

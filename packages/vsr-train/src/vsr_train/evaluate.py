@@ -395,6 +395,7 @@ def write_evaluation(output: Path, runs: dict[str, list], titles: dict[str, str]
     table = paper_table([(titles[k], results[k]) for k in order])
     summary = {
         "results": results,
+        "order": order,  # the table's row order (the file's keys are sorted)
         "titles": {k: titles[k] for k in order},
         "ci": ci,
         "paired_ci": paired,
@@ -410,7 +411,8 @@ def write_evaluation(output: Path, runs: dict[str, list], titles: dict[str, str]
     plot_variants(
         {k: results[k] for k in order if k != GROUNDING_ONLY}, ci, output / "plots" / "variants.png"
     )
-    _report(output, order, summary, cfg)
+    if cfg.report_cards > 0:
+        write_report_page(output, output, order, summary, cfg.report_cards)
     log.info("results:\n%s", table)
     return output / "summary.json"
 
@@ -443,14 +445,11 @@ def paired_table(
     return "\n".join(lines) + "\n"
 
 
-def _report(output: Path, order: list[str], summary: dict, cfg: EvalConfig) -> None:
+def write_report_page(page_dir: Path, eval_dir: Path, order: list[str], summary: dict, cards: int) -> Path:
+    """report.html in `page_dir` for the variants of evaluation `eval_dir` (vsr_train.report_html)."""
     from vsr_train.report_html import ReportSettings, report_eval_runs
 
-    plots = sorted((output / "plots").glob("*.png"))
-    report_eval_runs(
-        output,
-        [output / key for key in order],
-        plots,
-        ReportSettings(max_cards=cfg.report_cards),
-        summary=summary,
+    plots = sorted((eval_dir / "plots").glob("*.png")) + sorted((page_dir / "plots").glob("*.png"))
+    return report_eval_runs(
+        page_dir, [eval_dir / key for key in order], plots, ReportSettings(max_cards=cards), summary=summary
     )

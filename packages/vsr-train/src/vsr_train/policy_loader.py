@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vsr_train.config import ConfigError, ModelConfig
+from vsr_train.config import ModelConfig
 from vsr_train.runtime import consolidated_state_dict, gathered_parameters
 
 SQR_PREFIXES = ("sqr.",)
@@ -133,14 +133,6 @@ def load_vsr_policy(
                 f"unknown model.policy_options keys {sorted(options)}; expected 'composite', 'sqr'"
             )
         policy = CompositeVideoPolicy.build(composite, sqr)
-    if precision == "bf16" and hasattr(policy, "frame_encoder"):
-        # DeepSpeed's bf16 casts every parameter but no buffer; the composite's frame encoder (a CNN) takes
-        # float32 pixels and keeps float32 batch-norm statistics, so it would fail on its first frame.
-        raise ConfigError(
-            "deepspeed.precision bf16 is not supported for the composite video policy: DeepSpeed casts its "
-            "frame encoder's parameters to bf16 while the encoder's pixels and batch-norm statistics stay "
-            "float32; use precision fp32 (Qwen-VL policies and plain causal LMs train in bf16)"
-        )
     if cfg.freeze_vision_tower:
         for name, param in policy.named_parameters():
             if name.startswith("frame_encoder.") or ".visual." in name or name.startswith("visual."):

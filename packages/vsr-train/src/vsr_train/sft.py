@@ -3,6 +3,7 @@ query for the VideoSearch-R1 task), one readable loop on a DeepSpeed engine."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from vsr_train.runtime import (
     learning_rates,
     seed_everything,
     training_engine,
+    whole_model,
+    zero_stage,
 )
 from vsr_train.tasks import SFTTask, synthetic_token_task
 
@@ -75,6 +78,21 @@ def run_sft(cfg: SFTConfig, trust_checkpoint: bool = False) -> Path:
     trainer_state = {"stage": "sft", "config": config_to_dict(cfg)}
     grad_accum = cfg.deepspeed.gradient_accumulation_steps
 
+    every = cfg.verify_eval.every_steps if hasattr(task, "verify_accuracy") else 0
+    per_step = cfg.deepspeed.micro_batch_size * grad_accum * dist.world_size
+
+    def verify(at: int) -> None:
+        """The learning curve: turn-1 verdict accuracy on the verify set, with the examples seen so far."""
+        engine.eval()
+        with (
+            whole_model(engine) if zero_stage(ds_config) == 3 else contextlib.nullcontext(engine.module) as m
+        ):
+            metrics = task.verify_accuracy(m, dist)
+        engine.train()
+        logger.log(at, {**metrics, "eval/examples_seen": float(at * per_step)})
+
+    if every and step == 0:
+        verify(0)
     engine.train()
     last_saved = step if resume_from is not None else -1
     while step < total_steps:
@@ -100,6 +118,8 @@ def run_sft(cfg: SFTConfig, trust_checkpoint: bool = False) -> Path:
             metrics["grad_norm"] = _finite_or_nan(engine.get_global_grad_norm())
             metrics["tokens_per_s"] = tokens * dist.world_size / max(seconds, 1e-9)
             logger.log(step, metrics)
+        if every and (step % every == 0 or step == total_steps):
+            verify(step)
         logger.advance()
         if step % cfg.checkpoint.every_steps == 0 or step == total_steps:
             checkpoints.save(engine, step, trainer_state | {"data_order": order.state_dict()}, save_hf)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 
 def tiny_video_policy(
-    embed_dim: int, query_input_dim: int, num_latents: int = 3, seed: int = 0, num_negatives: int = 24
+    embed_dim: int, query_input_dim: int, num_latents: int = 3, seed: int = 0, options: dict | None = None
 ):
     """A randomly initialised composite video policy (tiny Llama + tiny frame encoder + SQR heads)
-    with a byte-level BPE tokenizer trained on the protocol's own words."""
+    with a byte-level BPE tokenizer trained on the protocol's own words; `options` are further
+    CompositePolicyConfig settings (frame pooling, tokens per frame, connector)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -55,17 +56,11 @@ def tiny_video_policy(
             tie_word_embeddings=False,
         )
     )
-    sqr = SQRConfig(
-        embed_dim=embed_dim,
-        query_input_dim=query_input_dim,
-        num_latents=num_latents,
-        num_negatives=num_negatives,
-    )
+    sqr = SQRConfig(embed_dim=embed_dim, query_input_dim=query_input_dim, num_latents=num_latents)
     # The EfficientNet-Lite0 architecture (random weights) under its real name, so a saved policy reloads.
-    config = CompositePolicyConfig(llm="tiny", frame_size=32)
-    return CompositeVideoPolicy(
-        lm, tokenizer, tiny_frame_encoder(image_size=32, seed=seed), config, sqr
-    ).eval()
+    config = CompositePolicyConfig(llm="tiny", frame_size=32, **(options or {}))
+    encoder = tiny_frame_encoder(image_size=32, seed=seed, pooling=config.frame_pooling)
+    return CompositeVideoPolicy(lm, tokenizer, encoder, config, sqr).eval()
 
 
 def tiny_search_setup(root: Path, num_train: int = 6, num_test: int = 4, split: str = "test"):

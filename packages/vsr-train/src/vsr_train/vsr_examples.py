@@ -57,6 +57,9 @@ class ExampleSettings:
     candidates: int = 5
     num_hard_negatives: int = 24
     seed: int = 0
+    # Instead: each query (in file order, at most num_examples) with the engine's own top-1, as the
+    # agent's first turn sees it (no balancing): the set a turn-1 verdict accuracy is measured on.
+    natural: bool = False
 
     def __post_init__(self) -> None:
         if self.num_examples < 2:
@@ -96,6 +99,8 @@ def build_examples(
 ) -> list[dict[str, Any]]:
     """Examples for `settings` (see ExampleSettings). Fewer than asked, with a warning, when the split has
     too few pairs of a label; an error when it has none."""
+    if settings.natural:
+        return _natural_examples(moments[: settings.num_examples], engine, teacher, settings, batch_size)
     rng = random.Random(settings.seed)
     order = list(range(len(moments)))
     rng.shuffle(order)
@@ -133,6 +138,21 @@ def build_examples(
         example_row(m, shown, hits, teacher, settings.num_hard_negatives, "hard" if i in hard else "soft")
         for i, (m, shown, hits) in enumerate(picked)
     ]
+
+
+def _natural_examples(moments, engine, teacher, settings: ExampleSettings, batch_size: int) -> list[dict]:
+    rows = []
+    for start in range(0, len(moments), batch_size):
+        chunk = moments[start : start + batch_size]
+        with torch.no_grad():
+            results = engine.search([m.query for m in chunk], settings.num_hard_negatives + 1)
+        for moment, hits in zip(chunk, results, strict=True):
+            if not hits:
+                raise RuntimeError(f"the engine returned no video for query {moment.query_id!r}")
+            rows.append(
+                example_row(moment, hits[0].video_id, hits, teacher, settings.num_hard_negatives, "soft")
+            )
+    return rows
 
 
 def read_examples(path: str | Path) -> list[Example]:

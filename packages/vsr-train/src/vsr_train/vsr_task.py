@@ -118,6 +118,47 @@ class VideoSearchSFTTask:
         self.ctx = _SearchContext(cfg.data, dist.device)
         self.num_examples = len(self.ctx.examples)
         self._calls = 0
+        self.verify_set: list[Example] = []
+        if cfg.verify_eval.every_steps:
+            from vsr_model.corpus import Corpus
+
+            verify = read_examples(cfg.verify_eval.examples)[: cfg.verify_eval.max_examples]
+            self.verify_set = verify[dist.rank :: dist.world_size]
+            self.verify_corpus = Corpus.from_jsonl(cfg.data.corpus, split=cfg.verify_eval.corpus_split)
+
+    def verify_accuracy(self, model: torch.nn.Module, dist: DistInfo) -> dict[str, float]:
+        """Greedy turn-1 verdicts on this rank's share of the verify set, summed over ranks: the share of
+        right verdicts (unreadable ones count wrong), of `matched` answers and of unreadable ones."""
+        from vsr_model.policy import GenerationSettings, VerifyInput
+        from vsr_model.protocol import parse_response
+        from vsr_train.runtime import all_reduce_sum
+
+        policy = _unwrap(model)
+        settings = GenerationSettings(max_new_tokens=self.cfg.verify_eval.max_new_tokens)
+        counts = torch.zeros(4)
+        size = self.cfg.verify_eval.batch_size
+        with torch.no_grad():
+            for start in range(0, len(self.verify_set), size):
+                chunk = self.verify_set[start : start + size]
+                items = [VerifyInput(e.query, self.verify_corpus.clip(e.retrieved)) for e in chunk]
+                texts = policy.generate(policy.encode(items), settings).texts
+                for example, text in zip(chunk, texts, strict=True):
+                    parsed = parse_response(text)
+                    counts += torch.tensor(
+                        [
+                            parsed.answer is not None and parsed.matched == example.matched,
+                            parsed.matched,
+                            parsed.answer is None,
+                            1.0,
+                        ]
+                    )
+        right, said, unreadable, total = (all_reduce_sum(float(c), dist.device) for c in counts)
+        total = max(total, 1.0)
+        return {
+            "eval/ver_turn1": 100.0 * right / total,
+            "eval/said_matched": 100.0 * said / total,
+            "eval/unparsed": 100.0 * unreadable / total,
+        }
 
     def batch(self, indices: list[int], device: torch.device) -> dict[str, Any]:
         from vsr_model.policy import VerifyInput

@@ -386,9 +386,15 @@ class VideoPolicy(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         raise NotImplementedError
 
+    # The prompt's layout (vsr_model.protocol.build_verify_prompt); families with a config override these.
+    prompt_style: str = "full"
+    query_first: bool = True
+
     def render_prompt_text(self, item: VerifyInput, video_text: str) -> str:
         """Chat-formatted prompt with the family's video rendering in the middle of the user turn."""
-        prompt = build_verify_prompt(item.query, float(item.clip.duration), item.mode)
+        prompt = build_verify_prompt(
+            item.query, float(item.clip.duration), item.mode, self.prompt_style, self.query_first
+        )
         messages = [
             {"role": "system", "content": prompt.system},
             {"role": "user", "content": prompt.before_video + video_text + prompt.after_video},

@@ -78,10 +78,17 @@ class CompositePolicyConfig:
     connector_hidden: int | None = None  # None: the LLM's hidden size
     # vocabulary connector: the words each of a frame's tokens mixes (one list per token).
     connector_words: list[list[str]] | None = None
+    # The verify prompt's layout (vsr_model.protocol.build_verify_prompt).
+    prompt_style: str = "full"
+    query_first: bool = True
 
     def __post_init__(self) -> None:
         if self.tokens_per_frame < 1:
             raise ValueError(f"tokens_per_frame must be >= 1, got {self.tokens_per_frame}")
+        from vsr_model.protocol import PROMPT_STYLES
+
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
         if self.connector not in CONNECTORS:
             raise ValueError(f"connector must be one of {CONNECTORS}, got {self.connector!r}")
         words = self.connector_words
@@ -350,6 +357,14 @@ class CompositeVideoPolicy(VideoPolicy):
     @property
     def suppressed_token_ids(self) -> list[int]:
         return [self.frame_token_id]
+
+    @property
+    def prompt_style(self) -> str:
+        return self.config.prompt_style
+
+    @property
+    def query_first(self) -> bool:
+        return self.config.query_first
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.lm.get_input_embeddings()
