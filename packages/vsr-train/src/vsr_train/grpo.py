@@ -20,18 +20,17 @@ from vsr_train.checkpoint import CheckpointManager
 from vsr_train.config import GRPOConfig, config_to_dict
 from vsr_train.data_order import ShardedOrder
 from vsr_train.grpo_math import group_advantages, grpo_loss
+from vsr_train.placement import frozen_reference, whole_model
 from vsr_train.policy_loader import LoadedModel, load_policy
 from vsr_train.run_log import RunLogger
 from vsr_train.runtime import (
     DistInfo,
     all_reduce_sum,
     build_deepspeed_config,
-    frozen_engine,
     init_distributed,
     learning_rates,
     seed_everything,
     training_engine,
-    whole_model,
     zero_stage,
 )
 from vsr_train.tasks import GRPOTask, Rollouts, synthetic_token_task
@@ -63,18 +62,21 @@ def frozen_logprobs(task: GRPOTask, model, rollouts: Rollouts, temperature: floa
         return [task.logprobs(model, mb, temperature).detach() for mb in rollouts.micro_batches]
 
 
-def build_reference(cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel, init_rng: torch.Tensor):
-    """The frozen reference policy with the starting weights. ZeRO-3 cannot copy a partitioned model,
-    so it loads the model again (partitioned too), replaying the RNG state of the policy's construction
-    so that a randomly initialised policy and its reference start identical."""
+def build_reference(
+    cfg: GRPOConfig, ds_config: dict, loaded: LoadedModel, init_rng: torch.Tensor, device: torch.device
+):
+    """The frozen reference policy with the starting weights, where the policy computes (`device`; the
+    policy is there once DeepSpeed has wrapped it). ZeRO-3 cannot copy a partitioned model, so it loads
+    the model again (partitioned too), replaying the RNG state of the policy's construction so that a
+    randomly initialised policy and its reference start identical. None without a KL term."""
     if cfg.grpo.beta == 0:
         return None
     if zero_stage(ds_config) == 3:
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(init_rng)
             reference = load_policy(cfg.model, ds_config, cfg.deepspeed.precision, cfg.data.engine_dir)
-        return frozen_engine(reference.model, ds_config), reference
-    return frozen_engine(copy.deepcopy(loaded.model), ds_config), None
+        return frozen_reference(reference.model, ds_config, device), reference
+    return frozen_reference(copy.deepcopy(loaded.model), ds_config, device), None
 
 
 def run_grpo(cfg: GRPOConfig, trust_checkpoint: bool = False) -> Path:
@@ -85,7 +87,7 @@ def run_grpo(cfg: GRPOConfig, trust_checkpoint: bool = False) -> Path:
     ds_config = build_deepspeed_config(cfg.deepspeed, dist.world_size)
     init_rng = torch.get_rng_state()
     loaded = load_policy(cfg.model, ds_config, cfg.deepspeed.precision, cfg.data.engine_dir)
-    reference = build_reference(cfg, ds_config, loaded, init_rng)
+    reference = build_reference(cfg, ds_config, loaded, init_rng, dist.device)
     task = build_grpo_task(cfg, loaded, dist)
     n_prompts = prompts_per_step(cfg)
     order = ShardedOrder(task.num_prompts, n_prompts, dist.rank, dist.world_size, cfg.seed)
@@ -94,7 +96,7 @@ def run_grpo(cfg: GRPOConfig, trust_checkpoint: bool = False) -> Path:
     ref_model = reference[0] if reference is not None else None
     # Under ZeRO-3 a rollout either joins every rank's generation forward (synced, Hugging Face generate's
     # synced_gpus) or, for a task that calls the policy's own methods, runs on whole weights gathered on
-    # every rank, without collectives (runtime.whole_model).
+    # every rank, without collectives (placement.whole_model).
     zero3 = zero_stage(ds_config) == 3
     whole = zero3 and getattr(task, "rollout_on_whole_model", False)
 

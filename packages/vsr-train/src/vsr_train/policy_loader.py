@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vsr_train.config import ModelConfig
-from vsr_train.runtime import consolidated_state_dict, gathered_parameters
+from vsr_train.placement import consolidated_state_dict, gathered_parameters
 
 SQR_PREFIXES = ("sqr.",)
 # The composite policy's frame connector starts from random weights (the Qwen families' mergers do not).
@@ -104,7 +104,7 @@ def load_vsr_policy(
 
     Every rank builds the whole policy; under ZeRO-3 ``deepspeed.initialize`` then partitions it. No
     transformers ``HfDeepSpeedConfig`` is created: the rollout runs on whole weights without collectives
-    (runtime.whole_model), which Hugging Face generate's ZeRO-3 default (synced_gpus) would contradict."""
+    (placement.whole_model), which Hugging Face generate's ZeRO-3 default (synced_gpus) would contradict."""
     from vsr_model.policy import load_policy
     from vsr_model.policy.base import POLICY_CONFIG_FILE
     from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy

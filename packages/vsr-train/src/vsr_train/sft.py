@@ -13,6 +13,7 @@ import torch
 from vsr_train.checkpoint import CheckpointManager
 from vsr_train.config import SFTConfig, config_to_dict
 from vsr_train.data_order import ShardedOrder
+from vsr_train.placement import whole_model
 from vsr_train.policy_loader import LoadedModel, load_policy
 from vsr_train.run_log import RunLogger
 from vsr_train.runtime import (
@@ -22,7 +23,6 @@ from vsr_train.runtime import (
     learning_rates,
     seed_everything,
     training_engine,
-    whole_model,
     zero_stage,
 )
 from vsr_train.tasks import SFTTask, synthetic_token_task

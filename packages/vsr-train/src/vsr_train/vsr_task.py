@@ -17,6 +17,7 @@ import torch
 
 from vsr_train.config import ConfigError, GRPOConfig, SFTConfig
 from vsr_train.grpo_math import token_logprobs
+from vsr_train.placement import place_frozen
 from vsr_train.policy_loader import LoadedModel
 from vsr_train.runtime import DistInfo, load_deepspeed_json, zero_stage
 from vsr_train.tasks import Rollouts, split_rows
@@ -42,12 +43,7 @@ class _SearchContext:
         from vsr_model.engine.base import SearchEngine
 
         self.examples = read_examples(data.path)
-        self.engine = SearchEngine.load(data.engine_dir)
-        if hasattr(self.engine, "to"):
-            self.engine.to(device)
-        for module in vars(self.engine).values():
-            if isinstance(module, torch.nn.Module):
-                module.requires_grad_(False)
+        self.engine = place_frozen(SearchEngine.load(data.engine_dir), device)
         self.corpus = Corpus.from_jsonl(data.corpus, split=data.corpus_split)
         unknown = sorted({e.retrieved for e in self.examples} - set(self.corpus.ids))
         if unknown:
@@ -252,7 +248,7 @@ class VideoSearchGRPOTask:
     the agent searched with, or, for a turn that ended the search, the same SQR step run here).
 
     The rollout calls the policy's own methods (generation, latent rollout), so under ZeRO-3 the GRPO loop
-    runs it inside runtime.whole_model (``rollout_on_whole_model``): whole weights, no collectives.
+    runs it inside placement.whole_model (``rollout_on_whole_model``): whole weights, no collectives.
     """
 
     rollout_on_whole_model = True
@@ -352,7 +348,7 @@ class VideoSearchGRPOTask:
 
         if synced:
             raise ValueError(
-                "the vsr_policy rollout runs on whole weights (runtime.whole_model), not on ZeRO-3 shards"
+                "the vsr_policy rollout runs on whole weights (placement.whole_model), not on ZeRO-3 shards"
             )
         policy = _unwrap(model)
         group, cfg = settings.group_size, self.cfg
