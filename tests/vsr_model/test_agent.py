@@ -11,6 +11,7 @@ import torch
 from test_policy_fakes import FakeEngine, make_clip, tiny_composite_policy
 
 from vsr_model.agent import AgentConfig, GenerationMemo, run_agent
+from vsr_model.config import config_from_dict
 from vsr_model.metrics import summarize
 from vsr_model.policy.base import Generation
 from vsr_model.protocol import format_response
@@ -177,8 +178,8 @@ def test_no_final_refine_keeps_last_turn_ranking(engine, policy, script):
 def test_config_validation():
     with pytest.raises(ValueError, match="max_turns"):
         AgentConfig(max_turns=0)
-    with pytest.raises(ValueError, match="unknown agent settings"):
-        AgentConfig.from_dict({"turns": 2})
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict(AgentConfig, {"turns": 2})
     with pytest.raises(ValueError, match="unknown refiner"):
         AgentConfig(refiner="latent")
     with pytest.raises(ValueError, match="unknown verifier"):

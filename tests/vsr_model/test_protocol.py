@@ -142,9 +142,17 @@ def test_format_then_parse_round_trips(think, matched, start, length):
 
 def test_prompt_has_query_and_duration_and_rejects_bad_input():
     prompt = build_verify_prompt("a man waves", 31.04)
-    assert "a man waves" in prompt.after_video and "31.0 seconds" in prompt.before_video
+    # the query comes before the video, as the authors lay it out
+    assert prompt.before_video.startswith("Query: a man waves\n") and "31.0 seconds" in prompt.before_video
     assert REFINE_TOKEN in prompt.system
     assert "<query>" in build_verify_prompt("a man waves", 3.0, RefinementMode.HARD).system
+    after = build_verify_prompt("a man waves", 31.04, query_first=False)
+    assert "a man waves" in after.after_video and "a man waves" not in after.before_video
+    compact = build_verify_prompt("a man waves", 31.04, style="compact")
+    assert len(compact.system) < len(prompt.system) / 3 and REFINE_TOKEN in compact.system
+    assert "<query>" in build_verify_prompt("q", 3.0, RefinementMode.HARD, style="compact").system
+    with pytest.raises(ValueError, match="prompt style"):
+        build_verify_prompt("q", 3.0, style="terse")
     with pytest.raises(ValueError, match="non-empty"):
         build_verify_prompt("  ", 3.0)
     with pytest.raises(ValueError, match="duration"):

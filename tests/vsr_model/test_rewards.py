@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from vsr_model.config import config_from_dict
 from vsr_model.protocol import format_response, parse_response
 from vsr_model.rewards import (
     RetrievalRewardKind,
@@ -97,10 +98,10 @@ def test_retrieval_probability_rejects_bad_shapes_and_nan():
 
 
 def test_config_validation_and_yaml_style_loading():
-    cfg = RewardConfig.from_dict({"verification": 1.2, "retrieval_kind": "gain"})
+    cfg = config_from_dict(RewardConfig, {"verification": 1.2, "retrieval_kind": "gain"})
     assert cfg.retrieval_kind is RetrievalRewardKind.GAIN and cfg.verification == 1.2
-    with pytest.raises(ValueError, match="unknown reward settings"):
-        RewardConfig.from_dict({"verfication": 1.0})
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict(RewardConfig, {"verfication": 1.0})
     with pytest.raises(ValueError, match="unknown retrieval_kind"):
         RewardConfig(retrieval_kind="best")
     with pytest.raises(ValueError, match="finite"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_policy_fakes import FakeEngine, make_clip, tiny_composite_policy
 
+from vsr_model.config import config_from_dict
 from vsr_model.policy.base import VerifyInput
 from vsr_model.protocol import format_response
 from vsr_model.sqr import (
@@ -70,8 +71,8 @@ def test_heads_follow_config_dims_and_initialisation():
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="embed_dim"):
         SQRConfig(embed_dim=0, query_input_dim=4)
-    with pytest.raises(ValueError, match="unknown SQR settings"):
-        SQRConfig.from_dict({"embed_dim": 4, "query_input_dim": 4, "latents": 8})
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict(SQRConfig, {"embed_dim": 4, "query_input_dim": 4, "latents": 8})
     with pytest.raises(ValueError, match="ambiguity_threshold"):
         InfoNCEConfig(ambiguity_threshold=2.0)
     with pytest.raises(ValueError, match="temperature"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -123,14 +123,6 @@ class AgentConfig:
     def prompt_mode(self) -> RefinementMode:
         """The protocol the policy answers in: text rewrites for HQR, <REFINE> otherwise."""
         return RefinementMode.HARD if self.refiner is Refiner.HQR else RefinementMode.SOFT
-
-    @classmethod
-    def from_dict(cls, values: dict) -> AgentConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown agent settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
 
 
 class GenerationMemo:

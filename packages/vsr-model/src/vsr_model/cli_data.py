@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vsr_model.config import config_from_dict
+
 
 def _synth(args: argparse.Namespace) -> int:
     import yaml
@@ -21,7 +23,7 @@ def _synth(args: argparse.Namespace) -> int:
     for name in ("num_train", "num_val", "num_test", "seed", "height", "width", "fps"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    config = SynthConfig.from_dict(values)
+    config = config_from_dict(SynthConfig, values, args.config or "synth settings")
     meta = generate(config, args.out, workers=args.workers, overwrite=args.overwrite)
     print(json.dumps({"out": str(args.out), "splits": meta["splits"]}, indent=2))
     return 0

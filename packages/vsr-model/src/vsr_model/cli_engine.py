@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vsr_model.config import config_from_dict
+
 
 def load_yaml(path: str | None) -> dict[str, Any]:
     import yaml
@@ -43,7 +45,9 @@ def _fit(args: argparse.Namespace) -> int:
     fit_cfg = FitConfig(**fit_values)
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = DualEncoderEngine(DualEncoderConfig.from_dict(cfg.get("engine", {})))
+    engine = DualEncoderEngine(
+        config_from_dict(DualEncoderConfig, cfg.get("engine", {}), args.config or "engine settings")
+    )
     bench = Path(args.benchmark)
     cache = FrameCache(Path(args.frame_cache)) if args.frame_cache else None
     corpus = Corpus.from_jsonl(bench / "videos.jsonl", cache=cache, sampling=engine.sampling)

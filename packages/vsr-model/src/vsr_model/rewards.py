@@ -62,14 +62,6 @@ class RewardConfig:
             if isinstance(value, float | int) and not isinstance(value, bool) and not math.isfinite(value):
                 raise ValueError(f"reward setting {f.name} must be finite, got {value}")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> RewardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown reward settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
-
 
 @dataclass(frozen=True)
 class RewardBreakdown:

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
+from vsr_model.config import config_from_dict
+
 if TYPE_CHECKING:
     from vsr_model.policy.base import PolicyBatch, VideoPolicy
 
@@ -67,20 +69,12 @@ class SQRConfig:
                 raise ValueError(f"SQR {name} must be a positive integer, got {value!r}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> SQRConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown SQR settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
-
-    @classmethod
     def from_saved(cls, values: dict) -> SQRConfig:
         """The config of a saved policy. Policies saved before `append_mode` existed were trained with
         the plain append, so that is what a missing key means there; the InfoNCE settings they carried
         are training settings now (InfoNCEConfig) and are dropped."""
         kept = {k: v for k, v in values.items() if k not in _TRAINING_KEYS}
-        return cls.from_dict({"append_mode": "plain", **kept})
+        return config_from_dict(cls, {"append_mode": "plain", **kept}, "saved SQR config")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

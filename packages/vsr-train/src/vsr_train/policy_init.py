@@ -64,8 +64,12 @@ def init_policy(
             raise ValueError("policy options shape a fresh policy; a saved one (--policy) keeps its own")
         policy = load_policy(policy_dir)
     else:
-        options = {"composite": dict(policy_options or {})}
-        model = ModelConfig(kind="vsr_policy", policy_options=options)
+        from vsr_model.config import config_from_dict
+        from vsr_model.policy.composite import CompositePolicyConfig
+        from vsr_train.config import FreshPolicy
+
+        composite = config_from_dict(CompositePolicyConfig, dict(policy_options or {}), "--policy-options")
+        model = ModelConfig(kind="vsr_policy", fresh=FreshPolicy(composite=composite))
         policy = load_vsr_policy(model, {}, "fp32", engine_dir).model
     report = None
     if align_epochs > 0:

@@ -8,6 +8,7 @@ by shard. The returned ``LoadedModel`` keeps that reference alive for the model'
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ def load_vsr_policy(
     (placement.whole_model), which Hugging Face generate's ZeRO-3 default (synced_gpus) would contradict."""
     from vsr_model.policy import load_policy
     from vsr_model.policy.base import POLICY_CONFIG_FILE
-    from vsr_model.policy.composite import CompositePolicyConfig, CompositeVideoPolicy
+    from vsr_model.policy.composite import CompositeVideoPolicy
     from vsr_model.sqr import SQRConfig
 
     path = Path(cfg.name_or_path) if cfg.name_or_path else None
@@ -117,21 +118,11 @@ def load_vsr_policy(
         if engine_dir is None:
             raise ValueError("a fresh vsr_policy needs data.engine_dir to size its SQR heads")
         embed_dim, query_input_dim = _engine_dims(engine_dir)
-        options = dict(cfg.policy_options)
-        composite = CompositePolicyConfig.from_dict(
-            {
-                "llm": cfg.name_or_path,
-                "freeze_frame_encoder": cfg.freeze_vision_tower,
-                **options.pop("composite", {}),
-            }
+        fresh = cfg.fresh
+        composite = dataclasses.replace(
+            fresh.composite, llm=cfg.name_or_path, freeze_frame_encoder=cfg.freeze_vision_tower
         )
-        sqr = SQRConfig.from_dict(
-            {"embed_dim": embed_dim, "query_input_dim": query_input_dim, **options.pop("sqr", {})}
-        )
-        if options:
-            raise ValueError(
-                f"unknown model.policy_options keys {sorted(options)}; expected 'composite', 'sqr'"
-            )
+        sqr = SQRConfig(embed_dim, query_input_dim, fresh.num_latents, fresh.append_mode)
         policy = CompositeVideoPolicy.build(composite, sqr)
     if cfg.freeze_vision_tower:
         for name, param in policy.named_parameters():

@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +75,6 @@ class SynthConfig:
             raise ValueError("SynthConfig: fps must be >= 1")
         if not (0 <= self.held_out_pair_fraction < 1 and 0 <= self.held_out_pair_rate <= 1):
             raise ValueError("SynthConfig: held-out fractions must be in [0, 1)")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SynthConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"SynthConfig: unknown keys {sorted(unknown)}")
-        return cls(**data)
 
     def split_sizes(self) -> dict[str, int]:
         return {"train": self.num_train, "val": self.num_val, "test": self.num_test}

@@ -24,6 +24,7 @@ from vsr_model.backbones import (
     load_text_encoder,
     tiny_text_encoder,
 )
+from vsr_model.config import config_from_dict
 from vsr_model.engine.base import SearchEngine, register_family
 from vsr_model.engine.query import BertQueryEncoder
 from vsr_model.fileio import atomic_write
@@ -61,30 +62,6 @@ class DualEncoderConfig:
     sampling: FrameSampling = field(default_factory=lambda: FrameSampling(fps=1.0, max_frames=32))
     pooler: PoolerConfig = field(default_factory=PoolerConfig)
     metric: str = "cosine"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DualEncoderConfig:
-        parts = {
-            "text": TextEncoderConfig,
-            "frames": FrameEncoderConfig,
-            "sampling": FrameSampling,
-            "pooler": PoolerConfig,
-        }
-        unknown = set(data) - set(parts) - {"metric"}
-        if unknown:
-            raise ValueError(f"DualEncoderConfig: unknown keys {sorted(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for name, typ in parts.items():
-            value = data.get(name, {})
-            if not isinstance(value, dict):
-                raise ValueError(f"DualEncoderConfig.{name} must be a mapping, got {value!r}")
-            known = set(typ.__dataclass_fields__)
-            if set(value) - known:
-                raise ValueError(f"DualEncoderConfig.{name}: unknown keys {sorted(set(value) - known)}")
-            kwargs[name] = typ(**value)
-        if "metric" in data:
-            kwargs["metric"] = data["metric"]
-        return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -192,7 +169,7 @@ class DualEncoderEngine(SearchEngine):
 
     @classmethod
     def from_config(cls, values: dict[str, Any]) -> DualEncoderEngine:
-        return cls(DualEncoderConfig.from_dict(values))
+        return cls(config_from_dict(DualEncoderConfig, values, "dual_encoder engine"))
 
     @property
     def device(self) -> torch.device:
@@ -246,7 +223,7 @@ class DualEncoderEngine(SearchEngine):
 
     @classmethod
     def _load_model(cls, directory: Path, meta: dict[str, Any]) -> DualEncoderEngine:
-        engine = cls(DualEncoderConfig.from_dict(meta["config"]))
+        engine = cls(config_from_dict(DualEncoderConfig, meta["config"], str(directory)))
         files = meta["files"]
         engine.pooler.load_state_dict(load_file(directory / files["pooler"]))
         if "text_encoder" in files:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vsr_model.config import config_from_dict
 from vsr_model.engine.base import SearchEngine, register_family
 from vsr_model.engine.query import (
     PADDING_SIDES,
@@ -32,7 +33,7 @@ from vsr_model.engine.query import (
     splice_soft_tokens,
 )
 from vsr_model.fileio import atomic_directory
-from vsr_model.policy.base import check_clip, config_from_dict
+from vsr_model.policy.base import check_clip
 from vsr_model.policy.qwen_vl import (
     QwenVideoInputs,
     QwenVisionSettings,
@@ -78,10 +79,6 @@ class VLMEmbeddingConfig(QwenVisionSettings):
             raise ValueError(f"VLMEmbeddingConfig.max_length must be >= 8, got {self.max_length}")
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"VLMEmbeddingConfig.padding_side must be one of {PADDING_SIDES}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> VLMEmbeddingConfig:
-        return config_from_dict(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +137,7 @@ class VLMEmbeddingEngine(SearchEngine):
 
     @classmethod
     def from_config(cls, values: dict[str, Any]) -> VLMEmbeddingEngine:
-        return cls(VLMEmbeddingConfig.from_dict(values))
+        return cls(config_from_dict(VLMEmbeddingConfig, values, "vlm_embedding engine"))
 
     # --- helpers ------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
@@ -232,7 +229,7 @@ class VLMEmbeddingEngine(SearchEngine):
 
     @classmethod
     def _load_model(cls, directory: Path, meta: dict[str, Any]) -> VLMEmbeddingEngine:
-        config = VLMEmbeddingConfig.from_dict(meta["config"])
+        config = config_from_dict(VLMEmbeddingConfig, meta["config"], str(directory))
         stored = meta.get("files", {}).get("model")
         if stored is None:
             return cls(config)

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -153,14 +153,6 @@ def add_policy_tokens(tokenizer, model, extra_tokens: Sequence[str] = ()) -> Non
         for table in (model.get_input_embeddings(), model.get_output_embeddings()):
             if table is not None:
                 table.weight[refine] = table.weight[eos]
-
-
-def config_from_dict(cls, values: dict):
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**values)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

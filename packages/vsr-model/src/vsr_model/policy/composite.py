@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from vsr_model.config import config_from_dict
 from vsr_model.policy.base import (
     Generation,
     GenerationSettings,
@@ -35,7 +36,6 @@ from vsr_model.policy.base import (
     VerifyInput,
     VideoPolicy,
     add_policy_tokens,
-    config_from_dict,
     decode_completions,
     load_sqr_heads,
     read_policy_config,
@@ -106,10 +106,6 @@ class CompositePolicyConfig:
             raise ValueError(f"frame_feature_memo must be >= 0 frames, got {self.frame_feature_memo}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> CompositePolicyConfig:
-        return config_from_dict(cls, values)
 
 
 def default_llm_location() -> tuple[str, str]:
@@ -482,7 +478,7 @@ class CompositeVideoPolicy(VideoPolicy):
         saved = read_policy_config(directory)
         if saved.get("family") != cls.family:
             raise ValueError(f"{directory} holds a {saved.get('family')!r} policy, not a composite one")
-        config = CompositePolicyConfig.from_dict(saved["composite"])
+        config = config_from_dict(CompositePolicyConfig, saved["composite"], str(directory))
         sqr_config = SQRConfig.from_saved(saved["sqr"])
         tokenizer = AutoTokenizer.from_pretrained(directory)
         lm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=getattr(torch, config.dtype))

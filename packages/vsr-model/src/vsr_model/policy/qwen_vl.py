@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel
 
+from vsr_model.config import config_from_dict
 from vsr_model.policy.base import (
     Generation,
     GenerationSettings,
@@ -30,7 +31,6 @@ from vsr_model.policy.base import (
     VerifyInput,
     VideoPolicy,
     add_policy_tokens,
-    config_from_dict,
     decode_completions,
     load_sqr_heads,
     read_policy_config,
@@ -93,10 +93,6 @@ class QwenVLPolicyConfig(QwenVisionSettings):
     """`model`: HF name or local path; the vision settings are QwenVisionSettings'."""
 
     model: str = "Qwen/Qwen3-VL-2B-Instruct"
-
-    @classmethod
-    def from_dict(cls, values: dict) -> QwenVLPolicyConfig:
-        return config_from_dict(cls, values)
 
 
 def read_normalisation(location: str | None, model_type: str) -> tuple[tuple, tuple]:
@@ -314,7 +310,7 @@ class QwenVLPolicy(VideoPolicy):
         saved = read_policy_config(directory)
         if saved.get("family") != cls.family:
             raise ValueError(f"{directory} holds a {saved.get('family')!r} policy, not a Qwen-VL one")
-        config = QwenVLPolicyConfig.from_dict(saved["qwen_vl"])
+        config = config_from_dict(QwenVLPolicyConfig, saved["qwen_vl"], str(directory))
         sqr_config = SQRConfig.from_saved(saved["sqr"])
         model_dir = directory / "model"
         model_type = json.loads((model_dir / "config.json").read_text())["model_type"]
