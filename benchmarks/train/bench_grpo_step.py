@@ -46,9 +46,9 @@ def _vsr_config(work: Path, args: argparse.Namespace) -> dict:
     if args.llm:
         policy_path = args.llm
     else:
-        tiny_video_policy(
-            engine.embed_dim, engine.query_input_dim, num_latents=8
-        ).save_pretrained(work / "policy")
+        tiny_video_policy(engine.embed_dim, engine.query_input_dim, num_latents=8).save_pretrained(
+            work / "policy"
+        )
         policy_path = str(work / "policy")
     return {
         "model": {"kind": "vsr_policy", "name_or_path": policy_path},
