@@ -42,7 +42,7 @@ def _fit(args: argparse.Namespace) -> int:
     for name in ("epochs", "batch_size", "lr", "seed"):
         if getattr(args, name) is not None:
             fit_values[name] = getattr(args, name)
-    fit_cfg = FitConfig(**fit_values)
+    fit_cfg = config_from_dict(FitConfig, fit_values, f"{args.config or 'fit settings'}: fit")
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = DualEncoderEngine(

@@ -81,7 +81,7 @@ class DemoSize:
 # The default composite policy of the demo: multiscale frame features with the change between neighbouring
 # frames, read as five soft words per frame (size, colour, object, action, background on the synthetic
 # benchmark; the most specific caption words elsewhere) through the vocabulary connector, with the
-# one-sentence instruction (a small policy learns the response format in Stage 1 anyway).
+# full instruction prompt.
 WORD_TOKENS = {
     "frame_pooling": "multiscale",
     "tokens_per_frame": 5,
