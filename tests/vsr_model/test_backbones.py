@@ -25,6 +25,20 @@ def test_frame_encoder_batches_without_changing_results():
     assert torch.allclose(enc(frames), full, atol=1e-5)
 
 
+def test_frame_encoder_runs_when_only_its_parameters_were_cast_to_bf16():
+    # DeepSpeed bf16 casts parameters, not BatchNorm statistics; the encoder follows its parameters.
+    enc = tiny_frame_encoder(image_size=32).eval()
+    frames = np.random.default_rng(2).integers(0, 255, size=(3, 32, 32, 3), dtype=np.uint8)
+    reference = enc(frames)
+    for param in enc.parameters():
+        param.data = param.data.to(torch.bfloat16)
+    assert any(b.dtype == torch.float32 for b in enc.buffers())
+    out = enc(frames)
+    assert out.dtype == torch.float32
+    assert all(b.dtype == torch.bfloat16 for b in enc.buffers() if b.is_floating_point())
+    assert torch.allclose(out, reference, atol=0.1, rtol=0.05)
+
+
 def test_frame_encoder_preprocess_scales_to_unit_range():
     enc = tiny_frame_encoder(image_size=16)
     x = enc.preprocess(torch.full((1, 16, 16, 3), 255, dtype=torch.uint8))

@@ -90,6 +90,7 @@ def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path)
     cfg |= {
         "rollout": {"mode": "multi_turn", "max_turns": 2, "train_sqr_heads": True},
         "grpo": {"group_size": 2},
+        "infonce": {"num_negatives": 4},
     }
     cfg = config_from_dict(GRPOConfig, cfg)
     policy = load_policy(setup / "policy")
@@ -126,7 +127,11 @@ def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, 
 
     group, turns = 3, 3
     cfg = vsr_config(setup, tmp_path / "rollout")
-    cfg |= {"rollout": {"mode": "multi_turn", "max_turns": turns}, "grpo": {"group_size": group}}
+    cfg |= {
+        "rollout": {"mode": "multi_turn", "max_turns": turns},
+        "grpo": {"group_size": group},
+        "infonce": {"num_negatives": 4},
+    }
     cfg = config_from_dict(GRPOConfig, cfg)
     policy = load_policy(setup / "policy")
     task = VideoSearchGRPOTask(cfg, LoadedModel(policy, None), DistInfo(0, 0, 1, torch.device("cpu")))

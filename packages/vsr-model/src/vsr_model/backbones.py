@@ -149,8 +149,19 @@ class FrameEncoder(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return ((x - self.MEAN) / self.STD).to(next(self.network.parameters()).dtype)
 
+    def _match_buffer_dtype(self) -> None:
+        """Bring floating buffers (BatchNorm statistics) to the parameters' dtype: a trainer that casts
+        only parameters (DeepSpeed bf16) would otherwise leave them in float32 and batch_norm refuses
+        the mix."""
+        dtype = next(self.network.parameters()).dtype
+        for module in self.network.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
+                    setattr(module, name, buf.to(dtype))
+
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         frames = check_frames(frames)
+        self._match_buffer_dtype()
         out = []
         for start in range(0, frames.shape[0], self.config.batch_size):
             chunk = frames[start : start + self.config.batch_size].to(self.device)
