@@ -24,23 +24,9 @@ constexpr std::size_t kDim = 16;
 
 // Vector of an id: a deterministic pseudo-random function (full rank, no ties), so any result can
 // be checked without locks.
-void vector_of(idx_t id, float* out) {
-  for (std::size_t i = 0; i < kDim; ++i) {
-    std::uint64_t h = std::uint64_t(id) * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull + 1;
-    h ^= h >> 31;
-    h *= 0x94D049BB133111EBull;
-    h ^= h >> 29;
-    out[i] = float(h >> 40) / float(1ull << 23) - 1.0f;
-  }
-}
+void vector_of(idx_t id, float* out) { vsr_test::hashed_vector(id, kDim, 1, out); }
 
-double dot_with(const float* q, idx_t id) {
-  float v[kDim];
-  vector_of(id, v);
-  double s = 0;
-  for (std::size_t i = 0; i < kDim; ++i) s += double(q[i]) * v[i];
-  return s;
-}
+double dot_with(const float* q, idx_t id) { return vsr_test::hashed_dot(q, id, kDim, 1); }
 
 // Every returned id is a real vector (no torn rows, no free slots) and its score is exact.
 int bad_results(const float* q, const float* scores, const idx_t* ids, std::size_t k) {
@@ -52,11 +38,7 @@ int bad_results(const float* q, const float* scores, const idx_t* ids, std::size
   return bad;
 }
 
-std::vector<float> rows_of(const std::vector<idx_t>& ids) {
-  std::vector<float> x(ids.size() * kDim);
-  for (std::size_t i = 0; i < ids.size(); ++i) vector_of(ids[i], &x[i * kDim]);
-  return x;
-}
+std::vector<float> rows_of(const std::vector<idx_t>& ids) { return vsr_test::hashed_rows(ids, kDim, 1); }
 
 }  // namespace
 

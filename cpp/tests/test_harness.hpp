@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -33,6 +34,35 @@ inline int run_all() {
   }
   std::printf("%zu cases, %d failed checks\n", registry().size(), failures());
   return failures() == 0 ? 0 : 1;
+}
+
+// A deterministic pseudo-random vector in [-1, 1)^dim for an integer id (full rank, no ties), so a
+// concurrent test can check any result without locks; `salt` gives a test its own family.
+inline void hashed_vector(std::int64_t id, std::size_t dim, std::uint64_t salt, float* out) {
+  for (std::size_t i = 0; i < dim; ++i) {
+    std::uint64_t h = std::uint64_t(id) * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull + salt;
+    h ^= h >> 31;
+    h *= 0x94D049BB133111EBull;
+    h ^= h >> 29;
+    out[i] = float(h >> 40) / float(1ull << 23) - 1.0f;
+  }
+}
+
+// Rows of hashed_vector for each id, row-major.
+inline std::vector<float> hashed_rows(const std::vector<std::int64_t>& ids, std::size_t dim,
+                                      std::uint64_t salt) {
+  std::vector<float> x(ids.size() * dim);
+  for (std::size_t i = 0; i < ids.size(); ++i) hashed_vector(ids[i], dim, salt, &x[i * dim]);
+  return x;
+}
+
+// Exact inner product of q with hashed_vector(id), in double.
+inline double hashed_dot(const float* q, std::int64_t id, std::size_t dim, std::uint64_t salt) {
+  std::vector<float> v(dim);
+  hashed_vector(id, dim, salt, v.data());
+  double s = 0;
+  for (std::size_t i = 0; i < dim; ++i) s += double(q[i]) * v[i];
+  return s;
 }
 
 }  // namespace vsr_test

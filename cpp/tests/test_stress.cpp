@@ -31,29 +31,11 @@ namespace {
 constexpr std::size_t kDim = 16, kK = 6;
 constexpr idx_t kBase = 400;  // ids below kBase are never removed
 
-void vector_of(idx_t id, float* out) {
-  for (std::size_t i = 0; i < kDim; ++i) {
-    std::uint64_t h = std::uint64_t(id) * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull + 7;
-    h ^= h >> 31;
-    h *= 0x94D049BB133111EBull;
-    h ^= h >> 29;
-    out[i] = float(h >> 40) / float(1ull << 23) - 1.0f;
-  }
-}
+void vector_of(idx_t id, float* out) { vsr_test::hashed_vector(id, kDim, 7, out); }
 
-std::vector<float> rows_of(const std::vector<idx_t>& ids) {
-  std::vector<float> x(ids.size() * kDim);
-  for (std::size_t i = 0; i < ids.size(); ++i) vector_of(ids[i], &x[i * kDim]);
-  return x;
-}
+std::vector<float> rows_of(const std::vector<idx_t>& ids) { return vsr_test::hashed_rows(ids, kDim, 7); }
 
-double dot_with(const float* q, idx_t id) {
-  float v[kDim];
-  vector_of(id, v);
-  double s = 0;
-  for (std::size_t i = 0; i < kDim; ++i) s += double(q[i]) * v[i];
-  return s;
-}
+double dot_with(const float* q, idx_t id) { return vsr_test::hashed_dot(q, id, kDim, 7); }
 
 // Holds for any answer given during the churn: real ids, each once, best first, exact scores,
 // inside the allow-list when there is one. Returns the number of violations.

@@ -222,18 +222,18 @@ class TeacherChain:
             logger.warning("no teacher %s for some (query, video) pairs: using the fallback", kind)
         self.fallbacks[kind] += 1
 
-    def rationale(self, moment: Moment, shown_video: str) -> str:
+    def _first(self, kind: str, moment: Moment, shown_video: str, fallback: str) -> str:
         for teacher in self.teachers:
-            text = teacher.rationale(moment, shown_video)
+            text = getattr(teacher, kind)(moment, shown_video)
             if text:
                 return text
-        self._fallback("rationale")
-        return default_rationale(shown_video == moment.video_id)
+        self._fallback(kind)
+        return fallback
+
+    def rationale(self, moment: Moment, shown_video: str) -> str:
+        return self._first(
+            "rationale", moment, shown_video, default_rationale(shown_video == moment.video_id)
+        )
 
     def rewrite(self, moment: Moment, shown_video: str) -> str:
-        for teacher in self.teachers:
-            text = teacher.rewrite(moment, shown_video)
-            if text:
-                return text
-        self._fallback("rewrite")
-        return moment.query.strip()
+        return self._first("rewrite", moment, shown_video, moment.query.strip())
