@@ -225,3 +225,65 @@ def test_every_shipped_config_starts_through_the_real_start_up_path(setup, tmp_p
     assert (final / "hf" / "vsr_policy.json").is_file()
     record = read_metrics(tmp_path / "out" / "metrics.jsonl")[0]
     assert math.isfinite(record["loss"])
+
+
+def test_rollout_and_evaluation_run_the_same_agent(setup, tmp_path, monkeypatch):
+    """The GRPO rollout (group search) and the evaluation's agent give the same turns, verdicts and
+    retrieved videos for the same policy and queries when decoding is the same (greedy: both members of
+    a group then follow the evaluation's trajectory)."""
+    import dataclasses
+    import hashlib
+
+    from vsr_model.agent import AgentConfig, run_agent
+    from vsr_model.data.records import Moment
+    from vsr_model.policy import GenerationSettings, load_policy
+    from vsr_model.policy.base import Generation
+    from vsr_model.protocol import format_response
+    from vsr_train.policy_loader import LoadedModel
+    from vsr_train.runtime import DistInfo
+    from vsr_train.vsr_task import VideoSearchGRPOTask
+
+    turns = 3
+    cfg = vsr_config(setup, tmp_path / "same")
+    cfg |= {"rollout": {"mode": "multi_turn", "max_turns": turns}, "grpo": {"group_size": 2}}
+    cfg = config_from_dict(GRPOConfig, cfg)
+    policy = load_policy(setup / "policy")
+    task = VideoSearchGRPOTask(cfg, LoadedModel(policy, None), DistInfo(0, 0, 1, torch.device("cpu")))
+    # A scripted verifier whose answer depends on the prompt it is given: rejections refine through the
+    # real SQR heads and the real engine.
+    accept = format_response("the moment is there", True, (0.0, 1.0))
+    reject = format_response("the video shows something else", False)
+
+    def scripted(batch, settings):
+        assert not settings.do_sample
+        # The prompt (query and frame tokens) without padding, which depends on the batch's make-up.
+        prompts = [row[mask.bool()] for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+        texts = [accept if hashlib.blake2b(p.numpy().tobytes()).digest()[0] % 2 else reject for p in prompts]
+        return Generation([policy.tokenizer.encode(t, add_special_tokens=False) for t in texts], texts)
+
+    monkeypatch.setattr(policy, "generate", scripted)
+    greedy = GenerationSettings(max_new_tokens=32, do_sample=False)
+    rollout_agent = task.agent_config
+    monkeypatch.setattr(
+        task, "agent_config", lambda n: dataclasses.replace(rollout_agent(n), generation=greedy)
+    )
+    prompts = list(range(len(task.ctx.examples)))
+    rollouts = task.rollout(policy, prompts, cfg.grpo, 1, torch.device("cpu"), False)
+    by_rollout: dict[int, list[tuple[str, list[int]]]] = {}
+    for turn in rollouts.micro_batches[0].turns:
+        by_rollout.setdefault(turn.trajectory, []).append((turn.shown, turn.token_ids))
+
+    eval_agent = dataclasses.replace(
+        AgentConfig(), max_turns=turns, final_refine=False, generation=greedy, batch_size=3
+    )
+    moments = [
+        Moment("synth", "train", e.query_id, e.query, e.video_id, e.start, e.end) for e in task.ctx.examples
+    ]
+    traces = run_agent(policy, task.ctx.engine, task.ctx.corpus, moments, eval_agent)
+    by_eval = {
+        i: [(t.shown_video, list(t.completion_ids)) for t in trace.turns] for i, trace in enumerate(traces)
+    }
+    assert by_rollout == {t: by_eval[t // 2] for t in range(2 * len(by_eval))}
+    # Accepting and refining trajectories both occur, so the comparison covers refinement and exclusion.
+    lengths = sorted(len(v) for v in by_eval.values())
+    assert lengths[0] < turns and lengths[-1] > 1, lengths

@@ -176,4 +176,6 @@ def vsr_config(root: Path, out: Path) -> dict:
         },
         "checkpoint": {"every_steps": 100},
         "logging": {"progress_bar": False, "tensorboard": False},
+        # The tiny benchmark has 10 videos: room for 4 InfoNCE negatives per query.
+        "infonce": {"num_negatives": 4},
     }
