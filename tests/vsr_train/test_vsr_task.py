@@ -38,8 +38,7 @@ def test_examples_are_balanced_labelled_and_carry_teacher_rationales(setup):
 def test_sft_then_single_and_multi_turn_grpo(setup, tmp_path):
     sft = config_from_dict(
         SFTConfig,
-        vsr_config(setup, tmp_path / "sft")
-        | {"max_steps": 2, "infonce": {"num_negatives": 4}, "optim": {"lr": 1e-3}},
+        vsr_config(setup, tmp_path / "sft") | {"max_steps": 2, "optim": {"lr": 1e-3}},
     )
     final = run_sft(sft)
     records = read_metrics(tmp_path / "sft" / "metrics.jsonl")
@@ -90,7 +89,6 @@ def test_sqr_heads_train_on_the_retrieval_objective_during_grpo(setup, tmp_path)
     cfg |= {
         "rollout": {"mode": "multi_turn", "max_turns": 2, "train_sqr_heads": True},
         "grpo": {"group_size": 2},
-        "infonce": {"num_negatives": 4},
     }
     cfg = config_from_dict(GRPOConfig, cfg)
     policy = load_policy(setup / "policy")
@@ -130,7 +128,6 @@ def test_multi_turn_rollout_re_retrieves_each_group_through_refine_group(setup, 
     cfg |= {
         "rollout": {"mode": "multi_turn", "max_turns": turns},
         "grpo": {"group_size": group},
-        "infonce": {"num_negatives": 4},
     }
     cfg = config_from_dict(GRPOConfig, cfg)
     policy = load_policy(setup / "policy")

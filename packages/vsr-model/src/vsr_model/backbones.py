@@ -132,6 +132,7 @@ class FrameEncoder(nn.Module):
         self.network = network
         self.config = config
         self.feature_dim = int(feature_dim)
+        self._buffers_dtype: torch.dtype | None = None  # parameters' dtype the buffers last matched
         if config.pooling == "multiscale":
             mid = network._blocks[self.MID_BLOCK]._project_conv.out_channels
             self.feature_dim += mid * self.GRID**2 + 3 * self.COLOUR_GRID**2
@@ -152,8 +153,11 @@ class FrameEncoder(nn.Module):
     def _match_buffer_dtype(self) -> None:
         """Bring floating buffers (BatchNorm statistics) to the parameters' dtype: a trainer that casts
         only parameters (DeepSpeed bf16) would otherwise leave them in float32 and batch_norm refuses
-        the mix."""
+        the mix. The module walk runs only when the parameters' dtype changed since the last call."""
         dtype = next(self.network.parameters()).dtype
+        if dtype == self._buffers_dtype:
+            return
+        self._buffers_dtype = dtype
         for module in self.network.modules():
             for name, buf in module.named_buffers(recurse=False):
                 if buf is not None and buf.is_floating_point() and buf.dtype != dtype:
